@@ -1,0 +1,295 @@
+"""The command line. Typer only: parse options, load the cluster, call the manager, print.
+
+Heavy modules are imported inside each command, so `clusterctl up` on a converged cluster
+pays only for what it uses (start-up time counts in a no-op run).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from clusterctl.errors import EXIT_BAD_INPUT, EXIT_HOSTS_FAILED, UserError
+
+app = typer.Typer(
+    help="Turn SSH-reachable Linux hosts into one container cluster.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+lab_app = typer.Typer(help="A local lab: N SSH-reachable hosts with their own Docker engines, on this machine.")
+app.add_typer(lab_app, name="lab")
+
+DEFAULT_FILE = Path("clusterctl.yaml")
+DEFAULT_LAB = "default"
+
+
+class Output(str, Enum):
+    table = "table"
+    json = "json"
+
+
+FileOpt = Annotated[
+    Optional[Path],
+    typer.Option("--file", "-f", help="Cluster file (default: ./clusterctl.yaml, else the local lab 'default')."),
+]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
+AcceptOpt = Annotated[
+    bool, typer.Option("--accept-new-host-keys", help="Trust host keys seen for the first time (changed keys are always refused).")
+]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="Hosts worked on at once.")]
+HostsOpt = Annotated[Optional[list[str]], typer.Option("--host", help="Limit to these hosts (repeatable).")]
+
+
+def _err_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _resolve_file(file: Optional[Path], create_lab: bool) -> Path:
+    if file is not None:
+        return file
+    if DEFAULT_FILE.exists():
+        return DEFAULT_FILE
+    from clusterctl.lab import lab
+
+    default = lab.lab_dir(DEFAULT_LAB) / "cluster.yaml"
+    if not create_lab:
+        if default.exists():
+            return default
+        raise UserError(f"no cluster file: pass -f FILE, create {DEFAULT_FILE}, or run `clusterctl up` to start the local lab")
+    # `up` with no file: the local lab 'default', created (or restarted) as needed; idempotent.
+    _err_console().print(f"no {DEFAULT_FILE}: using the local lab '{DEFAULT_LAB}'")
+    return lab.up(DEFAULT_LAB, 3, log=lambda m: _err_console().print(m))
+
+
+def _known_hosts(cluster, accept_new: bool):
+    from clusterctl.state import cluster_dir
+    from clusterctl.transport.ssh import KnownHosts
+
+    path = cluster.resolve_path(cluster.spec.ssh.known_hosts) if cluster.spec.ssh.known_hosts else cluster_dir(cluster.name) / "known_hosts"
+    return KnownHosts(path, accept_new)
+
+
+def _select(cluster, hosts: Optional[list[str]]) -> Optional[frozenset[str]]:
+    if not hosts:
+        return None
+    names = {h.name for h in cluster.hosts}
+    unknown = [h for h in hosts if h not in names]
+    if unknown:
+        raise UserError(f"{cluster.path}: no host named {', '.join(unknown)} (hosts: {', '.join(sorted(names))})")
+    return frozenset(hosts)
+
+
+def _converge(file, output, accept_new, workers, hosts, dry_run: bool) -> None:
+    from clusterctl.config.loader import load
+    from clusterctl.lock import cluster_lock
+    from clusterctl.phases import PHASES
+    from clusterctl.phases.manager import Options, execute
+    from clusterctl.report.render import print_table, progress_line, report_json
+    from clusterctl.state import cluster_dir
+    from clusterctl.transport.ssh import resolve_endpoints
+
+    cluster = load(_resolve_file(file, create_lab=not dry_run))
+    only = _select(cluster, hosts)
+    endpoints = resolve_endpoints(cluster)
+    known = _known_hosts(cluster, accept_new)
+    console = _err_console()
+    options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)
+
+    def progress(host, step):
+        console.print(progress_line(host, step), soft_wrap=True)
+
+    verb = "plan" if dry_run else "up"
+    console.print(f"[bold]{verb}[/bold] cluster [bold]{cluster.name}[/bold] ({len(endpoints)} hosts, {cluster.path})")
+    if dry_run:
+        report = execute(cluster, PHASES, endpoints, known, options, progress)
+    else:
+        with cluster_lock(cluster_dir(cluster.name), cluster.name, f"clusterctl up -f {cluster.path}"):
+            report = execute(cluster, PHASES, endpoints, known, options, progress)
+    if output == Output.json:
+        print(report_json(report))
+    else:
+        from rich.console import Console
+
+        print_table(report, Console(highlight=False))
+    if not report.ok:
+        failed = report.failed_hosts
+        names = ", ".join(f"{h.name} ({h.failed.phase}: {h.failed.message})" for h in failed)
+        console.print(f"[bold red]failed on {len(failed)} of {len(report.hosts)} hosts:[/bold red] {names}", soft_wrap=True)
+        raise typer.Exit(EXIT_HOSTS_FAILED)
+
+
+@app.command()
+def up(
+    file: FileOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change (same as `plan`).")] = False,
+    output: OutputOpt = Output.table,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+    host: HostsOpt = None,
+) -> None:
+    """Bring every host to the desired state: Docker installed and running (more phases to come)."""
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run)
+
+
+@app.command()
+def plan(
+    file: FileOpt = None,
+    output: OutputOpt = Output.table,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+    host: HostsOpt = None,
+) -> None:
+    """Print the exact per-host commands `up` would run; sends only the read-only probe."""
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run=True)
+
+
+@app.command(name="exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
+    file: FileOpt = None,
+    host: HostsOpt = None,
+    all_hosts: Annotated[bool, typer.Option("--all", help="Run on every host.")] = False,
+    output: OutputOpt = Output.table,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per host.")] = 600.0,
+) -> None:
+    """Run one command on hosts over SSH. With one host: its own output and exit code."""
+    import json
+    import shlex
+
+    from clusterctl.config.loader import load
+    from clusterctl.transport.executor import run_parallel
+    from clusterctl.transport.ssh import SSHError, explain, open_session, resolve_endpoints
+
+    if bool(host) == all_hosts:
+        raise UserError("exec: give --host NAME (repeatable) or --all")
+    cluster = load(_resolve_file(file, create_lab=False))
+    only = _select(cluster, host)
+    endpoints = resolve_endpoints(cluster)
+    names = [h.name for h in cluster.hosts if only is None or h.name in only]
+    known = _known_hosts(cluster, accept_new_host_keys)
+    line = shlex.join(command)
+
+    def work(name: str):
+        ep = endpoints[name]
+        try:
+            session = open_session(ep, known)
+        except Exception as exc:  # noqa: BLE001 - reworded, kept as this host's result
+            raise SSHError(explain(exc, ep, known.path)) from None
+        try:
+            return session.run(line, timeout=timeout)
+        finally:
+            session.close()
+
+    results = run_parallel(names, work, workers=workers, timeout=timeout + 30, explain=lambda e: str(e))
+    if output == Output.json:
+        print(json.dumps([
+            {"host": n, "ok": o.ok and o.value.exit_code == 0, "exit_code": o.value.exit_code if o.ok else None,
+             "stdout": o.value.stdout if o.ok else "", "stderr": o.value.stderr if o.ok else "", "error": o.error}
+            for n, o in results.items()
+        ], indent=2))  # fmt: skip
+    elif len(names) == 1:
+        out = results[names[0]]
+        if not out.ok:
+            _err_console().print(f"[red]error:[/red] {names[0]}: {out.error}", soft_wrap=True)
+            raise typer.Exit(255)
+        sys.stdout.write(out.value.stdout)
+        sys.stderr.write(out.value.stderr)
+        raise typer.Exit(out.value.exit_code)
+    else:
+        width = max(len(n) for n in names)
+        for n, o in results.items():
+            if not o.ok:
+                print(f"{n:<{width}} ! {o.error}", file=sys.stderr)
+                continue
+            for text, stream in ((o.value.stdout, sys.stdout), (o.value.stderr, sys.stderr)):
+                for row in text.splitlines():
+                    print(f"{n:<{width}} | {row}", file=stream)
+            if o.value.exit_code:
+                print(f"{n:<{width}} ! exit code {o.value.exit_code}", file=sys.stderr)
+    if any(not o.ok or o.value.exit_code for o in results.values()):
+        raise typer.Exit(EXIT_HOSTS_FAILED)
+
+
+@app.command()
+def schema() -> None:
+    """Print the cluster file's JSON Schema (for editor completion and checks)."""
+    import json
+
+    from clusterctl.config.models import ClusterFile
+
+    print(json.dumps(ClusterFile.model_json_schema(), indent=2))
+
+
+@lab_app.command("up")
+def lab_up(
+    name: Annotated[str, typer.Option("--name", help="Lab name.")] = DEFAULT_LAB,
+    hosts: Annotated[int, typer.Option("--hosts", help="Number of hosts.")] = 3,
+    bare: Annotated[bool, typer.Option("--bare", help="Hosts without Docker installed (its packages wait in the apt cache).")] = False,
+) -> None:
+    """Create the lab's hosts and print its cluster file's path (last line)."""
+    from clusterctl.lab import lab
+
+    console = _err_console()
+    path = lab.up(name, hosts, bare=bare, log=lambda m: console.print(m))
+    print(path)
+
+
+@lab_app.command("down")
+def lab_down(name: Annotated[str, typer.Option("--name", help="Lab name.")] = DEFAULT_LAB) -> None:
+    """Remove everything the lab created."""
+    from clusterctl.lab import lab
+
+    removed = lab.down(name)
+    _err_console().print(f"lab {name}: removed {len(removed)} items" if removed else f"lab {name}: nothing to remove")
+
+
+@lab_app.command("ls")
+def lab_ls(output: OutputOpt = Output.table) -> None:
+    """List labs on this machine."""
+    import json
+
+    from clusterctl.lab import lab
+
+    labs = lab.ls()
+    if output == Output.json:
+        print(json.dumps([vars(i) for i in labs], indent=2))
+        return
+    for i in labs:
+        print(f"{i.name}\t{i.running}/{i.hosts} running\t{i.cluster_file or '-'}")
+
+
+def _mount_optional() -> None:
+    try:
+        from clusterctl.inventory.cli import app as inventory_app
+    except ImportError:
+        return
+    app.add_typer(inventory_app, name="inventory")
+
+
+_mount_optional()
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        from rich.markup import escape
+
+        _err_console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

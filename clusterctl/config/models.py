@@ -1,0 +1,260 @@
+"""The cluster file as typed models. Unknown keys are errors everywhere (extra="forbid").
+
+Names and addresses are checked against strict patterns: a value that could carry shell syntax
+is refused here, long before any command is built (builders quote with shlex as well).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+# A DNS name: labels of letters, digits and inner hyphens, dot separated.
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,62})$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{0,128}$")
+
+
+def check_address(value: str) -> str:
+    """An IPv4/IPv6 address or a DNS name; anything else (spaces, ;, $, `) is refused."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not HOSTNAME_RE.match(value):
+        raise ValueError(f"not an IP address or DNS name: {value!r}")
+    return value
+
+
+def check_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"invalid name {value!r}: use letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def check_user(value: str) -> str:
+    if not USER_RE.match(value):
+        raise ValueError(f"invalid user name {value!r}")
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+Address = Annotated[str, AfterValidator(check_address)]
+User = Annotated[str, AfterValidator(check_user)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SSHDefaults(Strict):
+    """Defaults for every host; each host may override user, port and identity_file."""
+
+    user: User | None = None
+    port: Port | None = None
+    identity_file: str | None = None
+    # ~/.ssh/config is read by default; set to "" to ignore it.
+    config_file: str = "~/.ssh/config"
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    # Per-host time limit for one phase's commands.
+    command_timeout: float = Field(default=600.0, gt=0)
+    # known_hosts kept for this cluster; default: in the cluster's state directory.
+    known_hosts: str | None = None
+
+
+class Bastion(Strict):
+    """A jump host: [user@]address[:port], or the name of another host in this file."""
+
+    address: Address
+    user: User | None = None
+    port: Port | None = None
+    identity_file: str | None = None
+
+
+def parse_bastion(value: object) -> object:
+    """Accept 'user@host:port' shorthand as well as the mapping form."""
+    if not isinstance(value, str):
+        return value
+    user, _, rest = value.rpartition("@")
+    address, port = rest, None
+    if rest.count(":") == 1:  # host:port (a bare IPv6 address has several colons)
+        address, _, port_text = rest.partition(":")
+        if not port_text.isdigit():
+            raise ValueError(f"invalid bastion port in {value!r}")
+        port = int(port_text)
+    return {"address": address, "user": user or None, "port": port}
+
+
+Role = Literal["server", "client"]
+
+
+class Host(Strict):
+    name: Name
+    # Where SSH connects (may be a public address or a forwarded port).
+    address: Address
+    # Where the cluster talks (private network). Default: found from the host's facts.
+    cluster_address: str | None = None
+    user: User | None = None
+    port: Port | None = None
+    identity_file: str | None = None
+    bastion: Annotated[Bastion | str | None, Field(union_mode="left_to_right")] = None
+    roles: tuple[Role, ...] = ("server",)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cluster_address")
+    @classmethod
+    def _cluster_address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(f"cluster_address must be an IP address, got {v!r}") from None
+
+    @field_validator("bastion", mode="before")
+    @classmethod
+    def _bastion(cls, v: object) -> object:
+        if isinstance(v, str) and NAME_RE.match(v) and "@" not in v and ":" not in v:
+            return v  # may name another host; resolved by the cluster validator
+        return parse_bastion(v)
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, v: object) -> object:
+        if isinstance(v, str):
+            return (v,)
+        return v
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("a host needs at least one role (server or client)")
+        if len(set(v)) != len(v):
+            raise ValueError("roles repeat")
+        if "server" in v and "client" in v:
+            raise ValueError("a host is either a server or a client, not both")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not LABEL_KEY_RE.match(key):
+                raise ValueError(f"invalid label key {key!r}")
+            if not LABEL_VALUE_RE.match(value):
+                raise ValueError(f"invalid value for label {key!r}: {value!r}")
+        return v
+
+    @property
+    def is_server(self) -> bool:
+        return "server" in self.roles
+
+
+class DockerSection(Strict):
+    # package: the distribution's docker.io; script: the upstream get.docker.com script (needs
+    # internet on the host); none: require Docker to be there already.
+    install: Literal["package", "script", "none"] = "package"
+    # Seconds to wait for `docker info` after starting the engine.
+    start_timeout: float = Field(default=60.0, gt=0)
+
+
+class NetworkSection(Strict):
+    driver: Literal["overlay", "routed", "weave"] = "overlay"
+    name: Name = "clusterctl"
+    subnet: str | None = None
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_network(v, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"invalid subnet {v!r}: {exc}") from None
+
+
+class ConsulSection(Strict):
+    enabled: bool = True
+    datacenter: Name = "dc1"
+
+
+class FileboxSection(Strict):
+    binaries: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+class Service(Strict):
+    name: Name
+    image: str
+    replicas: int = Field(default=1, ge=0, le=1000)
+    port: Port | None = None
+
+
+class ClusterFile(Strict):
+    name: Name | None = None
+    ssh: SSHDefaults = Field(default_factory=SSHDefaults)
+    docker: DockerSection = Field(default_factory=DockerSection)
+    hosts: tuple[Host, ...] = Field(min_length=1)
+    network: NetworkSection = Field(default_factory=NetworkSection)
+    consul: ConsulSection = Field(default_factory=ConsulSection)
+    filebox: FileboxSection = Field(default_factory=FileboxSection)
+    services: tuple[Service, ...] = ()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ClusterFile:
+        seen_names: dict[str, int] = {}
+        seen_addrs: dict[tuple[str, int | None], int] = {}
+        for i, host in enumerate(self.hosts):
+            if host.name in seen_names:
+                raise IndexedError(i, "name", f"duplicate host name {host.name!r} (also hosts[{seen_names[host.name]}])")
+            seen_names[host.name] = i
+            key = (host.address, host.port)
+            if key in seen_addrs:
+                raise IndexedError(
+                    i, "address", f"duplicate host address {host.address!r} (also hosts[{seen_addrs[key]}])"
+                )
+            seen_addrs[key] = i
+        for i, host in enumerate(self.hosts):
+            if isinstance(host.bastion, str):
+                if host.bastion not in seen_names:
+                    raise IndexedError(i, "bastion", f"bastion {host.bastion!r} is not a host in this file")
+                if host.bastion == host.name:
+                    raise IndexedError(i, "bastion", "a host cannot be its own bastion")
+        names = set()
+        for i, svc in enumerate(self.services):
+            if svc.name in names:
+                raise ServiceIndexedError(i, "name", f"duplicate service name {svc.name!r}")
+            names.add(svc.name)
+        return self
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+
+class IndexedError(ValueError):
+    """A cross-field error that knows which host it is about, so the loader can name its line."""
+
+    def __init__(self, index: int, key: str, message: str, section: str = "hosts"):
+        self.loc = (section, index, key)
+        super().__init__(message)
+
+
+class ServiceIndexedError(IndexedError):
+    def __init__(self, index: int, key: str, message: str):
+        super().__init__(index, key, message, section="services")

@@ -1,0 +1,29 @@
+"""Errors a user can cause, each rendered as one line; the CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+# Exit codes: 0 converged, 1 some hosts failed, 2 bad input (nothing was sent), 3 lock held.
+EXIT_OK = 0
+EXIT_HOSTS_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_LOCKED = 3
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us: printed as one line, exit code 2, no traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(UserError):
+    """A cluster file problem: FILE:LINE: KEY.PATH: message."""
+
+    def __init__(self, file: str, key_path: str, message: str, line: int | None = None):
+        self.file, self.key_path, self.message, self.line = file, key_path, message, line
+        where = f"{file}:{line}" if line else file
+        key = f" {key_path}:" if key_path else ""
+        super().__init__(f"{where}:{key} {message}")
+
+
+class LockHeld(UserError):
+    exit_code = EXIT_LOCKED

@@ -1,0 +1,206 @@
+"""Turn the probe script's JSON into typed facts. Pure: text in, HostFacts out."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+
+class ProbeError(ValueError):
+    """The probe's output could not be understood (a broken host shell, a truncated stream)."""
+
+
+@dataclass(frozen=True)
+class Address:
+    ifname: str
+    interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+    @property
+    def ip(self) -> str:
+        return str(self.interface.ip)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        return self.interface.network
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    image: str
+    state: str
+    labels: dict[str, str]
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass(frozen=True)
+class Image:
+    id: str
+    repository: str
+    tag: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DockerFacts:
+    cli: str | None
+    running: bool
+    server_version: str | None
+    error: str | None
+    info: dict[str, Any]
+    containers: tuple[Container, ...]
+    images: tuple[Image, ...]
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.cli)
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    hostname: str
+    uid: int
+    # "" when root, "sudo -n" when passwordless sudo works, None when neither.
+    sudo: str | None
+    os_id: str
+    os_version: str
+    os_pretty: str
+    arch: str
+    kernel: str
+    init: str
+    has_apt: bool
+    # The server side of the SSH connection: the address the host was reached on.
+    ssh_server_address: str | None
+    addresses: tuple[Address, ...]
+    default_ifname: str | None
+    docker: DockerFacts
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+    @property
+    def systemd(self) -> bool:
+        return self.init == "systemd"
+
+    def global_addresses(self) -> list[Address]:
+        """Addresses other hosts could use: not loopback, link-local or a Docker bridge."""
+        skip_prefixes = ("docker", "br-", "veth", "weave", "vxlan", "datapath", "docker_gwbridge")
+        return [
+            a
+            for a in self.addresses
+            if not a.interface.ip.is_loopback
+            and not a.interface.ip.is_link_local
+            and not a.ifname.startswith(skip_prefixes)
+        ]
+
+    def cluster_address(self, configured: str | None = None) -> str | None:
+        """The address the cluster talks on: the configured one (checked to be on this host),
+        else the address SSH reached, else the default route's interface address."""
+        if configured:
+            return configured
+        local = {a.ip for a in self.global_addresses()}
+        if self.ssh_server_address in local:
+            return self.ssh_server_address
+        for a in self.global_addresses():
+            if a.ifname == self.default_ifname and a.interface.version == 4:
+                return a.ip
+        v4 = [a for a in self.global_addresses() if a.interface.version == 4]
+        return v4[0].ip if v4 else None
+
+
+def probe_script() -> str:
+    return resources.files("clusterctl.facts").joinpath("probe.sh").read_text()
+
+
+def _labels(text: str) -> dict[str, str]:
+    # docker --format '{{json .}}' gives labels as "k=v,k2=v2".
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if part:
+            key, _, value = part.partition("=")
+            out[key] = value
+    return out
+
+
+def _parse_addresses(items: list[dict[str, str]]) -> tuple[Address, ...]:
+    out = []
+    for item in items:
+        try:
+            out.append(Address(item["ifname"].split("@")[0], ipaddress.ip_interface(item["cidr"])))
+        except (KeyError, ValueError):
+            continue
+    return tuple(out)
+
+
+def _default_ifname(routes: list[dict[str, str]]) -> str | None:
+    for r in routes:
+        words = r.get("route", "").split()
+        if words[:1] == ["default"] and "dev" in words:
+            return words[words.index("dev") + 1]
+    return None
+
+
+def _docker(d: dict[str, Any]) -> DockerFacts:
+    info = d.get("info") or {}
+    errors = info.get("ServerErrors") or []
+    running = bool(info.get("ServerVersion")) and not errors
+    containers = tuple(
+        Container(
+            id=c.get("ID", ""),
+            name=c.get("Names", ""),
+            image=c.get("Image", ""),
+            state=c.get("State", ""),
+            labels=_labels(c.get("Labels", "")),
+        )
+        for c in d.get("containers") or []
+    )
+    images = tuple(
+        Image(id=i.get("ID", ""), repository=i.get("Repository", ""), tag=i.get("Tag", ""))
+        for i in d.get("images") or []
+    )
+    return DockerFacts(
+        cli=d.get("cli") or None,
+        running=running,
+        server_version=info.get("ServerVersion") if running else None,
+        error="; ".join(errors) or None,
+        info=info if running else {},
+        containers=containers,
+        images=images,
+    )
+
+
+def parse_probe_output(text: str) -> HostFacts:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        head = text.strip().splitlines()[:1]
+        raise ProbeError(f"probe output is not JSON ({exc.msg}): {head[0][:120] if head else 'empty'}") from None
+    if not isinstance(data, dict) or data.get("probe") != 1:
+        raise ProbeError("probe output has an unknown shape")
+    ssh_conn = (data.get("ssh_connection") or "").split()
+    os_ = data.get("os") or {}
+    sudo = data.get("sudo", "")
+    return HostFacts(
+        hostname=data.get("hostname", ""),
+        uid=int(data.get("uid", -1)),
+        sudo=None if sudo == "none" else sudo,
+        os_id=os_.get("id", ""),
+        os_version=os_.get("version_id", ""),
+        os_pretty=os_.get("pretty", ""),
+        arch=data.get("arch", ""),
+        kernel=data.get("kernel", ""),
+        init=data.get("init", "other"),
+        has_apt=bool(data.get("apt")),
+        ssh_server_address=ssh_conn[2] if len(ssh_conn) >= 3 else None,
+        addresses=_parse_addresses(data.get("addresses") or []),
+        default_ifname=_default_ifname(data.get("routes") or []),
+        docker=_docker(data.get("docker") or {}),
+    )

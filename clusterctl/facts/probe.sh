@@ -1,0 +1,44 @@
+# clusterctl probe: prints one JSON object of host facts. POSIX sh, no python needed on the host.
+# Runs read-only; one round trip per host per `up`. Docker's own JSON is embedded as it comes.
+export LC_ALL=C PATH="$PATH:/usr/sbin:/sbin:/usr/local/bin"
+js() { # JSON string from $1
+	printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/	/\\t/g' | tr -d '\000-\037')"
+}
+jsonl() { # JSON array from lines of JSON objects on stdin
+	printf '['; sed -e '$!s/$/,/' | tr -d '\n'; printf ']'
+}
+osr() { # a value from /etc/os-release
+	[ -r /etc/os-release ] && sed -n "s/^$1=//p" /etc/os-release | sed -e 's/^"//' -e 's/"$//' | head -n 1
+}
+if [ "$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
+printf '{"probe":1'
+printf ',"hostname":'; js "$(hostname 2>/dev/null || cat /etc/hostname)"
+printf ',"uid":%s' "$(id -u)"
+printf ',"sudo":'; js "$SUDO"
+printf ',"os":{"id":'; js "$(osr ID)"; printf ',"version_id":'; js "$(osr VERSION_ID)"
+printf ',"pretty":'; js "$(osr PRETTY_NAME)"; printf '}'
+printf ',"arch":'; js "$(uname -m)"
+printf ',"kernel":'; js "$(uname -r)"
+if [ -d /run/systemd/system ]; then init=systemd; else init=other; fi
+printf ',"init":'; js "$init"
+printf ',"apt":%s' "$(command -v apt-get >/dev/null && echo true || echo false)"
+printf ',"ssh_connection":'; js "${SSH_CONNECTION:-}"
+printf ',"addresses":'
+ip -o addr show 2>/dev/null | awk '{print "{\"ifname\":\"" $2 "\",\"family\":\"" $3 "\",\"cidr\":\"" $4 "\"}"}' | jsonl
+printf ',"routes":'
+ip -o -4 route show 2>/dev/null | awk '{print "{\"route\":\"" $0 "\"}"}' | sed 's/\\/\\\\/g' | jsonl
+printf ',"docker":{"cli":'; js "$(command -v docker)"
+if command -v docker >/dev/null 2>&1 && [ "$SUDO" != none ]; then
+	info=$($SUDO docker info --format '{{json .}}' 2>/dev/null) || info=""
+	case "$info" in
+	'{'*) printf ',"info":%s' "$info"
+		printf ',"containers":'
+		$SUDO docker ps -a --no-trunc --filter label=clusterctl.cluster --format '{{json .}}' 2>/dev/null | jsonl
+		printf ',"images":'
+		$SUDO docker images --no-trunc --filter label=clusterctl.cluster --format '{{json .}}' 2>/dev/null | jsonl ;;
+	*) printf ',"info":null' ;;
+	esac
+else
+	printf ',"info":null'
+fi
+printf '}}\n'

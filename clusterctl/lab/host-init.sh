@@ -1,0 +1,18 @@
+#!/bin/sh
+# PID 1's child in a lab host container: make the container behave like a small Linux host
+# (writable /sys and cgroups for an inner Docker engine, sshd), then start Docker if installed,
+# the way a real host's init would at boot.
+set -u
+if grep -q ' /sys sysfs ro[, ]' /proc/mounts; then mount -o remount,rw /sys; fi
+# Read-only cgroup mounts must be re-bound rw (plain remount,rw fails: "mount point is busy").
+awk '($3 == "cgroup" || $3 == "cgroup2" || $2 == "/sys/fs/cgroup") && $4 ~ /(^|,)ro(,|$)/ {print $2}' /proc/mounts |
+while read -r mp; do mount -o remount,bind,rw "$mp" || echo "lab-init: cannot remount $mp rw" >&2; done
+ssh-keygen -A >/dev/null
+mkdir -p /root/.ssh /run/sshd
+chmod 700 /root/.ssh
+if [ -n "${LAB_AUTHORIZED_KEY:-}" ]; then printf '%s\n' "$LAB_AUTHORIZED_KEY" > /root/.ssh/authorized_keys; fi
+chmod 600 /root/.ssh/authorized_keys 2>/dev/null
+/usr/sbin/sshd -e
+if [ -x /etc/init.d/docker ]; then service docker start; fi
+echo "lab-init: ready"
+exec sleep infinity

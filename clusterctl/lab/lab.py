@@ -1,0 +1,306 @@
+"""The local lab: N SSH-reachable hosts on this machine, each a container with sshd and its own
+Docker engine (docker-in-docker), on a lab network of their own with fixed addresses.
+
+The lab is a product feature for trying clusterctl and for its end-to-end tests. It talks to the
+local engine with the Debian docker CLI; everything it creates carries the label clusterctl.lab.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from clusterctl.errors import UserError
+from clusterctl.state import state_root
+
+LABEL = "clusterctl.lab"
+IMAGE_REPO = "clusterctl-lab-host"
+# Lab networks are carved from this range, skipping any subnet already in use on this machine.
+LAB_RANGE = ipaddress.ip_network("10.213.0.0/16")
+FIRST_HOST_OCTET = 11
+# What a host container needs to run its own Docker engine without --privileged (which fails
+# where the VM lacks CAP_SYS_RESOURCE).
+DIND_FLAGS = (
+    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--security-opt", "systempaths=unconfined", "--device-cgroup-rule", "a *:* rwm",
+    "-v", "/var/lib/docker",
+)  # fmt: skip
+
+
+def docker_cli() -> str:
+    """Debian's client talks to Debian's engine without API surprises; override with CLUSTERCTL_DOCKER."""
+    explicit = os.environ.get("CLUSTERCTL_DOCKER")
+    if explicit:
+        return explicit
+    if Path("/usr/bin/docker").exists():
+        return "/usr/bin/docker"
+    found = shutil.which("docker")
+    if not found:
+        raise UserError("the lab needs Docker on this machine: docker CLI not found (run scripts/setup.sh)")
+    return found
+
+
+def _docker(*args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([docker_cli(), *args], capture_output=True, input=input)
+    if check and proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise UserError(f"docker {args[0]} failed: {err[-1] if err else proc.returncode}")
+    return proc
+
+
+def _engine_ready() -> None:
+    proc = subprocess.run([docker_cli(), "info", "--format", "{{.ServerVersion}}"], capture_output=True)
+    if proc.returncode != 0:
+        raise UserError("the lab needs a running Docker engine on this machine (start dockerd; see scripts/setup.sh)")
+
+
+def labs_root() -> Path:
+    return state_root() / "labs"
+
+
+def lab_dir(name: str) -> Path:
+    return labs_root() / name
+
+
+def _asset(name: str) -> Path:
+    return Path(str(resources.files("clusterctl.lab").joinpath(name)))
+
+
+def image_tag() -> str:
+    """The host image is named by a digest of the files that build it, so a change rebuilds it."""
+    h = hashlib.sha256()
+    for asset in ("build-host-image.sh", "host-init.sh"):
+        h.update(_asset(asset).read_bytes())
+    return f"{IMAGE_REPO}:{h.hexdigest()[:12]}"
+
+
+def ensure_image(log=print) -> str:  # noqa: ANN001 - a print-like callable
+    tag = image_tag()
+    have = all(_docker("image", "inspect", f"{tag}-{v}", check=False).returncode == 0 for v in ("bare", "docker"))
+    if have:
+        return tag
+    if os.geteuid() != 0:
+        raise UserError("building the lab host image needs root (debootstrap, chroot)")
+    if not shutil.which("debootstrap"):
+        raise UserError("building the lab host image needs debootstrap (apt-get install debootstrap)")
+    log(f"building lab host image {tag} from Debian packages (once; about a minute)")
+    env = dict(os.environ, PATH=f"{Path(docker_cli()).parent}:{os.environ.get('PATH', '')}")
+    mirror = os.environ.get("CLUSTERCTL_LAB_MIRROR", "http://deb.debian.org/debian")
+    proc = subprocess.run(
+        ["sh", str(_asset("build-host-image.sh")), tag, str(_asset("host-init.sh")), mirror],
+        capture_output=True,
+        env=env,
+    )
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise UserError(f"building the lab host image failed: {err[-1] if err else proc.returncode}")
+    return tag
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    container: str
+    address: str
+
+
+def _used_networks() -> list[ipaddress.IPv4Network]:
+    used: list[ipaddress.IPv4Network] = []
+    ids = _docker("network", "ls", "-q").stdout.decode().split()
+    if ids:
+        for net in json.loads(_docker("network", "inspect", *ids).stdout):
+            for cfg in (net.get("IPAM") or {}).get("Config") or []:
+                try:
+                    used.append(ipaddress.ip_network(cfg.get("Subnet", ""), strict=False))
+                except ValueError:
+                    pass
+    proc = subprocess.run(["ip", "-4", "-o", "route", "show"], capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        dest = line.split()[0]
+        if dest != "default":
+            try:
+                used.append(ipaddress.ip_network(dest, strict=False))
+            except ValueError:
+                pass
+    return [n for n in used if n.version == 4]
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    used = _used_networks()
+    for candidate in LAB_RANGE.subnets(new_prefix=24):
+        if not any(candidate.overlaps(u) for u in used):
+            return candidate
+    raise UserError(f"no free /24 left in {LAB_RANGE} for a lab network")
+
+
+def network_name(name: str) -> str:
+    return f"clusterctl-lab-{name}"
+
+
+def _network_subnet(net: str) -> ipaddress.IPv4Network | None:
+    proc = _docker("network", "inspect", net, check=False)
+    if proc.returncode != 0:
+        return None
+    cfg = json.loads(proc.stdout)[0]["IPAM"]["Config"]
+    return ipaddress.ip_network(cfg[0]["Subnet"])
+
+
+def _ensure_network(name: str) -> ipaddress.IPv4Network:
+    net = network_name(name)
+    subnet = _network_subnet(net)
+    if subnet is None:
+        subnet = _free_subnet()
+        _docker("network", "create", "--subnet", str(subnet), "--label", f"{LABEL}={name}", net)
+    return subnet
+
+
+def _ensure_key(directory: Path) -> Path:
+    key = directory / "id_ed25519"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "clusterctl-lab", "-f", str(key)], check=True)
+    return key
+
+
+def _wait_for_sshd(addresses: list[str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = set(addresses)
+    while waiting:
+        for addr in sorted(waiting):
+            try:
+                with socket.create_connection((addr, 22), timeout=1) as s:
+                    s.settimeout(2)
+                    if s.recv(64).startswith(b"SSH-"):
+                        waiting.discard(addr)
+            except OSError:
+                pass
+        if waiting and time.monotonic() > deadline:
+            raise UserError(f"lab hosts did not start sshd within {timeout:g}s: {', '.join(sorted(waiting))}")
+        if waiting:
+            time.sleep(0.2)
+
+
+def _host_keys(container: str, address: str) -> list[str]:
+    """Read the host's public keys from inside the container: the lab trusts what it created."""
+    out = _docker("exec", container, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub").stdout.decode()
+    return [f"{address} {' '.join(line.split()[:2])}" for line in out.splitlines() if line.strip()]
+
+
+def container_name(lab: str, index: int) -> str:
+    return f"clusterctl-lab-{lab}-{index}"
+
+
+def up(name: str, hosts: int = 3, bare: bool = False, log=print) -> Path:  # noqa: ANN001
+    """Create (or complete) the lab and write its cluster file; returns the file's path."""
+    if hosts < 1 or hosts > 50:
+        raise UserError(f"--hosts must be between 1 and 50, got {hosts}")
+    from clusterctl.config.models import check_name
+
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise UserError(f"lab name: {exc}") from None
+    _engine_ready()
+    tag = ensure_image(log)
+    directory = lab_dir(name)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = _ensure_key(directory)
+    pub = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True).stdout.strip()
+    subnet = _ensure_network(name)
+    lab_hosts: list[LabHost] = []
+    for i in range(1, hosts + 1):
+        cname = container_name(name, i)
+        address = str(subnet.network_address + FIRST_HOST_OCTET + i - 1)
+        lab_hosts.append(LabHost(f"node{i}", cname, address))
+        state = _docker("inspect", "-f", "{{.State.Running}}", cname, check=False)
+        if state.returncode == 0:
+            if state.stdout.decode().strip() != "true":
+                _docker("start", cname)
+            continue
+        variant = "bare" if bare else "docker"
+        _docker(
+            "run", "-d", "--name", cname, "--hostname", f"node{i}",
+            "--network", network_name(name), "--ip", address,
+            "--label", f"{LABEL}={name}", "--label", f"{LABEL}.host=node{i}",
+            "-e", f"LAB_AUTHORIZED_KEY={pub}",
+            *DIND_FLAGS, f"{tag}-{variant}",
+        )  # fmt: skip
+    _wait_for_sshd([h.address for h in lab_hosts])
+    known = directory / "known_hosts"
+    lines = [line for h in lab_hosts for line in _host_keys(h.container, h.address)]
+    known.write_text("\n".join(lines) + "\n")
+    cluster_file = directory / "cluster.yaml"
+    cluster_file.write_text(render_cluster_file(name, lab_hosts, key, known))
+    return cluster_file
+
+
+def render_cluster_file(name: str, hosts: list[LabHost], key: Path, known: Path) -> str:
+    doc = {
+        "name": f"lab-{name}",
+        "ssh": {
+            "user": "root",
+            "identity_file": str(key),
+            "known_hosts": str(known),
+            "config_file": "",
+            "connect_timeout": 5,
+        },
+        "hosts": [{"name": h.name, "address": h.address, "roles": ["server"], "labels": {"provider": "lab"}} for h in hosts],
+    }
+    header = f"# clusterctl lab {name!r}: written by `clusterctl lab up`; removed by `clusterctl lab down --name {name}`.\n"
+    return header + yaml.safe_dump(doc, sort_keys=False)
+
+
+def down(name: str) -> list[str]:
+    """Remove the lab's containers (with their volumes), network and files; returns what went."""
+    removed: list[str] = []
+    ids = _docker("ps", "-aq", "--filter", f"label={LABEL}={name}").stdout.decode().split()
+    if ids:
+        _docker("rm", "-f", "-v", *ids)
+        removed += [f"container {i[:12]}" for i in ids]
+    if _docker("network", "inspect", network_name(name), check=False).returncode == 0:
+        _docker("network", "rm", network_name(name))
+        removed.append(f"network {network_name(name)}")
+    directory = lab_dir(name)
+    if directory.exists():
+        shutil.rmtree(directory)
+        removed.append(str(directory))
+    return removed
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    name: str
+    hosts: int
+    running: int
+    cluster_file: str | None
+
+
+def ls() -> list[LabInfo]:
+    names = set()
+    for line in _docker("network", "ls", "--filter", f"label={LABEL}", "--format", '{{.Label "clusterctl.lab"}}').stdout.decode().split():
+        names.add(line)
+    if labs_root().exists():
+        names.update(p.name for p in labs_root().iterdir() if p.is_dir())
+    out = []
+    for n in sorted(names):
+        states = _docker("ps", "-a", "--filter", f"label={LABEL}={n}", "--format", "{{.State}}").stdout.decode().split()
+        f = lab_dir(n) / "cluster.yaml"
+        out.append(LabInfo(n, len(states), states.count("running"), str(f) if f.exists() else None))
+    return out
+
+
+def host_containers(name: str) -> dict[str, str]:
+    """Lab host name -> container name (for tests and tooling that stop or poke a host)."""
+    out = _docker("ps", "-a", "--filter", f"label={LABEL}={name}", "--format", '{{.Label "clusterctl.lab.host"}} {{.Names}}')
+    return dict(line.split() for line in out.stdout.decode().splitlines() if line.strip())

@@ -1,0 +1,37 @@
+"""The docker phase: install the engine where it is missing, start it where it is stopped."""
+
+from __future__ import annotations
+
+from clusterctl.commands import docker as build
+from clusterctl.commands.base import Cmd
+from clusterctl.config.models import Host
+from clusterctl.facts.parser import HostFacts
+from clusterctl.phases.base import Context, PlanError
+
+
+class DockerPhase:
+    name = "docker"
+    title = "Docker engine installed and running"
+
+    def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
+        if facts.docker.running:
+            return []
+        if facts.sudo is None:
+            raise PlanError(f"user uid {facts.uid} is not root and has no passwordless sudo")
+        section = ctx.cluster.spec.docker
+        cmds: list[Cmd] = []
+        if not facts.docker.installed:
+            if section.install == "none":
+                raise PlanError("Docker is not installed and docker.install is 'none'")
+            if section.install == "package":
+                if not facts.has_apt:
+                    raise PlanError(
+                        f"no apt-get on {facts.os_pretty or 'this host'}; set docker.install: script, "
+                        "or install Docker yourself"
+                    )
+                cmds.append(build.install_package())
+            else:
+                cmds.append(build.install_upstream_script())
+        cmds.append(build.start_engine(facts.systemd))
+        cmds.append(build.wait_for_engine(section.start_timeout))
+        return [build.as_root(c, facts.sudo) for c in cmds]

@@ -1,0 +1,83 @@
+"""Per-host, per-phase table (rich) and the same facts as JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from clusterctl.phases.manager import CHANGED, FAILED, OK, PLANNED, SKIPPED, RunReport, Step
+
+STYLE = {OK: "green", CHANGED: "yellow", PLANNED: "cyan", FAILED: "bold red", SKIPPED: "dim"}
+
+
+def report_dict(report: RunReport) -> dict[str, Any]:
+    return {
+        "cluster": report.cluster,
+        "dry_run": report.dry_run,
+        "ok": report.ok,
+        "changed": report.changed,
+        "seconds": round(report.seconds, 3),
+        "failed_hosts": [h.name for h in report.failed_hosts],
+        "hosts": [
+            {
+                "name": h.name,
+                "address": h.address,
+                "ok": h.ok,
+                "changed": any(s.changed for s in h.steps),
+                "round_trips": h.round_trips,
+                "phases": [_step(s) for s in h.steps],
+            }
+            for h in report.hosts
+        ],
+    }
+
+
+def _step(s: Step) -> dict[str, Any]:
+    return {
+        "phase": s.phase,
+        "status": s.status,
+        "changed": s.changed,
+        "message": s.message,
+        "seconds": round(s.seconds, 3),
+        "commands": s.commands,
+    }
+
+
+def report_json(report: RunReport) -> str:
+    return json.dumps(report_dict(report), indent=2)
+
+
+def progress_line(host: str, step: Step) -> str:
+    style = STYLE.get(step.status, "")
+    took = f" [dim]{step.seconds:.1f}s[/dim]" if step.seconds >= 0.05 else ""
+    return f"  [bold]{host}[/bold] {step.phase}: [{style}]{step.status}[/{style}] {_escape(step.message)}{took}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def print_table(report: RunReport, console) -> None:  # noqa: ANN001 - rich.Console, imported lazily
+    from rich.table import Table
+
+    title = f"{'plan' if report.dry_run else 'up'}: cluster {report.cluster} ({report.seconds:.1f}s)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("host")
+    for phase in report.phases:
+        table.add_column(phase)
+    table.add_column("detail", overflow="fold")
+    for h in report.hosts:
+        by_phase = {s.phase: s for s in h.steps}
+        cells = []
+        for phase in report.phases:
+            s = by_phase.get(phase)
+            cells.append(f"[{STYLE[s.status]}]{s.status}[/]" if s else "[dim]-[/dim]")
+        failed = h.failed
+        detail = failed.message if failed else "; ".join(s.message for s in h.steps if s.changed) or "converged"
+        table.add_row(h.name, *cells, _escape(detail))
+    console.print(table)
+    if report.dry_run:
+        for h in report.hosts:
+            for s in h.steps:
+                for c in s.commands:
+                    console.print(f"[cyan]{h.name}[/cyan] {s.phase}$ {_escape(c)}", soft_wrap=True)

@@ -1,0 +1,322 @@
+"""SSH to cluster hosts on fabric/paramiko, with strict host keys kept per cluster.
+
+- Endpoints are resolved purely from the cluster file and ~/.ssh/config (Host blocks,
+  IdentityFile, ProxyJump); the cluster file's per-host values win.
+- Host keys: a known_hosts file owned by the cluster. An unknown key is accepted only when the
+  caller allows it (--accept-new-host-keys); a changed key is always refused.
+- Commands are rendered text from clusterctl.commands (argv quoted with shlex) and run on one
+  exec channel each; `round_trips` counts them, so benchmarks can see what a run cost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+from fabric import Config, Connection
+
+from clusterctl.config.loader import Cluster
+from clusterctl.config.models import Bastion, Host
+
+
+class SSHError(Exception):
+    """A connection-level failure, worded for the operator (one line)."""
+
+
+class HostKeyChanged(SSHError):
+    pass
+
+
+class HostKeyUnknown(SSHError):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach one host (or a bastion) over SSH."""
+
+    name: str
+    address: str
+    port: int = 22
+    user: str = "root"
+    identity_files: tuple[str, ...] = ()
+    bastion: Endpoint | None = None
+    connect_timeout: float = 10.0
+
+    @property
+    def label(self) -> str:
+        where = f"{self.user}@{self.address}" + (f":{self.port}" if self.port != 22 else "")
+        return where + (f" via {self.bastion.label}" if self.bastion else "")
+
+
+def _ssh_config(path: str) -> paramiko.SSHConfig:
+    p = Path(os.path.expanduser(path)) if path else None
+    if p and p.is_file():
+        return paramiko.SSHConfig.from_path(str(p))
+    return paramiko.SSHConfig()
+
+
+def _from_ssh_config(conf: paramiko.SSHConfig, alias: str) -> dict:
+    """The options ~/.ssh/config gives for an alias (empty when no Host block matches it)."""
+    found = conf.lookup(alias)
+    out: dict = {}
+    if found.get("hostname") and found["hostname"] != alias:
+        out["address"] = found["hostname"]
+    if "user" in found:
+        out["user"] = found["user"]
+    if "port" in found:
+        out["port"] = int(found["port"])
+    if "identityfile" in found:
+        out["identity_files"] = tuple(found["identityfile"])
+    if "proxyjump" in found and found["proxyjump"].lower() != "none":
+        out["proxyjump"] = found["proxyjump"].split(",")[-1].strip()
+    return out
+
+
+def _jump_endpoint(spec: str, conf: paramiko.SSHConfig, timeout: float) -> Endpoint:
+    user, _, rest = spec.rpartition("@")
+    address, _, port = rest.partition(":")
+    via = _from_ssh_config(conf, address)
+    return Endpoint(
+        name=f"bastion {address}",
+        address=via.get("address", address),
+        port=int(port) if port else via.get("port", 22),
+        user=user or via.get("user", "root"),
+        identity_files=via.get("identity_files", ()),
+        connect_timeout=timeout,
+    )
+
+
+def resolve_endpoints(cluster: Cluster) -> dict[str, Endpoint]:
+    """Host name -> Endpoint. Pure apart from reading ~/.ssh/config."""
+    spec = cluster.spec
+    conf = _ssh_config(spec.ssh.config_file)
+    timeout = spec.ssh.connect_timeout
+
+    def ids(*values: str | None) -> tuple[str, ...]:
+        return tuple(str(cluster.resolve_path(v)) for v in values if v)
+
+    def base(host: Host) -> Endpoint:
+        # The ssh config is looked up by host name first, then by address.
+        via = _from_ssh_config(conf, host.name) or _from_ssh_config(conf, host.address)
+        bastion = None
+        if via.get("proxyjump"):
+            bastion = _jump_endpoint(via["proxyjump"], conf, timeout)
+        return Endpoint(
+            name=host.name,
+            address=host.address if host.address != host.name else via.get("address", host.address),
+            port=host.port or via.get("port") or spec.ssh.port or 22,
+            user=host.user or via.get("user") or spec.ssh.user or "root",
+            identity_files=ids(host.identity_file) or via.get("identity_files") or ids(spec.ssh.identity_file),
+            bastion=bastion,
+            connect_timeout=timeout,
+        )
+
+    plain = {h.name: base(h) for h in cluster.hosts}
+    out: dict[str, Endpoint] = {}
+    for h in cluster.hosts:
+        ep = plain[h.name]
+        if isinstance(h.bastion, str):
+            ep = _replace(ep, bastion=_replace(plain[h.bastion], name=f"bastion {h.bastion}"))
+        elif isinstance(h.bastion, Bastion):
+            b = h.bastion
+            ep = _replace(
+                ep,
+                bastion=Endpoint(
+                    name=f"bastion {b.address}",
+                    address=b.address,
+                    port=b.port or 22,
+                    user=b.user or ep.user,
+                    identity_files=ids(b.identity_file) or ep.identity_files,
+                    connect_timeout=timeout,
+                ),
+            )
+        out[h.name] = ep
+    return out
+
+
+def _replace(ep: Endpoint, **changes) -> Endpoint:
+    from dataclasses import replace
+
+    return replace(ep, **changes)
+
+
+class KnownHosts:
+    """The cluster's known_hosts file; shared by all sessions of a run (thread-safe appends)."""
+
+    def __init__(self, path: Path, accept_new: bool):
+        self.path = path
+        self.accept_new = accept_new
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.touch(mode=0o600)
+        self.keys = paramiko.HostKeys(str(path))
+
+    def install(self, client: paramiko.SSHClient) -> None:
+        # Share our HostKeys object: paramiko checks it before consulting the policy.
+        client._host_keys = self.keys  # noqa: SLF001 - paramiko has no public setter
+        client.set_missing_host_key_policy(_Policy(self))
+
+    def add(self, hostname: str, key: paramiko.PKey) -> None:
+        with self._lock:
+            self.keys.add(hostname, key.get_name(), key)
+            with self.path.open("a") as f:
+                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class _Policy(paramiko.MissingHostKeyPolicy):
+    def __init__(self, known: KnownHosts):
+        self.known = known
+
+    def missing_host_key(self, client, hostname, key):  # noqa: ANN001 - paramiko's signature
+        if not self.known.accept_new:
+            raise HostKeyUnknown(
+                f"unknown host key for {hostname} ({key.get_name()} {key.fingerprint}); "
+                f"run again with --accept-new-host-keys to trust it (recorded in {self.known.path})"
+            )
+        self.known.add(hostname, key)
+
+
+def explain(exc: BaseException, ep: Endpoint, known_hosts: Path) -> str:
+    """One line an operator can act on, for any connection failure."""
+    where = ep.label
+    if isinstance(exc, SSHError):
+        return str(exc)
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (
+            f"host key for {where} CHANGED (got {exc.key.get_name()} {exc.key.fingerprint}); refusing to connect. "
+            f"If the host was rebuilt, remove its line from {known_hosts}"
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
+        keys = ", ".join(ep.identity_files) or "agent/default keys"
+        return f"authentication failed for {where} (tried {keys})"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"cannot reach {where}: timed out after {ep.connect_timeout:g}s"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return f"cannot reach {where}: connection refused"
+    if isinstance(exc, OSError):
+        return f"cannot reach {where}: {exc.strerror or exc}"
+    if isinstance(exc, paramiko.SSHException):
+        return f"SSH error on {where}: {exc}"
+    return f"{type(exc).__name__} on {where}: {exc}"
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def tail(self, lines: int = 1) -> str:
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return " | ".join(text[-lines:]) if text else f"exit code {self.exit_code}"
+
+
+@dataclass
+class Session:
+    """One open SSH connection to a host."""
+
+    endpoint: Endpoint
+    connection: Connection
+    round_trips: int = 0
+    _gateway: Connection | None = field(default=None, repr=False)
+
+    def run(self, command: str, timeout: float | None = None, stdin: bytes | None = None) -> RunResult:
+        """Run one command line; stdout/stderr are read concurrently; `timeout` bounds the whole run."""
+        self.round_trips += 1
+        t0 = time.monotonic()
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SSHError(f"connection to {self.endpoint.label} is closed")
+        chan = transport.open_session(timeout=self.endpoint.connect_timeout)
+        chan.settimeout(timeout)
+        try:
+            chan.exec_command(command)
+            err_chunks: list[bytes] = []
+
+            def read_stderr() -> None:
+                try:
+                    while data := chan.recv_stderr(65536):
+                        err_chunks.append(data)
+                except (socket.timeout, OSError):
+                    pass
+
+            reader = threading.Thread(target=read_stderr, daemon=True)
+            reader.start()
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out_chunks: list[bytes] = []
+            try:
+                while data := chan.recv(65536):
+                    out_chunks.append(data)
+            except socket.timeout:
+                raise TimeoutError(f"command timed out after {timeout:g}s on {self.endpoint.label}") from None
+            reader.join(timeout)
+            code = chan.recv_exit_status()
+        finally:
+            chan.close()
+        return RunResult(
+            exit_code=code,
+            stdout=b"".join(out_chunks).decode("utf-8", "replace"),
+            stderr=b"".join(err_chunks).decode("utf-8", "replace"),
+            seconds=time.monotonic() - t0,
+        )
+
+    def close(self) -> None:
+        self.connection.close()
+        if self._gateway is not None:
+            self._gateway.close()
+
+
+def _connection(ep: Endpoint, known: KnownHosts, gateway: Connection | None) -> Connection:
+    # Fabric would read ~/.ssh/config again and auto-add host keys; we resolved the config
+    # ourselves and install our own host key policy, so turn both off here.
+    config = Config(overrides={"load_ssh_configs": False})
+    connect_kwargs: dict = {"compress": False, "banner_timeout": ep.connect_timeout, "auth_timeout": ep.connect_timeout}
+    if ep.identity_files:
+        connect_kwargs["key_filename"] = list(ep.identity_files)
+    conn = Connection(
+        ep.address,
+        user=ep.user,
+        port=ep.port,
+        config=config,
+        gateway=gateway,
+        connect_timeout=int(max(1, ep.connect_timeout)),
+        connect_kwargs=connect_kwargs,
+    )
+    known.install(conn.client)
+    return conn
+
+
+def open_session(ep: Endpoint, known: KnownHosts) -> Session:
+    """Connect (through the bastion when there is one); raises on failure (the executor turns
+    that into the host's result via explain())."""
+    gateway = None
+    if ep.bastion is not None:
+        gateway = _connection(ep.bastion, known, None)
+        try:
+            gateway.open()
+        except Exception as exc:
+            gateway.close()
+            raise SSHError(f"bastion {explain(exc, ep.bastion, known.path)}") from None
+    conn = _connection(ep, known, gateway)
+    try:
+        conn.open()
+    except Exception:
+        conn.close()
+        if gateway is not None:
+            gateway.close()
+        raise
+    return Session(endpoint=ep, connection=conn, _gateway=gateway)
