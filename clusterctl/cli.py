@@ -86,7 +86,7 @@ def _select(cluster, hosts: Optional[list[str]]) -> Optional[frozenset[str]]:
     return frozenset(hosts)
 
 
-def _converge(file, output, accept_new, workers, hosts, dry_run: bool) -> None:
+def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait: float = 10.0) -> None:
     from clusterctl.config.loader import load
     from clusterctl.lock import cluster_lock
     from clusterctl.phases import PHASES
@@ -110,7 +110,7 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool) -> None:
     if dry_run:
         report = execute(cluster, PHASES, endpoints, known, options, progress)
     else:
-        with cluster_lock(cluster_dir(cluster.name), cluster.name, f"clusterctl up -f {cluster.path}"):
+        with cluster_lock(cluster_dir(cluster.name), cluster.name, f"clusterctl up -f {cluster.path}", wait=lock_wait):
             report = execute(cluster, PHASES, endpoints, known, options, progress)
     if output == Output.json:
         print(report_json(report))
@@ -133,9 +133,10 @@ def up(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
+    lock_wait: Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds to wait for another `up` on this cluster.")] = 10.0,
 ) -> None:
     """Bring every host to the desired state: Docker installed and running (more phases to come)."""
-    _converge(file, output, accept_new_host_keys, workers, host, dry_run)
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait)
 
 
 @app.command()

@@ -1,0 +1,61 @@
+"""The session's lab: 3 bare hosts (no Docker yet), created once, always removed at the end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clusterctl.lab import lab as lab_mod
+
+
+def _engine_ok() -> bool:
+    try:
+        return subprocess.run([lab_mod.docker_cli(), "info"], capture_output=True, timeout=20).returncode == 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@dataclass
+class Lab:
+    name: str
+    cluster_file: Path
+
+    def container(self, host: str) -> str:
+        return lab_mod.container_name(self.name, int(host.removeprefix("node")))
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([lab_mod.docker_cli(), *args], capture_output=True, text=True, check=check)
+
+
+def _remove_stale_test_labs() -> None:
+    """Labs left by an earlier test run that was killed before its teardown."""
+    out = subprocess.run(
+        [lab_mod.docker_cli(), "ps", "-a", "--filter", f"label={lab_mod.LABEL}", "--format", '{{.Label "clusterctl.lab"}}'],
+        capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    for name in set(out):
+        if name.startswith("e2e") and not Path(f"/proc/{name.removeprefix('e2e')}").exists():
+            lab_mod.down(name)
+
+
+@pytest.fixture(scope="session")
+def lab(cli, state_dir):
+    if not _engine_ok():
+        if os.environ.get("CLUSTERCTL_SKIP_E2E") == "1":
+            pytest.skip("CLUSTERCTL_SKIP_E2E=1 and no Docker engine")
+        pytest.fail("no Docker engine on this machine: run scripts/setup.sh (or set CLUSTERCTL_SKIP_E2E=1)")
+    _remove_stale_test_labs()
+    name = f"e2e{os.getpid()}"
+    try:
+        proc = cli("lab", "up", "--name", name, "--hosts", "3", "--bare", timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        path = Path(proc.stdout.strip().splitlines()[-1])
+        assert path.is_file()
+        yield Lab(name, path)
+    finally:
+        proc = cli("lab", "down", "--name", name)
+        assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,173 @@
+"""End to end on 3 bare lab hosts over real SSH: install Docker, converge, fail well.
+
+Tests run in file order and share the session's lab; each leaves the lab as it found it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paramiko
+import yaml
+
+from clusterctl.lock import cluster_lock
+
+pytestmark = __import__("pytest").mark.e2e
+
+
+def _statuses(report: dict) -> dict[str, dict[str, str]]:
+    return {h["name"]: {p["phase"]: p["status"] for p in h["phases"]} for h in report["hosts"]}
+
+
+def test_plan_sends_nothing_that_changes(cli, lab):
+    code, report = cli.json("plan", "-f", str(lab.cluster_file))
+    assert code == 0, report
+    assert report["dry_run"] is True
+    for host in report["hosts"]:
+        assert host["round_trips"] == 1  # the read-only probe, nothing else
+        docker = next(p for p in host["phases"] if p["phase"] == "docker")
+        assert docker["status"] == "planned"
+        assert any("apt-get install" in c for c in docker["commands"])
+    # Still bare afterwards.
+    proc = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "sh", "-c", "command -v docker || echo absent")
+    assert proc.returncode == 0 and proc.stdout.count("absent") == 3, proc.stdout
+
+
+def test_up_installs_and_starts_docker_on_bare_hosts(cli, lab):
+    code, report = cli.json("up", "-f", str(lab.cluster_file))
+    assert code == 0, report
+    assert all(s["docker"] == "changed" for s in _statuses(report).values())
+    proc = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "docker", "info", "--format", "{{.ServerVersion}}")
+    assert proc.returncode == 0, proc.stderr
+    assert len([line for line in proc.stdout.splitlines() if "20.10" in line]) == 3
+
+
+def test_second_up_changes_nothing_in_one_round_trip(cli, lab):
+    code, report = cli.json("up", "-f", str(lab.cluster_file))
+    assert code == 0 and report["changed"] is False
+    for host in report["hosts"]:
+        assert host["round_trips"] == 1
+        assert all(p["changed"] is False for p in host["phases"])
+
+
+def test_exec_single_host_passes_output_and_exit_code(cli, lab):
+    proc = cli("exec", "-f", str(lab.cluster_file), "--host", "node2", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (7, "out\n", "err\n")
+    # Arguments stay arguments: no shell sees them unquoted.
+    proc = cli("exec", "-f", str(lab.cluster_file), "--host", "node1", "--", "echo", "$(hostname); true")
+    assert proc.stdout == "$(hostname); true\n"
+
+
+def test_stopped_host_others_converge_and_it_is_named(cli, lab):
+    lab.docker("stop", "-t", "1", lab.container("node2"))
+    try:
+        code, report = cli.json("up", "-f", str(lab.cluster_file))
+        assert code == 1
+        assert report["failed_hosts"] == ["node2"]
+        st = _statuses(report)
+        assert st["node2"]["connect"] == "failed" and "docker" not in st["node2"]
+        assert st["node1"]["docker"] == "ok" and st["node3"]["docker"] == "ok"
+        proc = cli("up", "-f", str(lab.cluster_file))
+        assert proc.returncode == 1 and "node2" in proc.stderr and "cannot reach" in proc.stderr
+    finally:
+        lab.docker("start", lab.container("node2"))
+    # Back: its Docker comes up at boot; the next up converges everything.
+    deadline = time.monotonic() + 60
+    while True:
+        code, report = cli.json("up", "-f", str(lab.cluster_file))
+        if code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert code == 0, report
+
+
+def _variant(lab, tmp_path, **ssh_changes) -> str:
+    doc = yaml.safe_load(lab.cluster_file.read_text())
+    doc["ssh"].update(ssh_changes)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_changed_host_key_is_refused(cli, lab, tmp_path):
+    known = tmp_path / "known_hosts"
+    lines = (lab.cluster_file.parent / "known_hosts").read_text().splitlines()
+    node3 = yaml.safe_load(lab.cluster_file.read_text())["hosts"][2]["address"]
+    forged = paramiko.Ed25519Key.from_private_key_file(str(lab.cluster_file.parent / "id_ed25519"))
+    # node3's recorded key is replaced by a different ed25519 key: exactly what a MITM looks like.
+    lines = [ln for ln in lines if not ln.startswith(node3 + " ")] + [f"{node3} ssh-ed25519 {forged.get_base64()}"]
+    known.write_text("\n".join(lines) + "\n")
+    f = _variant(lab, tmp_path, known_hosts=str(known))
+    code, report = cli.json("up", "-f", f, "--accept-new-host-keys")
+    assert code == 1 and report["failed_hosts"] == ["node3"]
+    msg = next(p for p in report["hosts"][2]["phases"] if p["phase"] == "connect")["message"]
+    assert "CHANGED" in msg and str(known) in msg
+
+
+def test_unknown_host_keys_need_the_flag(cli, lab, tmp_path):
+    known = tmp_path / "fresh_known_hosts"
+    f = _variant(lab, tmp_path, known_hosts=str(known))
+    code, report = cli.json("up", "-f", f)
+    assert code == 1 and sorted(report["failed_hosts"]) == ["node1", "node2", "node3"]
+    assert "--accept-new-host-keys" in report["hosts"][0]["phases"][0]["message"]
+    code, report = cli.json("up", "-f", f, "--accept-new-host-keys")
+    assert code == 0, report
+    assert len(known.read_text().splitlines()) == 3
+    # Recorded: no flag needed any more.
+    assert cli.json("up", "-f", f)[0] == 0
+
+
+def test_bad_hosts_are_one_clear_line(cli, lab, tmp_path):
+    doc = yaml.safe_load(lab.cluster_file.read_text())
+    subnet_base = doc["hosts"][0]["address"].rsplit(".", 1)[0]
+    doc["ssh"]["connect_timeout"] = 2
+    doc["hosts"][1]["user"] = "nobody"
+    doc["hosts"].append({"name": "ghost", "address": f"{subnet_base}.250"})
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    proc = cli("up", "-f", str(f), "--accept-new-host-keys")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "failed on 2 of 4 hosts" in last and "node2" in last and "ghost" in last
+    assert "authentication failed for nobody@" in last and "cannot reach" in last
+
+
+def test_missing_identity_file_touches_no_host(cli, lab, tmp_path):
+    f = _variant(lab, tmp_path, identity_file=str(tmp_path / "nope"))
+    proc = cli("up", "-f", f)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "ssh.identity_file: identity file not found" in proc.stderr
+
+
+def test_second_up_at_once_waits_then_names_the_holder(cli, lab, state_dir):
+    # Hold the cluster's lock the way a running `up` does, from this process.
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with cluster_lock(state_dir / "clusters" / f"lab-{lab.name}", f"lab-{lab.name}", "clusterctl up (test holder)"):
+            held.set()
+            release.wait(60)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        held.wait(10)
+        t0 = time.monotonic()
+        proc = cli("up", "-f", str(lab.cluster_file), "--lock-wait", "1")
+        waited = time.monotonic() - t0
+    finally:
+        release.set()
+        t.join()
+    assert proc.returncode == 3
+    assert "is busy" in proc.stderr and "clusterctl up (test holder)" in proc.stderr
+    assert waited >= 1
+    assert cli("up", "-f", str(lab.cluster_file)).returncode == 0
+
+
+def test_lab_ls_lists_the_lab(cli, lab):
+    proc = cli("lab", "ls")
+    assert proc.returncode == 0
+    row = next(line for line in proc.stdout.splitlines() if line.startswith(lab.name))
+    assert "3/3 running" in row and str(lab.cluster_file) in row
