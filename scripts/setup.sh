@@ -46,4 +46,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 	.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	touch "$stamp"
 fi
-log "ready: $(.venv/bin/clusterctl --help >/dev/null && echo clusterctl OK), docker $("$DOCKER" version --format '{{.Server.Version}}')"
+# The real Consul 1.8.7 (Debian bullseye), for the filebox and the Consul phase.
+consul_bin=$(bash scripts/fetch-consul.sh)
+
+log "ready: consul $("$consul_bin" version | head -n 1 | cut -d' ' -f2), $(.venv/bin/clusterctl --help >/dev/null && echo clusterctl OK), docker $("$DOCKER" version --format '{{.Server.Version}}')"
