@@ -221,6 +221,41 @@ def exec_(
 
 
 @app.command()
+def status(
+    file: FileOpt = None,
+    output: OutputOpt = Output.table,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+) -> None:
+    """Per host: reachable, Docker, Consul role, alive, leader, filebox version."""
+    import json
+
+    from clusterctl.config.loader import load
+    from clusterctl.status import cluster_status
+    from clusterctl.transport.ssh import resolve_endpoints
+
+    cluster = load(_resolve_file(file, create_lab=False))
+    report = cluster_status(cluster, resolve_endpoints(cluster), _known_hosts(cluster, accept_new_host_keys), workers)
+    if output == Output.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"cluster {cluster.name}: leader {report.leader or 'none'}", title_justify="left")
+        for col in ("host", "address", "reachable", "docker", "consul", "alive", "leader", "filebox"):
+            table.add_column(col)
+        for h in report.hosts:
+            reach = "[green]yes[/green]" if h.reachable else f"[red]no[/red] {h.error}"
+            table.add_row(h.host, h.address, reach, h.docker, h.consul, h.alive, "*" if h.leader else "", h.filebox)
+        Console(highlight=False).print(table)
+        if report.consul_error:
+            _err_console().print(f"[yellow]consul:[/yellow] {report.consul_error}")
+    if not report.ok:
+        raise typer.Exit(EXIT_HOSTS_FAILED)
+
+
+@app.command()
 def schema() -> None:
     """Print the cluster file's JSON Schema (for editor completion and checks)."""
     import json

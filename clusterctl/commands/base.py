@@ -8,7 +8,7 @@ from the cluster file can never become shell syntax. A Script joins a host's Cmd
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,8 @@ class Cmd:
     description: str = ""
     # Tolerate failure (e.g. "remove if present"); the script goes on.
     check: bool = True
+    # Bytes fed to this command's stdin (secrets stay off command lines); one per Script.
+    stdin: bytes | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -28,6 +30,10 @@ class Cmd:
     def render(self) -> str:
         text = shlex.join(self.argv)
         return text if self.check else f"{text} || true"
+
+    def display(self) -> str:
+        """What a dry run shows: the rendered line, with stdin named but never printed."""
+        return self.render() + (f"  # stdin: {len(self.stdin)} bytes, not shown" if self.stdin is not None else "")
 
     def __str__(self) -> str:
         return self.render()
@@ -52,6 +58,14 @@ class Script:
     """A host's ordered commands for one phase, run in one round trip with `set -e`."""
 
     cmds: tuple[Cmd, ...]
+
+    def __post_init__(self) -> None:
+        if sum(c.stdin is not None for c in self.cmds) > 1:
+            raise ValueError("a Script can feed stdin to one command only")
+
+    @property
+    def stdin(self) -> bytes | None:
+        return next((c.stdin for c in self.cmds if c.stdin is not None), None)
 
     def render(self) -> str:
         lines = ["set -e"]

@@ -58,3 +58,9 @@ def wait_for_engine(timeout: float) -> Cmd:
         f"{timeout:g}",
         description="wait until `docker info` answers",
     )
+
+
+def restart_engine(systemd: bool) -> Cmd:
+    if systemd:
+        return Cmd(("systemctl", "restart", "docker"), "restart docker (systemd)")
+    return Cmd(("service", "docker", "restart"), "restart docker (init script)")

@@ -43,9 +43,11 @@ class Container:
 @dataclass(frozen=True)
 class Image:
     id: str
-    repository: str
-    tag: str
-    labels: dict[str, str] = field(default_factory=dict)
+    repo_tags: tuple[str, ...]
+    labels: dict[str, str]
+    # Layer diff_ids, base first: what `docker load` already has on this host.
+    layers: tuple[str, ...]
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,23 @@ class HostFacts:
     addresses: tuple[Address, ...]
     default_ifname: str | None
     docker: DockerFacts
+    nameservers: tuple[str, ...] = ()
+    # /etc/docker/daemon.json as found ("" when absent).
+    daemon_json: str = ""
+    # Files under /etc/clusterctl: path -> sha256 of the content.
+    managed_files: dict[str, str] = field(default_factory=dict)
+
+    def address_of(self, ifname: str) -> str | None:
+        for a in self.addresses:
+            if a.ifname == ifname and a.interface.version == 4:
+                return a.ip
+        return None
+
+    def container(self, name: str) -> Container | None:
+        for c in self.docker.containers:
+            if c.name == name:
+                return c
+        return None
 
     @property
     def is_root(self) -> bool:
@@ -163,7 +182,13 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
         for c in d.get("containers") or []
     )
     images = tuple(
-        Image(id=i.get("ID", ""), repository=i.get("Repository", ""), tag=i.get("Tag", ""))
+        Image(
+            id=i.get("Id", ""),
+            repo_tags=tuple(i.get("RepoTags") or ()),
+            labels=dict(i.get("Labels") or {}),
+            layers=tuple(i.get("Layers") or ()),
+            size=int(i.get("Size") or 0),
+        )
         for i in d.get("images") or []
     )
     return DockerFacts(
@@ -203,4 +228,7 @@ def parse_probe_output(text: str) -> HostFacts:
         addresses=_parse_addresses(data.get("addresses") or []),
         default_ifname=_default_ifname(data.get("routes") or []),
         docker=_docker(data.get("docker") or {}),
+        nameservers=tuple(n["ip"] for n in data.get("nameservers") or [] if n.get("ip")),
+        daemon_json=data.get("daemon_json") or "",
+        managed_files={f["path"]: f["sha256"] for f in data.get("managed_files") or [] if "path" in f},
     )

@@ -23,6 +23,14 @@ if [ -d /run/systemd/system ]; then init=systemd; else init=other; fi
 printf ',"init":'; js "$init"
 printf ',"apt":%s' "$(command -v apt-get >/dev/null && echo true || echo false)"
 printf ',"ssh_connection":'; js "${SSH_CONNECTION:-}"
+printf ',"nameservers":'
+sed -n 's/^nameserver[[:space:]]*\([^[:space:]]*\).*/{"ip":"\1"}/p' /etc/resolv.conf 2>/dev/null | jsonl
+printf ',"daemon_json":'; js "$(cat /etc/docker/daemon.json 2>/dev/null)"
+# Files clusterctl manages on the host, by content hash, so writes happen only when they differ.
+printf ',"managed_files":'
+find /etc/clusterctl -type f 2>/dev/null | while read -r f; do
+	$SUDO sha256sum "$f" 2>/dev/null | awk '{print "{\"path\":\"" $2 "\",\"sha256\":\"" $1 "\"}"}'
+done | jsonl
 printf ',"addresses":'
 ip -o addr show 2>/dev/null | awk '{print "{\"ifname\":\"" $2 "\",\"family\":\"" $3 "\",\"cidr\":\"" $4 "\"}"}' | jsonl
 printf ',"routes":'
@@ -35,7 +43,14 @@ if command -v docker >/dev/null 2>&1 && [ "$SUDO" != none ]; then
 		printf ',"containers":'
 		$SUDO docker ps -a --no-trunc --filter label=clusterctl.cluster --format '{{json .}}' 2>/dev/null | jsonl
 		printf ',"images":'
-		$SUDO docker images --no-trunc --filter label=clusterctl.cluster --format '{{json .}}' 2>/dev/null | jsonl ;;
+		# Images clusterctl built, with their layer digests: shipping sends only the layers missing here.
+		ids=$($SUDO docker images -q --no-trunc --filter label=clusterctl.role 2>/dev/null | sort -u)
+		if [ -n "$ids" ]; then
+			# shellcheck disable=SC2086
+			$SUDO docker image inspect --format '{"Id":"{{.Id}}","RepoTags":{{json .RepoTags}},"Labels":{{json .Config.Labels}},"Layers":{{json .RootFS.Layers}},"Size":{{.Size}}}' $ids 2>/dev/null | jsonl
+		else
+			printf '[]'
+		fi ;;
 	*) printf ',"info":null' ;;
 	esac
 else

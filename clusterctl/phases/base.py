@@ -6,7 +6,7 @@ and run the very same plans, so a dry run cannot drift from a real one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from clusterctl.commands.base import Cmd
@@ -20,12 +20,24 @@ class PlanError(Exception):
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """What a run brings from the operator's side: secrets and built artifacts."""
+
+    gossip_key: str | None = None
+    # The microcontainer base image (BusyBox + the filebox's symlinks) consul runs from.
+    base_image: str | None = None
+    # The filebox container (created, never running) that microcontainers mount.
+    filebox_container: str | None = None
+
+
+@dataclass(frozen=True)
 class Context:
     """Everything a phase may read. No globals, no hidden hand-offs between phases."""
 
     cluster: Cluster
     # Facts of every host that answered the probe, by host name.
     facts: dict[str, HostFacts]
+    inputs: Inputs = field(default_factory=Inputs)
 
 
 class Phase(Protocol):
@@ -33,3 +45,9 @@ class Phase(Protocol):
     title: str
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]: ...
+
+
+def rolling(phase: object, ctx: Context, host: Host, facts: HostFacts) -> bool:
+    """Whether this host's change must run alone (e.g. restarting a quorum member)."""
+    fn = getattr(phase, "rolling", None)
+    return bool(fn and fn(ctx, host, facts))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from clusterctl.commands.base import Cmd, Script
 from clusterctl.config.loader import Cluster
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
-from clusterctl.phases.base import Context, Phase, PlanError
+from clusterctl.phases.base import Context, Inputs, Phase, PlanError, rolling
 from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
 from clusterctl.transport.ssh import Endpoint, KnownHosts, Session, SSHError, explain, open_session
 
@@ -94,8 +94,10 @@ class Manager:
         known_hosts: KnownHosts,
         options: Options,
         progress: Progress | None = None,
+        inputs: Inputs | None = None,
     ):
         self.cluster = cluster
+        self.inputs = inputs or Inputs()
         self.endpoints = endpoints
         self.known_hosts = known_hosts
         self.options = options
@@ -166,15 +168,18 @@ class Manager:
                 self._record(name, Step(label, FAILED, _strip_kind(out), out.seconds))
 
     def context(self) -> Context:
-        return Context(self.cluster, {n: r.facts for n, r in self.reports.items() if r.facts is not None})
+        return Context(self.cluster, {n: r.facts for n, r in self.reports.items() if r.facts is not None}, self.inputs)
 
     def run_phase(self, phase: Phase, more_phases_follow: bool) -> None:
         ctx = self.context()
         plans: dict[str, list[Cmd]] = {}
+        one_at_a_time: list[str] = []
         for name in self._alive():
             host = self.cluster.spec.host(name)
             try:
                 plans[name] = phase.plan(ctx, host, ctx.facts[name])
+                if plans[name] and rolling(phase, ctx, host, ctx.facts[name]):
+                    one_at_a_time.append(name)
             except PlanError as exc:
                 self._record(name, Step(phase.name, FAILED, str(exc)))
         todo = [n for n, cmds in plans.items() if cmds]
@@ -183,25 +188,33 @@ class Manager:
                 self._record(name, Step(phase.name, OK, "unchanged"))
         if self.options.dry_run:
             for name in todo:
-                rendered = [c.render() for c in plans[name]]
+                rendered = [c.display() for c in plans[name]]
                 self._record(name, Step(phase.name, PLANNED, _summary(plans[name]), commands=rendered))
             return
         timeout = self.cluster.spec.ssh.command_timeout
 
         def work(name: str):
             script = Script(tuple(plans[name]))
-            return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout)
+            return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout, stdin=script.stdin)
 
-        results = self._parallel(todo, work, timeout=timeout + 5)
+        together = [n for n in todo if n not in one_at_a_time]
+        results = self._parallel(together, work, timeout=timeout + 5) if together else {}
+        for name in one_at_a_time:  # rolling: each waits for the cluster before the next starts
+            results.update(self._parallel([name], work, timeout=timeout + 5))
+            if not results[name].ok or not results[name].value.ok:  # type: ignore[union-attr]
+                break  # stop rolling: the others keep their running agents
         for name, out in results.items():
-            rendered = [c.render() for c in plans[name]]
+            rendered = [c.display() for c in plans[name]]
             self.reports[name].round_trips = self.sessions[name].round_trips
             if out.ok and out.value.ok:  # type: ignore[union-attr]
                 self._record(name, Step(phase.name, CHANGED, _summary(plans[name]), out.seconds, rendered))
             else:
                 why = _strip_kind(out) if not out.ok else out.value.tail(2)  # type: ignore[union-attr]
                 self._record(name, Step(phase.name, FAILED, why, out.seconds, rendered))
-        changed = [n for n in todo if self.reports[n].ok]
+        for name in todo:
+            if name not in results:
+                self._record(name, Step(phase.name, SKIPPED, "rolling change stopped: an earlier host failed"))
+        changed = [n for n in todo if n in results and self.reports[n].ok]
         if changed and more_phases_follow:
             # Facts are re-read from the host, never edited by hand.
             self.probe(changed, label=f"{phase.name}:reprobe")
@@ -226,9 +239,10 @@ def execute(
     known_hosts: KnownHosts,
     options: Options,
     progress: Progress | None = None,
+    inputs: Inputs | None = None,
 ) -> RunReport:
     t0 = time.monotonic()
-    with Manager(cluster, endpoints, known_hosts, options, progress) as m:
+    with Manager(cluster, endpoints, known_hosts, options, progress, inputs) as m:
         m.connect()
         m.probe()
         for i, phase in enumerate(phases):

@@ -1,0 +1,107 @@
+"""Builders for the Consul agent microcontainer: BusyBox + consul from the filebox, --net=host.
+
+The agent's whole configuration is its argv plus one gossip-key file; the hash of both is put on
+the container as a label, so the phase can tell "unchanged" from the facts alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from clusterctl.commands.base import Cmd, sh_args
+
+CONTAINER = "clusterctl-consul"
+DATA_VOLUME = "clusterctl-consul-data"
+CONFIG_DIR = "/etc/clusterctl/consul"
+GOSSIP_FILE = f"{CONFIG_DIR}/gossip.json"
+IN_CONTAINER_CONFIG = "/consul/config"
+DNS_PORT = 53
+# Leader election ~4 s instead of ~7 s (the default is tuned for slow, shared production disks).
+RAFT_HCL = "performance { raft_multiplier = 1 }"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    server: bool
+    bootstrap_expect: int
+    retry_join: tuple[str, ...]
+    bind: str
+    # HTTP and DNS listen here only: loopback and the address containers use for DNS.
+    client_addresses: tuple[str, ...]
+    datacenter: str
+    recursors: tuple[str, ...]
+    image: str
+    filebox_container: str
+    cluster: str
+
+    def args(self) -> tuple[str, ...]:
+        argv = [
+            "consul", "agent",
+            f"-node={self.node}",
+            f"-datacenter={self.datacenter}",
+            "-data-dir=/consul/data",
+            f"-config-file={IN_CONTAINER_CONFIG}/gossip.json",
+            f"-bind={self.bind}",
+            f"-advertise={self.bind}",
+            f"-client={' '.join(self.client_addresses)}",
+            f"-dns-port={DNS_PORT}",
+            "-hcl", RAFT_HCL,
+        ]  # fmt: skip
+        if self.server:
+            argv += ["-server", f"-bootstrap-expect={self.bootstrap_expect}", "-ui"]
+        argv += [f"-retry-join={a}" for a in self.retry_join]
+        argv += [f"-recursor={r}" for r in self.recursors]
+        return tuple(argv)
+
+    def digest(self, gossip_sha256: str) -> str:
+        """Changes whenever the agent would run differently: argv, image, key."""
+        doc = {"args": self.args(), "image": self.image, "filebox": self.filebox_container, "gossip": gossip_sha256}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def gossip_file(key: str) -> bytes:
+    return json.dumps({"encrypt": key}).encode()
+
+
+def run_agent(cfg: AgentConfig, digest: str) -> Cmd:
+    role = "server" if cfg.server else "client"
+    return Cmd(
+        (
+            "docker", "run", "-d", "--name", CONTAINER,
+            "--net", "host", "--restart", "unless-stopped",
+            "--volumes-from", cfg.filebox_container,
+            "-v", f"{DATA_VOLUME}:/consul/data",
+            "-v", f"{CONFIG_DIR}:{IN_CONTAINER_CONFIG}:ro",
+            "--label", f"clusterctl.cluster={cfg.cluster}",
+            "--label", "clusterctl.role=consul",
+            "--label", f"clusterctl.consul.mode={role}",
+            "--label", f"clusterctl.config={digest}",
+            cfg.image, *cfg.args(),
+        ),
+        description=f"start consul {role}",
+    )  # fmt: skip
+
+
+def remove_agent() -> Cmd:
+    return Cmd(("docker", "rm", "-f", CONTAINER), "remove the old consul container", check=False)
+
+
+def start_agent() -> Cmd:
+    return Cmd(("docker", "start", CONTAINER), "start the stopped consul container")
+
+
+def wait_for_leader(timeout: float) -> Cmd:
+    """Until this agent knows a leader (HTTP on loopback, from inside the container)."""
+    return sh_args(
+        'i=0; while :; do l=$(docker exec "$1" timeout 3 wget -qO- http://127.0.0.1:8500/v1/status/leader 2>/dev/null); '
+        'case "$l" in *:*) exit 0;; esac; i=$((i+1)); '
+        'if [ "$i" -ge "$2" ]; then echo "consul on this host has no leader after $3s" >&2; docker logs --tail 5 "$1" >&2; exit 1; fi; '
+        "sleep 0.5; done",
+        CONTAINER,
+        str(max(1, int(timeout * 2))),
+        f"{timeout:g}",
+        description="wait until consul sees a leader",
+    )

@@ -1,0 +1,72 @@
+"""The engine phase: /etc/docker/daemon.json so every container resolves through Consul DNS.
+
+The engine's default DNS is the host's docker0 address, where the local Consul agent answers
+DNS; Consul forwards names outside .consul to the host's own resolvers. Keys already in
+daemon.json are kept. A change restarts the engine, which is why it runs before any clusterctl
+container exists on a fresh host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from clusterctl.commands import docker as build
+from clusterctl.commands.base import Cmd
+from clusterctl.commands.files import write_file
+from clusterctl.config.models import Host
+from clusterctl.facts.parser import HostFacts
+from clusterctl.phases.base import Context, PlanError
+
+DAEMON_JSON = "/etc/docker/daemon.json"
+DOCKER_DEFAULT_BRIDGE_IP = "172.17.0.1"
+
+
+def dns_address(facts: HostFacts) -> str:
+    """Where containers on this host send DNS: the docker0 address (bip, else Docker's default)."""
+    found = facts.address_of("docker0")
+    if found:
+        return found
+    bip = _daemon_config(facts).get("bip")
+    if bip:
+        return str(ipaddress.ip_interface(bip).ip)
+    return DOCKER_DEFAULT_BRIDGE_IP
+
+
+def _daemon_config(facts: HostFacts) -> dict:
+    if not facts.daemon_json.strip():
+        return {}
+    try:
+        data = json.loads(facts.daemon_json)
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{DAEMON_JSON} is not valid JSON ({exc.msg}, line {exc.lineno}); fix or remove it") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{DAEMON_JSON} must hold a JSON object")
+    return data
+
+
+def desired_daemon_config(facts: HostFacts) -> dict:
+    current = _daemon_config(facts)
+    # Containers cannot reach the host's loopback resolvers; keep only reachable fallbacks.
+    fallbacks = [n for n in facts.nameservers if not ipaddress.ip_address(n).is_loopback]
+    return {**current, "dns": [dns_address(facts), *fallbacks]}
+
+
+class EnginePhase:
+    name = "engine"
+    title = "Docker engine configured: Consul DNS for every container"
+
+    def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
+        if not ctx.cluster.spec.consul.enabled:
+            return []
+        current = _daemon_config(facts)
+        desired = desired_daemon_config(facts)
+        if desired == current:
+            return []
+        cmds = [
+            write_file(DAEMON_JSON, json.dumps(desired, indent=2, sort_keys=True) + "\n", "0644",
+                       f"set the engine's default DNS to {desired['dns'][0]} in {DAEMON_JSON}"),
+            build.restart_engine(facts.systemd),
+            build.wait_for_engine(ctx.cluster.spec.docker.start_timeout),
+        ]  # fmt: skip
+        return [build.as_root(c, facts.sudo) for c in cmds]

@@ -1,0 +1,102 @@
+"""`clusterctl status`: per host reachable, Docker, Consul role, alive, leader, filebox version.
+
+Host facts come from the same one-round-trip probe as `up`; the cluster's own view (members,
+leader) comes from Consul's HTTP API through py-consul, over an SSH tunnel to one server's
+loopback, since the API is never opened to the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from clusterctl.commands.consul import CONTAINER as CONSUL_CONTAINER
+from clusterctl.config.loader import Cluster
+from clusterctl.phases.manager import Manager, Options
+from clusterctl.transport.ssh import Endpoint, KnownHosts
+from clusterctl.transport.tunnel import forward
+
+MEMBER_STATUS = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
+
+
+@dataclass
+class HostStatus:
+    host: str
+    address: str
+    reachable: bool
+    error: str = ""
+    docker: str = "-"
+    consul: str = "-"
+    alive: str = "-"
+    leader: bool = False
+    filebox: str = "-"
+
+
+@dataclass
+class ClusterStatus:
+    cluster: str
+    leader: str | None
+    hosts: list[HostStatus]
+    consul_error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(h.reachable for h in self.hosts) and not self.consul_error
+
+    def as_dict(self) -> dict:
+        return {"cluster": self.cluster, "ok": self.ok, "leader": self.leader, "consul_error": self.consul_error,
+                "hosts": [asdict(h) for h in self.hosts]}  # fmt: skip
+
+
+def _consul_view(manager: Manager, candidates: list[str]) -> tuple[str | None, dict[str, str], str]:
+    import consul
+
+    last_error = "no running consul agent found"
+    for name in candidates:
+        try:
+            with forward(manager.sessions[name], "127.0.0.1", 8500) as port:
+                api = consul.Consul(host="127.0.0.1", port=port, connections_timeout=5)
+                leader = api.status.leader() or None
+                members = {m["Name"]: MEMBER_STATUS.get(m.get("Status", 0), "?") for m in api.agent.members()}
+                leader_addr = leader.rsplit(":", 1)[0] if leader else None
+                return leader_addr, members, ""
+        except Exception as exc:  # noqa: BLE001 - try the next agent
+            last_error = f"consul API via {name}: {exc}"
+    return None, {}, last_error
+
+
+def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: KnownHosts, workers: int) -> ClusterStatus:
+    with Manager(cluster, endpoints, known, Options(workers=workers)) as m:
+        m.connect()
+        m.probe()
+        rows: list[HostStatus] = []
+        with_agent = []
+        for name, report in m.reports.items():
+            f = report.facts
+            if f is None:
+                rows.append(HostStatus(name, report.address, False, report.failed.message if report.failed else ""))
+                continue
+            row = HostStatus(name, report.address, True)
+            row.docker = f.docker.server_version or ("stopped" if f.docker.installed else "absent")
+            agent = f.container(CONSUL_CONTAINER)
+            if agent is not None:
+                row.consul = agent.labels.get("clusterctl.consul.mode", "?") + ("" if agent.running else " (stopped)")
+                if agent.running:
+                    with_agent.append(name)
+            boxes = [c for c in f.docker.containers if c.labels.get("clusterctl.role") == "filebox"]
+            if boxes:
+                row.filebox = ",".join(sorted({c.labels.get("clusterctl.filebox.version", "?")[:12] for c in boxes}))
+            rows.append(row)
+        consul_error = ""
+        leader = None
+        if cluster.spec.consul.enabled:
+            # Servers first: their view of membership is authoritative.
+            order = sorted(with_agent, key=lambda n: not cluster.spec.host(n).is_server)
+            leader, members, consul_error = _consul_view(m, order)
+            for row in rows:
+                if row.reachable or row.host in members:
+                    row.alive = members.get(row.host, "-")
+                facts = m.reports[row.host].facts
+                host = cluster.spec.host(row.host)
+                addr = host.cluster_address or (facts.cluster_address() if facts else None)
+                row.leader = bool(leader and addr == leader)
+        return ClusterStatus(cluster.name, leader, rows, consul_error)

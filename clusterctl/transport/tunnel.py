@@ -1,0 +1,70 @@
+"""A local TCP port forwarded through an open SSH session to host:port on the far side.
+
+Used to reach an agent's HTTP API that listens on the host's loopback only (Consul's 8500),
+so clients such as py-consul can talk to it without opening it to the network.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from contextlib import contextmanager
+
+from clusterctl.transport.ssh import Session
+
+
+def _pipe(local: socket.socket, chan) -> None:  # noqa: ANN001 - a paramiko Channel
+    try:
+        while True:
+            ready, _, _ = select.select([local, chan], [], [], 30)
+            if not ready:
+                continue
+            if local in ready:
+                data = local.recv(65536)
+                if not data:
+                    break
+                chan.sendall(data)
+            if chan in ready:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                local.sendall(data)
+    except OSError:
+        pass
+    finally:
+        chan.close()
+        local.close()
+
+
+@contextmanager
+def forward(session: Session, remote_host: str, remote_port: int):
+    """Yield a local port; each connection to it opens a direct-tcpip channel to the remote."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.settimeout(0.2)
+    transport = session.connection.client.get_transport()
+    stop = threading.Event()
+
+    def accept_loop() -> None:
+        while not stop.is_set():
+            try:
+                local, addr = server.accept()
+            except (socket.timeout, OSError):
+                continue
+            try:
+                chan = transport.open_channel("direct-tcpip", (remote_host, remote_port), addr)
+            except Exception:  # noqa: BLE001 - the client sees a closed connection
+                local.close()
+                continue
+            threading.Thread(target=_pipe, args=(local, chan), daemon=True).start()
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(1)
+        server.close()
