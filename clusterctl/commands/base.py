@@ -17,8 +17,9 @@ class Cmd:
     description: str = ""
     # Tolerate failure (e.g. "remove if present"); the script goes on.
     check: bool = True
-    # Bytes fed to this command's stdin (secrets stay off command lines); one per Script.
-    stdin: bytes | None = field(default=None, repr=False, compare=False)
+    # Fed to this command's stdin: bytes (secrets stay off command lines), or a stream source
+    # with write_to(write) and describe() (image archives). One per Script.
+    stdin: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -33,7 +34,11 @@ class Cmd:
 
     def display(self) -> str:
         """What a dry run shows: the rendered line, with stdin named but never printed."""
-        return self.render() + (f"  # stdin: {len(self.stdin)} bytes, not shown" if self.stdin is not None else "")
+        if self.stdin is None:
+            return self.render()
+        describe = getattr(self.stdin, "describe", None)
+        what = describe() if describe else f"{len(self.stdin)} bytes, not shown"  # type: ignore[arg-type]
+        return f"{self.render()}  # stdin: {what}"
 
     def __str__(self) -> str:
         return self.render()
@@ -64,7 +69,7 @@ class Script:
             raise ValueError("a Script can feed stdin to one command only")
 
     @property
-    def stdin(self) -> bytes | None:
+    def stdin(self) -> object | None:
         return next((c.stdin for c in self.cmds if c.stdin is not None), None)
 
     def render(self) -> str:

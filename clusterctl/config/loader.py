@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from clusterctl.config import models
 from clusterctl.config.models import ClusterFile, Host, IndexedError
 from clusterctl.errors import ConfigError
 
@@ -41,22 +42,74 @@ class Cluster:
         return p if p.is_absolute() else (self.path.parent / p)
 
 
+def _show(value: str) -> str:
+    """A value from the file as printed in a message: quoted if it holds a newline or control character."""
+    return value if value.isprintable() else repr(value)
+
+
 def format_loc(loc: Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            part = _show(str(part))
+            out += f".{part}" if out else part
     return out
+
+
+# pydantic puts the member's tag into the location of a union error
+# (hosts[0].bastion.Bastion.address); these are those tags, never keys of the file.
+_UNION_TAGS = frozenset(
+    {name for name, obj in vars(models).items() if isinstance(obj, type) and issubclass(obj, BaseModel)}
+    | {"str", "int", "float", "bool", "none"}
+)
+
+
+def _clean_loc(loc: Loc, lines: dict[Loc, int]) -> Loc:
+    out: Loc = ()
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part.startswith("function-")):
+            continue
+        if isinstance(part, str) and part in _UNION_TAGS and (*out, part) not in lines:
+            continue
+        out = (*out, part)
+    return out
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """SafeLoader whose constructors fail only with YAMLError.
+
+    PyYAML's own constructors let plain Python errors through for scalars that match a type's
+    pattern but not its range ("2020-13-45", "!!int abc", "!!bool maybe", "0x_"); here each
+    becomes a ConstructorError that carries the node's line.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            shown = repr(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value {shown}: {exc}", node.start_mark
+            ) from None
 
 
 def _line_map(node: yaml.Node, file: str) -> dict[Loc, int]:
     """Map each key path to its 1-based line; refuse duplicate keys (YAML would keep the last)."""
     lines: dict[Loc, int] = {}
     stack: list[tuple[yaml.Node, Loc]] = [(node, ())]
+    # An alias shares its anchor's node: walk each node once, or "&a [*a]" loops for ever and
+    # nested aliases ("billion laughs") take exponential time.
+    visited: set[int] = set()
     while stack:
         current, loc = stack.pop()
+        if isinstance(current, yaml.CollectionNode):
+            if id(current) in visited:
+                continue
+            visited.add(id(current))
         if isinstance(current, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in current.value:
@@ -103,13 +156,15 @@ def load_text(text: str, file: str, path: Path | None = None) -> Cluster:
         if node is None:
             raise ConfigError(file, "", "the file is empty; it needs at least a hosts list")
         lines = _line_map(node, file)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(file, "", f"malformed YAML: {_one_line(problem)}", mark.line + 1 if mark else None) from None
     except RecursionError:
         raise ConfigError(file, "", "malformed YAML: nested too deeply") from None
+    if data is None:  # "---" or "null" alone: a document with nothing in it
+        raise ConfigError(file, "", "the file is empty; it needs at least a hosts list", 1)
     if not isinstance(data, dict):
         raise ConfigError(file, "", f"the top level must be a mapping of keys, not {type(data).__name__}", 1)
     for key in data:
@@ -123,7 +178,7 @@ def load_text(text: str, file: str, path: Path | None = None) -> Cluster:
         cause = (err.get("ctx") or {}).get("error")
         if isinstance(cause, IndexedError):
             loc = cause.loc
-        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        loc = _clean_loc(loc, lines)
         raise ConfigError(file, format_loc(loc), _one_line(_message(err)), _line_for(lines, loc)) from None
     except RecursionError:
         raise ConfigError(file, "", "nested too deeply") from None
@@ -144,8 +199,12 @@ def _check_files(cluster: Cluster, file: str, lines: dict[Loc, int]) -> None:
 
 
 def _must_exist(cluster: Cluster, value: str, loc: Loc, file: str, lines: dict[Loc, int]) -> None:
-    if not cluster.resolve_path(value).is_file():
-        raise ConfigError(file, format_loc(loc), f"identity file not found: {value}", _line_for(lines, loc))
+    try:
+        found = cluster.resolve_path(value).is_file()
+    except (OSError, ValueError):  # a NUL byte ("~\0x"), a name too long for the OS
+        found = False
+    if not found:
+        raise ConfigError(file, format_loc(loc), f"identity file not found: {_show(value)}", _line_for(lines, loc))
 
 
 def load(path: str | Path) -> Cluster:
@@ -161,5 +220,6 @@ def load(path: str | Path) -> Cluster:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(str(p), "", f"not UTF-8 text (byte {exc.start})") from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(str(p), "", f"not UTF-8 text (byte {exc.start})", line) from None
     return load_text(text, str(p), p)

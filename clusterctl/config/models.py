@@ -10,23 +10,35 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+# Patterns end in \Z, not $: "$" also matches before a trailing newline ("web\n" would pass).
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})\Z")
 # A DNS name: labels of letters, digits and inner hyphens, dot separated.
 HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+    r"^(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z"
 )
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,62})$")
-LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{0,128}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\Z")
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,62})\Z")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{0,128}\Z")
+# An IPv6 zone (fe80::1%eth0): ipaddress accepts any text after "%", so check it here.
+SCOPE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+
+
+def check_ip(value: str) -> str:
+    """An IPv4/IPv6 address in normal form; an IPv6 zone must be a plain interface name."""
+    ip = ipaddress.ip_address(value)  # ValueError if not an address
+    scope = getattr(ip, "scope_id", None)
+    if scope is not None and not SCOPE_RE.match(scope):
+        raise ValueError(f"invalid IPv6 zone in {value!r}")
+    return str(ip)
 
 
 def check_address(value: str) -> str:
     """An IPv4/IPv6 address or a DNS name; anything else (spaces, ;, $, `) is refused."""
     try:
-        return str(ipaddress.ip_address(value))
+        return check_ip(value)
     except ValueError:
         pass
     if not HOSTNAME_RE.match(value):
@@ -51,7 +63,14 @@ def check_user(value: str) -> str:
 Name = Annotated[str, AfterValidator(check_name)]
 Address = Annotated[str, AfterValidator(check_address)]
 User = Annotated[str, AfterValidator(check_user)]
-Port = Annotated[int, Field(ge=1, le=65535)]
+def reject_bool(value: object) -> object:
+    # pydantic's lax int takes true/false as 1/0; "port: yes" must not become port 1.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+Port = Annotated[int, BeforeValidator(reject_bool), Field(ge=1, le=65535)]
 
 
 class Strict(BaseModel):
@@ -118,7 +137,7 @@ class Host(Strict):
         if v is None:
             return v
         try:
-            return str(ipaddress.ip_address(v))
+            return check_ip(v)
         except ValueError:
             raise ValueError(f"cluster_address must be an IP address, got {v!r}") from None
 
@@ -126,7 +145,10 @@ class Host(Strict):
     @classmethod
     def _bastion(cls, v: object) -> object:
         if isinstance(v, str) and NAME_RE.match(v) and "@" not in v and ":" not in v:
-            return v  # may name another host; resolved by the cluster validator
+            try:
+                ipaddress.ip_address(v)  # a bare IP address is an address, not a host's name
+            except ValueError:
+                return v  # may name another host; resolved by the cluster validator
         return parse_bastion(v)
 
     @field_validator("roles", mode="before")
@@ -221,7 +243,8 @@ class ClusterFile(Strict):
             if host.name in seen_names:
                 raise IndexedError(i, "name", f"duplicate host name {host.name!r} (also hosts[{seen_names[host.name]}])")
             seen_names[host.name] = i
-            key = (host.address, host.port)
+            # DNS names are case-insensitive and may end in "."; IPs are already in normal form.
+            key = (host.address.lower().rstrip("."), host.port)
             if key in seen_addrs:
                 raise IndexedError(
                     i, "address", f"duplicate host address {host.address!r} (also hosts[{seen_addrs[key]}])"
@@ -230,7 +253,12 @@ class ClusterFile(Strict):
         for i, host in enumerate(self.hosts):
             if isinstance(host.bastion, str):
                 if host.bastion not in seen_names:
-                    raise IndexedError(i, "bastion", f"bastion {host.bastion!r} is not a host in this file")
+                    raise IndexedError(
+                        i,
+                        "bastion",
+                        f"bastion {host.bastion!r} is not a host in this file"
+                        " (for a jump host outside it, write user@address, address:port or a mapping)",
+                    )
                 if host.bastion == host.name:
                     raise IndexedError(i, "bastion", "a host cannot be its own bastion")
         names = set()

@@ -230,10 +230,15 @@ class Session:
     endpoint: Endpoint
     connection: Connection
     round_trips: int = 0
+    bytes_sent: int = 0
     _gateway: Connection | None = field(default=None, repr=False)
 
-    def run(self, command: str, timeout: float | None = None, stdin: bytes | None = None) -> RunResult:
-        """Run one command line; stdout/stderr are read concurrently; `timeout` bounds the whole run."""
+    def run(self, command: str, timeout: float | None = None, stdin: object = None) -> RunResult:
+        """Run one command line; stdout/stderr are read concurrently; `timeout` bounds the whole run.
+
+        `stdin` is bytes, or a stream source with write_to(write) (e.g. an image archive written
+        straight into the channel, never held in memory whole).
+        """
         self.round_trips += 1
         t0 = time.monotonic()
         transport = self.connection.client.get_transport()
@@ -254,8 +259,16 @@ class Session:
 
             reader = threading.Thread(target=read_stderr, daemon=True)
             reader.start()
-            if stdin is not None:
+            if isinstance(stdin, (bytes, bytearray)):
                 chan.sendall(stdin)
+                self.bytes_sent += len(stdin)
+            elif stdin is not None:
+
+                def write(data: bytes) -> None:
+                    chan.sendall(data)
+                    self.bytes_sent += len(data)
+
+                stdin.write_to(write)
             chan.shutdown_write()
             out_chunks: list[bytes] = []
             try:

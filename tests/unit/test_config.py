@@ -1,0 +1,589 @@
+"""The cluster-file loader: every mistake is one ConfigError line FILE:LINE: KEY.PATH: message."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from clusterctl.config.loader import Cluster, load, load_text
+from clusterctl.config.models import Bastion
+from clusterctl.errors import ConfigError
+
+FILE = "cluster.yaml"
+
+
+def _text(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def refused(text: str, file: str = FILE) -> ConfigError:
+    """Load text that must be refused; check the error is one line naming the file."""
+    with pytest.raises(ConfigError) as info:
+        load_text(_text(text), file)
+    err = info.value
+    message = str(err)
+    assert "\n" not in message and len(message.splitlines()) == 1, message
+    assert message.startswith(file)
+    assert err.file == file
+    return err
+
+
+def expect(err: ConfigError, key_path: str, line: int | None, *fragments: str) -> None:
+    assert (err.key_path, err.line) == (key_path, line), str(err)
+    for fragment in fragments:
+        assert fragment in err.message, str(err)
+    where = f"{FILE}:{line}" if line else FILE
+    assert str(err).startswith(f"{where}: {key_path}:" if key_path else f"{where}: "), str(err)
+
+
+TWO_HOSTS = """
+hosts:
+  - name: web1
+    address: 10.0.0.1
+  - name: web2
+    address: 10.0.0.2
+"""
+
+
+# --- YAML itself ---------------------------------------------------------------------------------
+
+
+def test_malformed_yaml_unclosed_bracket_gives_line():
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+            roles: [server
+          - name: web2
+        """
+    )
+    assert err.key_path == ""
+    assert err.line is not None and 4 <= err.line <= 6
+    assert err.message.startswith("malformed YAML:")
+
+
+def test_malformed_yaml_bad_indentation_gives_line():
+    err = refused(
+        """
+        hosts:
+          - name: web1
+           address: 10.0.0.1
+        """
+    )
+    assert err.line == 3 and err.message.startswith("malformed YAML:")
+
+
+def test_duplicate_yaml_key_is_refused_with_its_line():
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+            name: web2
+        """
+    )
+    expect(err, "hosts[0].name", 4, "duplicate key")
+
+
+def test_duplicate_top_level_key():
+    err = refused(TWO_HOSTS + "ssh:\n  user: a\nssh:\n  user: b\n")
+    expect(err, "ssh", 8, "duplicate key")
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [("- a\n- b\n", "list"), ("just a string\n", "str"), ("42\n", "int"), ("true\n", "bool")],
+)
+def test_top_level_must_be_a_mapping(text, kind):
+    err = refused(text)
+    expect(err, "", 1, "top level must be a mapping", kind)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
+def test_empty_file(text):
+    err = refused(text)
+    assert err.key_path == "" and "empty" in err.message
+
+
+def test_explicit_null_document_is_refused():
+    err = refused("null\n")
+    assert "top level must be a mapping" in err.message or "empty" in err.message
+
+
+def test_non_utf8_bytes(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"hosts:\n  - name: caf\xe9\n    address: 10.0.0.1\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == f"{path}:2: not UTF-8 text (byte 20)"
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "line"),
+    [
+        ("2020-13-45", 3),  # looks like a date, is none: PyYAML raised a bare ValueError
+        ("!!int abc", 3),
+        ("!!float x", 3),
+        ("!!bool maybe", 3),  # PyYAML raised KeyError
+        ("!!timestamp abc", 3),  # PyYAML raised AttributeError
+        ("0x_", 3),
+    ],
+)
+def test_scalars_pyyaml_cannot_construct_are_config_errors(value, line):
+    err = refused(f"hosts:\n  - name: web1\n    address: {value}\n")
+    assert err.line == line and err.message.startswith("malformed YAML: cannot read the value"), str(err)
+
+
+def test_unsafe_tags_are_refused():
+    err = refused("hosts: !!python/object/apply:os.system [id]\n")
+    assert err.line == 1 and "malformed YAML" in err.message
+
+
+def test_recursive_alias_does_not_hang():
+    start = time.monotonic()
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+            labels: &loop [*loop]
+        """
+    )
+    assert time.monotonic() - start < 5
+    expect(err, "hosts[0].labels", 4)
+
+
+def test_alias_bomb_is_fast():
+    text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+    for i in range(1, 10):
+        text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n"
+    start = time.monotonic()
+    err = refused(text + TWO_HOSTS.lstrip("\n"))
+    assert time.monotonic() - start < 5
+    expect(err, "a0", 1, "unknown key")
+
+
+# --- unknown keys -------------------------------------------------------------------------------
+
+
+def test_unknown_key_at_top_level():
+    err = refused(TWO_HOSTS + "colour: blue\n")
+    expect(err, "colour", 6, "unknown key")
+
+
+def test_unknown_key_in_a_host():
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+          - name: web2
+            address: 10.0.0.2
+            colour: blue
+        """
+    )
+    expect(err, "hosts[1].colour", 6, "unknown key")
+
+
+def test_unknown_key_in_ssh_section():
+    err = refused(
+        """
+        ssh:
+          user: ops
+          pasword: hunter2
+        hosts:
+          - {name: web1, address: 10.0.0.1}
+        """
+    )
+    expect(err, "ssh.pasword", 3, "unknown key")
+
+
+def test_unknown_key_in_a_bastion_mapping_has_no_union_tag_in_path():
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+            bastion:
+              address: jump.example.com
+              colour: blue
+        """
+    )
+    expect(err, "hosts[0].bastion.colour", 6, "unknown key")
+
+
+def test_key_with_a_newline_stays_on_one_line():
+    err = refused('"col\\nour": 1\n' + TWO_HOSTS.lstrip("\n"))
+    expect(err, "'col\\nour'", 1, "unknown key")
+
+
+def test_missing_hosts_and_missing_address():
+    expect(refused("name: c1\n"), "hosts", None, "required key is missing")
+    err = refused("hosts:\n  - name: web1\n  - name: web2\n    address: 10.0.0.2\n")
+    expect(err, "hosts[0].address", 2, "required key is missing")
+
+
+def test_wrong_types():
+    expect(refused("hosts: web1\n"), "hosts", 1)
+    expect(refused(TWO_HOSTS + "ssh:\n  port: twenty\n"), "ssh.port", 7, "integer")
+    expect(refused(TWO_HOSTS + "ssh:\n  port: 70000\n"), "ssh.port", 7)
+    expect(refused(TWO_HOSTS + "ssh:\n  port: yes\n"), "ssh.port", 7, "true/false")
+    err = refused("hosts:\n  - name: web1\n    address: 10.0.0.1\n    roles: [server, boss]\n")
+    expect(err, "hosts[0].roles[1]", 4)
+    err = refused("hosts:\n  - name: web1\n    address: 10.0.0.1\n    roles: [server, client]\n")
+    expect(err, "hosts[0].roles", 4, "either a server or a client")
+
+
+# --- duplicates ---------------------------------------------------------------------------------
+
+
+def test_duplicate_host_name():
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+          - address: 10.0.0.2
+            name: web1
+        """
+    )
+    expect(err, "hosts[1].name", 5, "duplicate host name 'web1'", "hosts[0]")
+
+
+def test_duplicate_host_address():
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+          - name: web2
+            address: 10.0.0.1
+        """
+    )
+    expect(err, "hosts[1].address", 5, "duplicate host address '10.0.0.1'", "hosts[0]")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("10.0.0.1", "10.0.0.1"), ("2001:db8::1", "2001:DB8:0::1"), ("web.example.com", "WEB.example.com.")],
+)
+def test_duplicate_address_in_another_spelling(first, second):
+    err = refused(f"hosts:\n  - {{name: a, address: '{first}'}}\n  - {{name: b, address: '{second}'}}\n")
+    expect(err, "hosts[1].address", 3, "duplicate host address")
+
+
+def test_same_address_on_different_ports_is_allowed():
+    cluster = load_text(
+        "hosts:\n  - {name: a, address: 127.0.0.1, port: 2201}\n  - {name: b, address: 127.0.0.1, port: 2202}\n",
+        FILE,
+    )
+    assert [h.port for h in cluster.hosts] == [2201, 2202]
+
+
+def test_duplicate_service_name():
+    err = refused(TWO_HOSTS + "services:\n  - {name: api, image: nginx}\n  - {name: api, image: redis}\n")
+    expect(err, "services[1].name", 8, "duplicate service name")
+
+
+# --- shell metacharacters -----------------------------------------------------------------------
+
+BAD_VALUES = [
+    "web;reboot",
+    "$(reboot)",
+    "`reboot`",
+    "web 1",
+    "web\\n",  # a trailing newline: "$" in the patterns used to let this through
+    "web\\nrm -rf /",
+    "web|cat",
+    "web&",
+    "web>x",
+    "-oProxyCommand=x",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES)
+def test_name_with_shell_syntax_is_refused(value):
+    err = refused(f'hosts:\n  - address: 10.0.0.1\n    name: "{value}"\n')
+    expect(err, "hosts[0].name", 3, "invalid name")
+
+
+@pytest.mark.parametrize("value", [*BAD_VALUES, "fe80::1%;reboot", "fe80::1%$(id)", "fe80::1%eth0 x"])
+def test_address_with_shell_syntax_is_refused(value):
+    err = refused(f'hosts:\n  - name: web1\n    address: "{value}"\n')
+    expect(err, "hosts[0].address", 3, "not an IP address or DNS name")
+
+
+@pytest.mark.parametrize("value", ["fe80::1%$(id)", "10.0.0.1\\n", "10.0.0.1;x"])
+def test_cluster_address_with_shell_syntax_is_refused(value):
+    err = refused(f'hosts:\n  - name: web1\n    address: 10.0.0.1\n    cluster_address: "{value}"\n')
+    expect(err, "hosts[0].cluster_address", 4, "must be an IP address")
+
+
+@pytest.mark.parametrize("value", ["bob;x", "$(id)", "bob\\n", "bo b"])
+def test_user_with_shell_syntax_is_refused(value):
+    err = refused(f'hosts:\n  - name: web1\n    address: 10.0.0.1\n    user: "{value}"\n')
+    expect(err, "hosts[0].user", 4, "invalid user name")
+
+
+def test_label_with_shell_syntax_is_refused():
+    err = refused('hosts:\n  - name: web1\n    address: 10.0.0.1\n    labels: {zone: "a;b"}\n')
+    expect(err, "hosts[0].labels", 4, "invalid value for label")
+
+
+def test_scoped_ipv6_address_with_plain_zone_is_accepted():
+    cluster = load_text("hosts:\n  - {name: web1, address: 'fe80::1%eth0'}\n", FILE)
+    assert cluster.hosts[0].address == "fe80::1%eth0"
+
+
+# --- identity files -----------------------------------------------------------------------------
+
+
+def test_missing_identity_file_relative_to_the_cluster_file(tmp_path):
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "present").write_text("key")
+    file = str(tmp_path / "c.yaml")
+    ok = load_text("hosts:\n  - {name: web1, address: 10.0.0.1, identity_file: keys/present}\n", file)
+    assert ok.resolve_path(ok.hosts[0].identity_file) == tmp_path / "keys" / "present"
+
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+            identity_file: keys/present
+          - name: web2
+            address: 10.0.0.2
+            identity_file: keys/absent
+        """,
+        file,
+    )
+    assert (err.key_path, err.line) == ("hosts[1].identity_file", 7)
+    assert err.message == "identity file not found: keys/absent"
+
+
+def test_identity_file_is_not_looked_up_in_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "k").write_text("key")
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    err = refused("hosts:\n  - {name: web1, address: 10.0.0.1, identity_file: k}\n", str(other / "c.yaml"))
+    assert err.key_path == "hosts[0].identity_file"
+
+
+def test_missing_identity_file_in_ssh_and_bastion(tmp_path):
+    file = str(tmp_path / "c.yaml")
+    err = refused("ssh:\n  identity_file: nokey\nhosts:\n  - {name: web1, address: 10.0.0.1}\n", file)
+    assert (err.key_path, err.line) == ("ssh.identity_file", 2)
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+            bastion:
+              address: jump.example.com
+              identity_file: nokey
+        """,
+        file,
+    )
+    assert (err.key_path, err.line) == ("hosts[0].bastion.identity_file", 6)
+
+
+@pytest.mark.parametrize("value", ["~\\0x/key", "a\\nb", "x" * 5000])
+def test_unusable_identity_file_names_are_config_errors(tmp_path, value):
+    err = refused(f'hosts:\n  - name: web1\n    address: 10.0.0.1\n    identity_file: "{value}"\n', str(tmp_path / "c"))
+    assert (err.key_path, err.line) == ("hosts[0].identity_file", 4)
+    assert err.message.startswith("identity file not found")
+
+
+# --- bastions -----------------------------------------------------------------------------------
+
+
+def test_bastion_shorthand_user_host_port():
+    cluster = load_text("hosts:\n  - {name: web1, address: 10.0.0.1, bastion: 'jump@gw.example.com:2222'}\n", FILE)
+    assert cluster.hosts[0].bastion == Bastion(address="gw.example.com", user="jump", port=2222)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("gw.example.com:2200", Bastion(address="gw.example.com", port=2200)),
+        ("ops@10.9.9.9", Bastion(address="10.9.9.9", user="ops")),
+        ("ops@2001:db8::1", Bastion(address="2001:db8::1", user="ops")),
+    ],
+)
+def test_bastion_shorthand_partial_forms(value, expected):
+    cluster = load_text(f"hosts:\n  - {{name: web1, address: 10.0.0.1, bastion: '{value}'}}\n", FILE)
+    assert cluster.hosts[0].bastion == expected
+
+
+def test_bastion_mapping(tmp_path):
+    (tmp_path / "jump.pem").write_text("key")
+    cluster = load_text(
+        _text(
+            """
+            hosts:
+              - name: web1
+                address: 10.0.0.1
+                bastion:
+                  address: jump.example.com
+                  user: ec2-user
+                  port: 2022
+                  identity_file: jump.pem
+            """
+        ),
+        str(tmp_path / "c.yaml"),
+    )
+    assert cluster.hosts[0].bastion == Bastion(
+        address="jump.example.com", user="ec2-user", port=2022, identity_file="jump.pem"
+    )
+
+
+def test_bastion_naming_another_host():
+    cluster = load_text(TWO_HOSTS.replace("address: 10.0.0.2", "address: 10.0.0.2\n    bastion: web1"), FILE)
+    assert cluster.hosts[1].bastion == "web1"
+
+
+def test_bastion_naming_an_unknown_host_is_refused():
+    err = refused(TWO_HOSTS.replace("address: 10.0.0.2", "address: 10.0.0.2\n    bastion: web9"))
+    expect(err, "hosts[1].bastion", 6, "'web9' is not a host in this file")
+
+
+def test_host_cannot_be_its_own_bastion():
+    err = refused(TWO_HOSTS.replace("address: 10.0.0.2", "address: 10.0.0.2\n    bastion: web2"))
+    expect(err, "hosts[1].bastion", 6, "its own bastion")
+
+
+@pytest.mark.parametrize(
+    ("value", "key_path", "fragment"),
+    [
+        ("'jump@gw.example.com:ssh'", "hosts[0].bastion", "invalid bastion port"),
+        ("'jump@gw.example.com:99999'", "hosts[0].bastion.port", "65535"),
+        ("'jump@gw;reboot:22'", "hosts[0].bastion.address", "not an IP address or DNS name"),
+        ("'$(id)@gw.example.com'", "hosts[0].bastion.user", "invalid user name"),
+        ("{user: ops}", "hosts[0].bastion.address", "required key is missing"),
+        ("[gw.example.com]", "hosts[0].bastion", "valid dictionary"),
+        ("22", "hosts[0].bastion", "valid dictionary"),
+    ],
+)
+def test_bad_bastions(value, key_path, fragment):
+    err = refused(f"hosts:\n  - name: web1\n    address: 10.0.0.1\n    bastion: {value}\n")
+    expect(err, key_path, 4, fragment)
+
+
+# --- a valid full file --------------------------------------------------------------------------
+
+FULL = """
+name: prod
+ssh:
+  user: ops
+  port: 2222
+  identity_file: keys/id_ed25519
+  config_file: ""
+  connect_timeout: 5
+  command_timeout: 120
+  known_hosts: state/known_hosts
+docker:
+  install: script
+  start_timeout: 30
+hosts:
+  - name: srv1
+    address: 10.0.0.1
+    cluster_address: 192.168.10.1
+    roles: [server]
+    labels: {zone: a, "example.com/disk": ssd}
+  - name: srv2
+    address: srv2.example.com
+    user: admin
+    port: 22
+    identity_file: keys/id_ed25519
+    bastion: srv1
+  - name: edge
+    address: "2001:db8::10"
+    roles: client
+    bastion: jump@gw.example.com:2200
+network:
+  driver: routed
+  name: prodnet
+  subnet: 10.42.0.0/16
+consul:
+  enabled: false
+  datacenter: eu-1
+filebox:
+  binaries: [jq, curl]
+  files: [/etc/motd]
+services:
+  - name: api
+    image: registry.example.com/api:1.2
+    replicas: 3
+    port: 8080
+"""
+
+
+def test_full_file_round_trips_into_the_model(tmp_path):
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "id_ed25519").write_text("key")
+    path = tmp_path / "prod.yaml"
+    path.write_text(_text(FULL))
+    cluster = load(path)
+    assert isinstance(cluster, Cluster)
+    spec = cluster.spec
+    assert cluster.name == "prod" and cluster.path == path
+    assert (spec.ssh.user, spec.ssh.port, spec.ssh.config_file, spec.ssh.connect_timeout) == ("ops", 2222, "", 5.0)
+    assert cluster.resolve_path(spec.ssh.identity_file) == tmp_path / "keys" / "id_ed25519"
+    assert (spec.docker.install, spec.docker.start_timeout) == ("script", 30.0)
+    assert [h.name for h in cluster.hosts] == ["srv1", "srv2", "edge"]
+    srv1, srv2, edge = cluster.hosts
+    assert srv1.cluster_address == "192.168.10.1" and srv1.labels == {"zone": "a", "example.com/disk": "ssd"}
+    assert srv1.is_server and not edge.is_server and edge.roles == ("client",)
+    assert (srv2.user, srv2.port, srv2.bastion) == ("admin", 22, "srv1")
+    assert edge.address == "2001:db8::10" and edge.bastion == Bastion(address="gw.example.com", user="jump", port=2200)
+    assert (spec.network.driver, spec.network.name, spec.network.subnet) == ("routed", "prodnet", "10.42.0.0/16")
+    assert (spec.consul.enabled, spec.consul.datacenter) == (False, "eu-1")
+    assert spec.filebox.binaries == ("jq", "curl")
+    assert spec.services[0].replicas == 3 and spec.services[0].port == 8080
+    assert spec.host("srv2") is srv2
+    # The model is the whole truth: dumping it and loading the dump gives the same model.
+    assert type(spec).model_validate(spec.model_dump()) == spec
+
+
+def test_name_defaults_to_the_file_stem(tmp_path):
+    path = tmp_path / "staging.yaml"
+    path.write_text(TWO_HOSTS)
+    cluster = load(path)
+    assert cluster.name == "staging" and cluster.hosts[0].roles == ("server",)
+
+
+def test_bad_subnet_in_network_section():
+    err = refused(TWO_HOSTS + "network:\n  subnet: 10.42.0.1/16\n")
+    expect(err, "network.subnet", 7, "invalid subnet")
+
+
+def test_example_inventories_load():
+    root = Path(__file__).resolve().parents[2] / "inventory"
+    for path in sorted(root.glob("*.yaml")):
+        try:
+            load(path)
+        except ConfigError as exc:  # example files may name keys that are not on this machine
+            assert "identity file not found" in exc.message, str(exc)
+
+
+def test_bastion_bare_ip_address_is_an_address_not_a_host_name():
+    cluster = load_text("hosts:\n  - {name: web1, address: 10.0.0.1, bastion: 10.9.9.9}\n", FILE)
+    assert cluster.hosts[0].bastion == Bastion(address="10.9.9.9")
+
+
+def test_bastion_bare_dns_name_must_be_a_host():
+    err = refused("hosts:\n  - {name: web1, address: 10.0.0.1, bastion: gw.example.com}\n")
+    expect(err, "hosts[0].bastion", 2, "not a host in this file", "user@address")
