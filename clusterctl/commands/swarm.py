@@ -8,8 +8,12 @@ A plan comes in waves that run in order (the steps of one wave may run in parall
   wave 0, on the leader: init, network create, node rm/demote/promote/labels for known nodes;
   wave 1, on the others: leave (when stuck) and join.
 Joins need join tokens, which exist only once a swarm does. `plan_swarm` takes them as an
-argument and never from the probe (they are secrets); without them joins carry a placeholder
-such as `<worker token of node1>`, which is what a dry run prints. A real run:
+argument and never from the probe (they are secrets: a manager token is the keys to the whole
+cluster). A join reads its token on stdin, so it is never in the script text, a report or a dry
+run; only the `docker swarm join` process itself holds it in its argv for the seconds the join
+takes (docker's CLI has no other way; docker-py's swarm.join would avoid even that). Without
+tokens, a join's stdin is a placeholder that a dry run shows as `<worker token of node1>` and
+that refuses to be sent. A real run:
   1. plan; if wave 0 is not empty and tokens are needed: run wave 0, probe again, plan again;
   2. if plan.needs_tokens: run read_join_tokens() on plan.leader, parse_join_tokens(), plan again;
   3. run the waves; probe again; plan again (labels and roles of nodes that just joined);
@@ -20,12 +24,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from typing import Any, Literal
 
-from clusterctl.commands.base import Cmd, sh
+from clusterctl.commands.base import Cmd, sh, sh_args
 from clusterctl.errors import UserError
 from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER, DockerNetwork, find_network
 
@@ -81,18 +85,37 @@ def init(
     return Cmd(tuple(argv), "initialise the swarm (this host becomes its first manager)")
 
 
-def join(token: str, manager_addr: str, advertise_addr: str, role: Role = "worker") -> Cmd:
-    """`docker swarm join`; the token decides the role (a manager token makes a manager)."""
-    return Cmd(
-        (
-            "docker", "swarm", "join",
-            "--token", token,
-            "--advertise-addr", advertise_addr,
-            "--listen-addr", host_port(advertise_addr),
-            host_port(manager_addr),
-        ),
-        f"join the swarm as a {role}",
-    )
+@dataclass(frozen=True)
+class TokenInput:
+    """A join token for a command's stdin. Without a token it is a placeholder: a dry run shows
+    it as `<worker token of node1>`, and sending it fails instead of joining with garbage."""
+
+    label: str  # e.g. "worker token of node1"
+    token: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        return f"<{self.label}>" if self.token is None else f"{self.label}, not shown"
+
+    def write_to(self, write: Callable[[bytes], None]) -> None:
+        if self.token is None:
+            raise SwarmError(f"<{self.label}> was never read: read the join tokens and plan again")
+        write(self.token.encode() + b"\n")
+
+
+JOIN = 'read -r token && exec docker swarm join --token "$token" "$@"'
+
+
+def join(token: str | TokenInput, manager_addr: str, advertise_addr: str, role: Role = "worker") -> Cmd:
+    """`docker swarm join`, the token read from stdin; the token decides the role."""
+    stdin = token if isinstance(token, TokenInput) else TokenInput(f"{role} token", token)
+    cmd = sh_args(
+        JOIN,
+        "--advertise-addr", advertise_addr,
+        "--listen-addr", host_port(advertise_addr),
+        host_port(manager_addr),
+        description=f"join the swarm as a {role}",
+    )  # fmt: skip
+    return Cmd(cmd.argv, cmd.description, cmd.check, stdin=stdin)
 
 
 def leave(force: bool = True) -> Cmd:
@@ -316,10 +339,6 @@ class SwarmPlan:
 # Planner
 
 
-def _placeholder(kind: str, leader: str) -> str:
-    return f"<{kind} token of {leader}>"
-
-
 def plan_swarm(
     hosts: Sequence[SwarmHost],
     facts: Mapping[str, SwarmHostFacts],
@@ -330,7 +349,6 @@ def plan_swarm(
     servers = [h for h in hosts if h.is_server]
     if not servers:
         raise SwarmError("the overlay network needs at least one server host (a swarm manager)")
-    by_name = {h.name: h for h in hosts}
     inventory_addrs = {h.address for h in hosts}
     errors: dict[str, str] = {}
 
@@ -445,21 +463,15 @@ def plan_swarm(
         elif st.local_node_state != "inactive":
             errors[h.name] = f"unexpected swarm state {st.local_node_state!r}"
             continue
-        kind = "manager" if h.is_server else "worker"
-        if tokens is None:
-            token = _placeholder(kind, leader.name)
-        else:
-            token = tokens.manager if h.is_server else tokens.worker
+        secret = None if tokens is None else (tokens.manager if h.is_server else tokens.worker)
+        token = TokenInput(f"{h.role} token of {leader.name}", secret)
         cmds.append(join(token, leader_addr, h.address, h.role))
         joins.append(SwarmStep(h.name, tuple(cmds)))
 
     # Nodes in the swarm that the inventory no longer has.
     keep = {facts[h.name].swarm.node_id for h in hosts if h.name in facts and facts[h.name].swarm.node_id}
     silent_hosts = {h.name for h in hosts if h.name not in facts}
-    stale = [
-        n for n in nodes
-        if n.id not in keep and n.labels.get(LABEL_HOST) not in silent_hosts
-    ]
+    stale = [n for n in nodes if n.id not in keep and n.labels.get(LABEL_HOST) not in silent_hosts]
     stale_managers = [n.id for n in stale if n.role == "manager"]
     if stale_managers:
         wave0.append(node_demote(stale_managers))

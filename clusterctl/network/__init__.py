@@ -1,0 +1,1 @@
+"""The cluster network: pure planning shared by the overlay, routed and weave drivers."""

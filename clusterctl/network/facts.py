@@ -1,0 +1,168 @@
+"""Typed network facts the driver planners read, with pure parsers from what the probe prints.
+
+The probe hands over Docker's and iproute2's own output; these functions turn it into small
+frozen values. Nothing here runs a command.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any, Protocol
+
+# Labels clusterctl puts on the Docker networks it creates.
+LABEL_CLUSTER = "clusterctl.cluster"
+LABEL_CIDR = "clusterctl.cidr"
+
+
+@dataclass(frozen=True)
+class DockerNetwork:
+    """One Docker network as `docker network inspect` shows it on one host."""
+
+    name: str
+    driver: str
+    id: str = ""
+    scope: str = ""
+    ipam_driver: str = "default"
+    subnets: tuple[IPv4Network, ...] = ()
+    gateways: tuple[IPv4Address, ...] = ()
+    options: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # Containers attached on this host (inspect lists local endpoints only).
+    containers: int = 0
+
+
+def network_from_inspect(data: Mapping[str, Any]) -> DockerNetwork:
+    """A DockerNetwork from one object of `docker network inspect` (IPv6 configs are skipped)."""
+    ipam = data.get("IPAM") or {}
+    subnets: list[IPv4Network] = []
+    gateways: list[IPv4Address] = []
+    for conf in ipam.get("Config") or []:
+        try:
+            net = ipaddress.ip_network(conf.get("Subnet", ""), strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, IPv4Network):
+            subnets.append(net)
+            try:
+                gw = ipaddress.ip_address(conf.get("Gateway", ""))
+            except ValueError:
+                continue
+            if isinstance(gw, IPv4Address):
+                gateways.append(gw)
+    return DockerNetwork(
+        name=data.get("Name", ""),
+        driver=data.get("Driver", ""),
+        id=data.get("Id", ""),
+        scope=data.get("Scope", ""),
+        ipam_driver=ipam.get("Driver") or "default",
+        subnets=tuple(subnets),
+        gateways=tuple(gateways),
+        options=dict(data.get("Options") or {}),
+        labels=dict(data.get("Labels") or {}),
+        containers=len(data.get("Containers") or {}),
+    )
+
+
+def find_network(networks: Iterable[DockerNetwork], name: str) -> DockerNetwork | None:
+    for net in networks:
+        if net.name == name:
+            return net
+    return None
+
+
+@dataclass(frozen=True)
+class Route:
+    """One IPv4 route of `ip -o -4 route show`; dest None is the default route."""
+
+    dest: IPv4Network | None
+    via: IPv4Address | None = None
+    dev: str | None = None
+    proto: str | None = None
+
+
+def parse_route(line: str) -> Route | None:
+    """A Route from one line of `ip -o -4 route show`; None for lines that are not plain unicast."""
+    words = line.split()
+    if not words:
+        return None
+    if words[0] in ("unreachable", "prohibit", "blackhole", "throw", "local", "broadcast", "multicast"):
+        return None
+    dest: IPv4Network | None
+    if words[0] == "default":
+        dest = None
+    else:
+        try:
+            net = ipaddress.ip_network(words[0], strict=False)
+        except ValueError:
+            return None
+        if not isinstance(net, IPv4Network):
+            return None
+        dest = net
+
+    def after(key: str) -> str | None:
+        if key in words[1:]:
+            i = words.index(key, 1)
+            return words[i + 1] if i + 1 < len(words) else None
+        return None
+
+    via: IPv4Address | None = None
+    if (text := after("via")) is not None:
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            addr = None
+        via = addr if isinstance(addr, IPv4Address) else None
+    return Route(dest=dest, via=via, dev=after("dev"), proto=after("proto"))
+
+
+def parse_routes(lines: Iterable[str]) -> tuple[Route, ...]:
+    return tuple(r for r in (parse_route(line) for line in lines) if r is not None)
+
+
+class HasInterface(Protocol):
+    ifname: str
+    interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def interface_networks(addresses: Iterable[HasInterface], skip_ifnames: Sequence[str] = ()) -> list[IPv4Network]:
+    """The IPv4 networks of a host's interfaces, without loopback and the ones named in skip_ifnames."""
+    out = []
+    for a in addresses:
+        iface = a.interface
+        if not isinstance(iface, IPv4Interface) or iface.ip.is_loopback or a.ifname in skip_ifnames:
+            continue
+        out.append(iface.network)
+    return out
+
+
+def host_networks(
+    addresses: Iterable[HasInterface],
+    routes: Iterable[Route] = (),
+    *,
+    own_ifnames: Sequence[str] = (),
+    own_vias: Iterable[IPv4Address] = (),
+) -> list[IPv4Network]:
+    """Everything a cluster CIDR must avoid on one host: its interface networks and route targets.
+
+    Our own interfaces (own_ifnames: the routed bridge, the weave bridge) and our own routes (to
+    another cluster host's subnet, via its address: own_vias) are left out, or a cluster would
+    clash with itself on the second run.
+    """
+    vias = set(own_vias)
+    nets = interface_networks(addresses, own_ifnames)
+    for r in routes:
+        if r.dest is None or r.dest.prefixlen == 0:
+            continue
+        if r.dev in own_ifnames or (r.via is not None and r.via in vias):
+            continue
+        nets.append(r.dest)
+    return sorted(set(nets))
+
+
+def parse_rules(text: str | Iterable[str]) -> tuple[str, ...]:
+    """Lines of `iptables -S CHAIN`, stripped; the chain policy line (-P/-N) is dropped."""
+    lines = text.splitlines() if isinstance(text, str) else list(text)
+    return tuple(line.strip() for line in lines if line.strip().startswith("-A "))
