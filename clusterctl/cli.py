@@ -76,6 +76,37 @@ def _known_hosts(cluster, accept_new: bool):
     return KnownHosts(path, accept_new)
 
 
+def _inputs(cluster, dry_run: bool):
+    """Operator-side inputs of a run, built before any host is touched (bad binaries fail here)."""
+    from clusterctl.phases.base import Inputs
+
+    spec = cluster.spec
+    gossip = None
+    if spec.consul.enabled:
+        from clusterctl.secrets import gossip_key
+        from clusterctl.state import cluster_dir
+
+        key_dir = cluster_dir(cluster.name)
+        # A dry run creates nothing, not even the operator-side key.
+        gossip = gossip_key(key_dir) if not dry_run or (key_dir / "gossip.key").exists() else "<generated on first up>"
+    if not spec.filebox.binaries:
+        return Inputs(gossip_key=gossip)
+    from clusterctl.filebox.build import build_filebox
+    from clusterctl.images.base import base_image
+    from clusterctl.phases.filebox import filebox_container_name
+
+    box = build_filebox(spec.filebox.binaries, spec.filebox.files, base_dir=cluster.path.parent)
+    base = base_image(box.manifest, box.version)
+    return Inputs(
+        gossip_key=gossip,
+        base_image=base.image.tag,
+        filebox_container=filebox_container_name(box.version),
+        images=(box.image, base.image),
+        filebox_tag=box.tag,
+        filebox_version=box.version,
+    )
+
+
 def _select(cluster, hosts: Optional[list[str]]) -> Optional[frozenset[str]]:
     if not hosts:
         return None
@@ -99,6 +130,7 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     only = _select(cluster, hosts)
     endpoints = resolve_endpoints(cluster)
     known = _known_hosts(cluster, accept_new)
+    inputs = _inputs(cluster, dry_run)
     console = _err_console()
     options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)
 
@@ -108,10 +140,10 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     verb = "plan" if dry_run else "up"
     console.print(f"[bold]{verb}[/bold] cluster [bold]{cluster.name}[/bold] ({len(endpoints)} hosts, {cluster.path})")
     if dry_run:
-        report = execute(cluster, PHASES, endpoints, known, options, progress)
+        report = execute(cluster, PHASES, endpoints, known, options, progress, inputs)
     else:
         with cluster_lock(cluster_dir(cluster.name), cluster.name, f"clusterctl up -f {cluster.path}", wait=lock_wait):
-            report = execute(cluster, PHASES, endpoints, known, options, progress)
+            report = execute(cluster, PHASES, endpoints, known, options, progress, inputs)
     if output == Output.json:
         print(report_json(report))
     else:
@@ -303,15 +335,16 @@ def lab_ls(output: OutputOpt = Output.table) -> None:
         print(f"{i.name}\t{i.running}/{i.hosts} running\t{i.cluster_file or '-'}")
 
 
-def _mount_optional() -> None:
-    try:
-        from clusterctl.inventory.cli import app as inventory_app
-    except ImportError:
-        return
+def _mount_subcommands() -> None:
+    from clusterctl.images.cli import filebox_app, image_app
+    from clusterctl.inventory.cli import app as inventory_app
+
     app.add_typer(inventory_app, name="inventory")
+    app.add_typer(image_app, name="image")
+    app.add_typer(filebox_app, name="filebox")
 
 
-_mount_optional()
+_mount_subcommands()
 
 
 def main() -> None:

@@ -48,5 +48,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # The real Consul 1.8.7 (Debian bullseye), for the filebox and the Consul phase.
 consul_bin=$(bash scripts/fetch-consul.sh)
+# On PATH, where the filebox looks for `consul` by default (a user brings their own binary).
+if ! cmp -s "$consul_bin" /usr/local/bin/consul; then install -m 0755 "$consul_bin" /usr/local/bin/consul; fi
+
+# The article's express example: its node_modules, from package-lock.json.
+if [ ! -d examples/hello/node_modules ] && command -v npm >/dev/null; then
+	log "npm ci in examples/hello"
+	(cd examples/hello && npm ci --omit=dev --no-audit --no-fund >/dev/null 2>&1) || log "npm ci failed: the hello image tests will skip"
+fi
 
 log "ready: consul $("$consul_bin" version | head -n 1 | cut -d' ' -f2), $(.venv/bin/clusterctl --help >/dev/null && echo clusterctl OK), docker $("$DOCKER" version --format '{{.Server.Version}}')"

@@ -214,8 +214,14 @@ class ConsulSection(Strict):
 
 
 class FileboxSection(Strict):
-    binaries: tuple[str, ...] = ()
+    # Runtime binaries shared by every microcontainer: a bare name is looked up on this
+    # machine's PATH, a path is relative to the cluster file. Consul runs from here too.
+    binaries: tuple[str, ...] = ("consul",)
+    # Extra files: SRC or SRC:DEST.
     files: tuple[str, ...] = ()
+
+    def has(self, name: str) -> bool:
+        return any(b.rstrip("/").rsplit("/", 1)[-1] == name for b in self.binaries)
 
 
 class Service(Strict):
@@ -237,6 +243,12 @@ class ClusterFile(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterFile:
+        if self.consul.enabled and not self.filebox.has("consul"):
+            raise SectionError(
+                ("filebox", "binaries"),
+                "consul is enabled but the filebox has no consul binary: add it (a name on PATH or a path), "
+                "or set consul.enabled: false",
+            )
         seen_names: dict[str, int] = {}
         seen_addrs: dict[tuple[str, int | None], int] = {}
         for i, host in enumerate(self.hosts):
@@ -281,6 +293,14 @@ class IndexedError(ValueError):
     def __init__(self, index: int, key: str, message: str, section: str = "hosts"):
         self.loc = (section, index, key)
         super().__init__(message)
+
+
+class SectionError(IndexedError):
+    """A cross-field error about a key outside hosts/services."""
+
+    def __init__(self, loc: tuple, message: str):
+        ValueError.__init__(self, message)
+        self.loc = loc
 
 
 class ServiceIndexedError(IndexedError):

@@ -1,7 +1,10 @@
 """The phases of `up`, in order. Each plans from facts alone; see phases/base.py."""
 
+from clusterctl.phases.consul import ConsulPhase
 from clusterctl.phases.docker import DockerPhase
+from clusterctl.phases.engine import EnginePhase
+from clusterctl.phases.filebox import FileboxPhase
 
-PHASES = (DockerPhase(),)
+PHASES = (DockerPhase(), EnginePhase(), FileboxPhase(), ConsulPhase())
 
 __all__ = ["PHASES"]

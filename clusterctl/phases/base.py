@@ -28,6 +28,10 @@ class Inputs:
     base_image: str | None = None
     # The filebox container (created, never running) that microcontainers mount.
     filebox_container: str | None = None
+    # Built images every host needs (filebox, microcontainer base), shipped by the filebox phase.
+    images: tuple = ()
+    filebox_tag: str | None = None
+    filebox_version: str | None = None
 
 
 @dataclass(frozen=True)

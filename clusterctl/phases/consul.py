@@ -57,11 +57,11 @@ def agent_config(ctx: Context, host: Host, facts: HostFacts) -> build.AgentConfi
 
 
 def config_digest(cfg: build.AgentConfig, gossip_sha: str) -> str:
-    # retry-join only matters when an agent starts; a server that is down must not make the
-    # others restart, so it is left out of what "changed" means.
+    # retry-join and bootstrap-expect only matter when an agent starts or the cluster first
+    # bootstraps; a server that is down, or one added to the file, must not restart the others.
     from dataclasses import replace
 
-    return replace(cfg, retry_join=()).digest(gossip_sha)
+    return replace(cfg, retry_join=(), bootstrap_expect=0).digest(gossip_sha)
 
 
 class ConsulPhase:

@@ -1,0 +1,1 @@
+"""The filebox: shared runtime binaries and their ldd closure, in one volume-container image."""

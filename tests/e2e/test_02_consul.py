@@ -1,0 +1,127 @@
+"""End to end on the shared 3-host lab with the real Consul 1.8.7: servers in microcontainers
+from the filebox, gossip encryption, Consul DNS in every container, self-healing re-runs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+
+def _up(cli, f, *extra):
+    code, report = cli.json("up", "-f", str(f), *extra)
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    return report
+
+
+def _exec(cli, lab, host, *argv, ok=True):
+    proc = cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", *argv)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _addresses(lab):
+    return sorted(h["address"] for h in yaml.safe_load(lab.cluster_file.read_text())["hosts"])
+
+
+def _status(cli, lab):
+    code, st = cli.json("status", "-f", str(lab.cluster_file))
+    return code, st
+
+
+def _wait_for(predicate, timeout=60.0, step=1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+def test_three_servers_alive_one_leader_gossip_encrypted(cli, lab):
+    _up(cli, lab.cluster_file)
+    code, st = _status(cli, lab)
+    assert code == 0, st
+    assert [h["consul"] for h in st["hosts"]] == ["server"] * 3
+    assert [h["alive"] for h in st["hosts"]] == ["alive"] * 3
+    assert sum(h["leader"] for h in st["hosts"]) == 1 and st["leader"] in _addresses(lab)
+    assert len({h["filebox"] for h in st["hosts"]}) == 1 and st["hosts"][0]["filebox"] != "-"
+    keyring = _exec(cli, lab, "node1", "docker", "exec", "clusterctl-consul", "consul", "keyring", "-list").stdout
+    assert "dc1 (LAN):" in keyring and "[3/3]" in keyring
+    # The key lives on the operator's side, 0600, and is the one the cluster uses.
+    state_key = (lab.cluster_file.parent.parent.parent / "clusters" / f"lab-{lab.name}" / "gossip.key")
+    assert state_key.stat().st_mode & 0o777 == 0o600
+    assert state_key.read_text().strip() in keyring
+
+
+def test_consul_dns_answers_in_a_plain_container_on_host2(cli, lab):
+    # A plain `docker run` of a BusyBox image with nothing consul-specific: the engine's default
+    # DNS (set by clusterctl) is the local agent, which knows every server.
+    script = (
+        'img=$(docker images clusterctl/base -q | head -n 1); '
+        'docker run --rm --entrypoint busybox "$img" nslookup consul.service.consul'
+    )
+    out = _exec(cli, lab, "node2", "sh", "-c", script).stdout
+    found = sorted(line.split()[-1] for line in out.splitlines() if line.startswith("Address:") and "#" not in line and ":53" not in line)
+    assert found == _addresses(lab), out
+
+
+def test_http_and_dns_are_not_on_every_interface(cli, lab):
+    # Only loopback and docker0: not the host's cluster address.
+    addr = _addresses(lab)[0]
+    proc = _exec(cli, lab, "node1", "sh", "-c", f"timeout 3 curl -s http://{addr}:8500/v1/status/leader", ok=False)
+    assert proc.returncode != 0
+    assert '"' in _exec(cli, lab, "node1", "curl", "-s", "http://127.0.0.1:8500/v1/status/leader").stdout
+
+
+def test_second_up_changes_nothing(cli, lab):
+    report = _up(cli, lab.cluster_file)
+    assert report["changed"] is False
+    assert all(h["round_trips"] == 1 for h in report["hosts"])
+
+
+def test_killed_server_keeps_a_leader_and_next_up_restores_it(cli, lab):
+    _exec(cli, lab, "node1", "docker", "kill", "clusterctl-consul")
+
+    def leader_without_node1():
+        code, st = _status(cli, lab)
+        alive = {h["host"]: h["alive"] for h in st["hosts"]}
+        return st["leader"] if st["leader"] and alive["node1"] != "alive" else None
+
+    assert _wait_for(leader_without_node1, timeout=60)
+    report = _up(cli, lab.cluster_file)
+    steps = {p["phase"]: p for p in report["hosts"][0]["phases"]}
+    assert steps["consul"]["status"] == "changed" and "start" in steps["consul"]["message"]
+    code, st = _status(cli, lab)
+    assert code == 0 and [h["alive"] for h in st["hosts"]] == ["alive"] * 3
+
+
+def test_node_runs_from_the_filebox_and_a_changed_filebox_rolls_consul(cli, lab, tmp_path):
+    doc = yaml.safe_load(lab.cluster_file.read_text())
+    doc["filebox"] = {"binaries": ["consul", "/usr/bin/node"]}
+    f = tmp_path / "with-node.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    try:
+        report = _up(cli, f)
+        consul_steps = [next(p for p in h["phases"] if p["phase"] == "consul") for h in report["hosts"]]
+        # The filebox changed, so every agent was replaced, one at a time.
+        assert all(s["status"] == "changed" and "remove" in s["message"] for s in consul_steps)
+        # The same build clusterctl ran: its base image and filebox container names.
+        from clusterctl.filebox.build import build_filebox
+        from clusterctl.images.base import base_image
+        from clusterctl.phases.filebox import filebox_container_name
+
+        box = build_filebox(["consul", "/usr/bin/node"])
+        base = base_image(box.manifest, box.version).image.tag
+        out = _exec(cli, lab, "node2", "docker", "run", "--rm", "--volumes-from", filebox_container_name(box.version),
+                    base, "node", "-e", "console.log(6*7)").stdout
+        assert out.strip().splitlines()[-1] == "42"
+        code, st = _status(cli, lab)
+        assert code == 0 and st["leader"] and [h["alive"] for h in st["hosts"]] == ["alive"] * 3
+    finally:
+        _up(cli, lab.cluster_file)  # back to the lab's own filebox
