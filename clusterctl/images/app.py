@@ -123,8 +123,16 @@ def check_node_modules(app_dir: Path) -> None:
         raise UserError(f"{app_dir}: node_modules lacks {', '.join(missing)}: run `npm ci --omit=dev` there first")
 
 
-def app_layer(app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = ()) -> Layer:
-    """The app folder under /app: files, folders and symlinks as they are, .git skipped."""
+DEPS_DIR = "node_modules"
+
+
+def app_layer(
+    app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = (), part: str | None = None
+) -> Layer:
+    """The app folder under /app: files, folders and symlinks as they are, .git skipped.
+
+    part="deps" keeps only node_modules, part="code" everything but it, None both.
+    """
     root = app_dir.resolve()
     skip = {p.resolve() for p in exclude}
     entries: list[Entry] = [Dir(APP_ROOT)]
@@ -135,7 +143,7 @@ def app_layer(app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = 
         for name in sorted(dirs):
             full = cur_path / name
             parts = (*rel_cur, name)
-            if name in SKIP_NAMES or full in skip:
+            if name in SKIP_NAMES or full in skip or not _in_part(parts, part):
                 continue
             if os.path.islink(full):
                 entries.append(Symlink(f"{APP_ROOT}/{'/'.join(parts)}", os.readlink(full)))
@@ -148,7 +156,7 @@ def app_layer(app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = 
         for name in sorted(files):
             full = cur_path / name
             parts = (*rel_cur, name)
-            if name in SKIP_NAMES or full in skip:
+            if name in SKIP_NAMES or full in skip or not _in_part(parts, part):
                 continue
             dest = f"{APP_ROOT}/{'/'.join(parts)}"
             st = os.lstat(full)
@@ -160,10 +168,28 @@ def app_layer(app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = 
                 entries.append(File.from_source(dest, full))
             else:
                 raise UserError(f"{full}: not a file, folder or symlink (a socket or fifo?); remove it from the app folder")
-    return Layer(entries, comment=f"clusterctl app: {root.name}")
+    return Layer(entries, comment=f"clusterctl app: {root.name}" + (f" ({part})" if part else ""))
 
 
-def app_image(spec: AppSpec, layer: Layer, base: Base, *, tag: str | None = None) -> ImageSpec:
+def _in_part(parts: tuple[str, ...], part: str | None) -> bool:
+    if part is None:
+        return True
+    return (parts[0] == DEPS_DIR) == (part == "deps")
+
+
+def app_layers(app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = ()) -> tuple[Layer, ...]:
+    """Dependencies and code in separate layers: a code change then ships only the small code
+    layer, while node_modules stays where it already is."""
+    if (app_dir / DEPS_DIR).is_dir():
+        return (
+            app_layer(app_dir, strip=strip, exclude=exclude, part="deps"),
+            app_layer(app_dir, strip=strip, exclude=exclude, part="code"),
+        )
+    return (app_layer(app_dir, strip=strip, exclude=exclude),)
+
+
+def app_image(spec: AppSpec, layers: Layer | Sequence[Layer], base: Base, *, tag: str | None = None) -> ImageSpec:
+    own = (layers,) if isinstance(layers, Layer) else tuple(layers)
     b = base.image
     labels = {ROLE_LABEL: "app", "clusterctl.app": spec.name, VERSION_LABEL: base.filebox_version}
     if spec.port:
@@ -176,7 +202,7 @@ def app_image(spec: AppSpec, layer: Layer, base: Base, *, tag: str | None = None
         labels=labels,
         exposed_ports=(f"{spec.port}/tcp",) if spec.port else (),
     )
-    untagged = ImageSpec((*b.layers, layer), config, architecture=b.architecture)
+    untagged = ImageSpec((*b.layers, *own), config, architecture=b.architecture)
     try:
         return replace(untagged, tag=tag or f"{spec.name}:{untagged.image_id.split(':')[1][:12]}")
     except ValueError as exc:
@@ -227,5 +253,5 @@ def build_app(
     if "/" not in program and program not in base.commands:
         names = ", ".join(b["name"] for b in manifest["binaries"])
         raise UserError(f"command {program!r} is neither in the filebox ({names}) nor a BusyBox applet")
-    layer = app_layer(app_dir, strip=strip, exclude=exclude)
-    return AppBuild(spec, filebox, base, app_image(spec, layer, base, tag=tag))
+    layers = app_layers(app_dir, strip=strip, exclude=exclude)
+    return AppBuild(spec, filebox, base, app_image(spec, layers, base, tag=tag))

@@ -40,6 +40,8 @@ class HostReport:
     address: str
     steps: list[Step] = field(default_factory=list)
     round_trips: int = 0
+    # Bytes sent on stdin (image layers, secrets): what crossed the wire for this host.
+    bytes_sent: int = 0
     facts: HostFacts | None = None
 
     @property
@@ -206,6 +208,7 @@ class Manager:
         for name, out in results.items():
             rendered = [c.display() for c in plans[name]]
             self.reports[name].round_trips = self.sessions[name].round_trips
+            self.reports[name].bytes_sent = self.sessions[name].bytes_sent
             if out.ok and out.value.ok:  # type: ignore[union-attr]
                 self._record(name, Step(phase.name, CHANGED, _summary(plans[name]), out.seconds, rendered))
             else:

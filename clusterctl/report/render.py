@@ -25,6 +25,7 @@ def report_dict(report: RunReport) -> dict[str, Any]:
                 "ok": h.ok,
                 "changed": any(s.changed for s in h.steps),
                 "round_trips": h.round_trips,
+                "bytes_sent": h.bytes_sent,
                 "phases": [_step(s) for s in h.steps],
             }
             for h in report.hosts

@@ -131,7 +131,7 @@ def loaded(engine, built) -> str:
     load_into_engine([built.filebox, built.base], DOCKER)
     res = load_into_engine([built.app], DOCKER)
     # The base's two layers were already in the engine: the app's archive left them out.
-    assert set(res.omitted) == set(built.base.diff_ids) and res.written == (built.app.diff_ids[-1],)
+    assert set(res.omitted) == set(built.base.diff_ids) and res.written == built.app.diff_ids[len(built.base.diff_ids):]
     fb = engine.name("filebox")
     engine.docker("create", "--name", fb, built.filebox.tag)
     return fb
