@@ -71,6 +71,15 @@ def test_consul_dns_answers_in_a_plain_container_on_host2(cli, lab):
     assert found == _addresses(lab), out
 
 
+def test_names_outside_consul_resolve_as_on_the_host(cli, lab):
+    # The lab host's own resolver (Docker's embedded DNS on the lab network) knows the lab's
+    # container names; a plain container on node2 must resolve one through Consul's recursor.
+    name = lab.container("node1")
+    script = f'docker run --rm --entrypoint busybox $(docker images clusterctl/base -q | head -n 1) nslookup {name}'
+    out = _exec(cli, lab, "node2", "sh", "-c", script).stdout
+    assert _addresses(lab)[0] in out, out
+
+
 def test_http_and_dns_are_not_on_every_interface(cli, lab):
     # Only loopback and docker0: not the host's cluster address.
     addr = _addresses(lab)[0]
