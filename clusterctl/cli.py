@@ -131,6 +131,9 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     endpoints = resolve_endpoints(cluster)
     known = _known_hosts(cluster, accept_new)
     inputs = _inputs(cluster, dry_run)
+    from clusterctl.phases.network import network_inputs
+
+    inputs = network_inputs(cluster, inputs, dry_run)
     console = _err_console()
     options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)
 
@@ -150,6 +153,16 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
         from rich.console import Console
 
         print_table(report, Console(highlight=False))
+    for line in report.errors:  # a bastion that failed: one line, not one per host behind it
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
+    if report.refused:  # a cluster-wide refusal: one line, whatever the number of hosts
+        from rich.markup import escape
+
+        for phase, why in report.refused.items():
+            console.print(f"[bold red]{phase}: refused:[/bold red] {escape(why)}", soft_wrap=True)
+        raise typer.Exit(EXIT_HOSTS_FAILED)
     if not report.ok:
         failed = report.failed_hosts
         names = ", ".join(f"{h.name} ({h.failed.phase}: {h.failed.message})" for h in failed)
@@ -200,7 +213,7 @@ def exec_(
 
     from clusterctl.config.loader import load
     from clusterctl.transport.executor import run_parallel
-    from clusterctl.transport.ssh import SSHError, explain, open_session, resolve_endpoints
+    from clusterctl.transport.ssh import Connector, SSHError, explain, resolve_endpoints
 
     if bool(host) == all_hosts:
         raise UserError("exec: give --host NAME (repeatable) or --all")
@@ -210,11 +223,12 @@ def exec_(
     names = [h.name for h in cluster.hosts if only is None or h.name in only]
     known = _known_hosts(cluster, accept_new_host_keys)
     line = shlex.join(command)
+    connector = Connector(known)  # one connection per bastion, shared by the hosts behind it
 
     def work(name: str):
         ep = endpoints[name]
         try:
-            session = open_session(ep, known)
+            session = connector.open(ep)
         except Exception as exc:  # noqa: BLE001 - reworded, kept as this host's result
             raise SSHError(explain(exc, ep, known.path)) from None
         try:
@@ -222,7 +236,12 @@ def exec_(
         finally:
             session.close()
 
-    results = run_parallel(names, work, workers=workers, timeout=timeout + 30, explain=lambda e: str(e))
+    try:
+        results = run_parallel(names, work, workers=workers, timeout=timeout + 30, explain=lambda e: str(e))
+    finally:
+        connector.close()
+    for failure in connector.failures:
+        print(f"error: {failure}", file=sys.stderr)
     if output == Output.json:
         print(json.dumps([
             {"host": n, "ok": o.ok and o.value.exit_code == 0, "exit_code": o.value.exit_code if o.ok else None,
@@ -302,12 +321,13 @@ def lab_up(
     name: Annotated[str, typer.Option("--name", help="Lab name.")] = DEFAULT_LAB,
     hosts: Annotated[int, typer.Option("--hosts", help="Number of hosts.")] = 3,
     bare: Annotated[bool, typer.Option("--bare", help="Hosts without Docker installed (its packages wait in the apt cache).")] = False,
+    bastion: Annotated[bool, typer.Option("--bastion", help="node1 is a bastion: the other hosts are on a private network reachable only through it.")] = False,
 ) -> None:
     """Create the lab's hosts and print its cluster file's path (last line)."""
     from clusterctl.lab import lab
 
     console = _err_console()
-    path = lab.up(name, hosts, bare=bare, log=lambda m: console.print(m))
+    path = lab.up(name, hosts, bare=bare, bastion=bastion, log=lambda m: console.print(m))
     print(path)
 
 

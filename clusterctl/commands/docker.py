@@ -16,7 +16,7 @@ def as_root(cmd: Cmd, sudo: str | None) -> Cmd:
     """Prefix with `sudo -n` when the SSH user is not root (sudo is "" for root)."""
     if not sudo:
         return cmd
-    return Cmd(tuple(sudo.split()) + cmd.argv, cmd.description, cmd.check)
+    return Cmd(tuple(sudo.split()) + cmd.argv, cmd.description, cmd.check, stdin=cmd.stdin)
 
 
 def install_package() -> Cmd:

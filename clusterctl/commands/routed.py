@@ -123,6 +123,33 @@ def keep_source_first(cidr: IPv4Network) -> Cmd:
     )
 
 
+def _may_match(rule: str, cidr: IPv4Network) -> bool:
+    """Whether an `iptables -S` rule could match a packet from `cidr` to `cidr`."""
+    words = rule.split()
+    for i, word in enumerate(words[:-1]):
+        if word in ("-s", "-d") and (i == 0 or words[i - 1] != "!"):
+            try:
+                net = ipaddress.ip_network(words[i + 1], strict=False)
+            except ValueError:
+                continue
+            if not net.overlaps(cidr):
+                return False
+    return True
+
+
+def source_kept(rules: Sequence[str] | None, cidr: IPv4Network) -> bool:
+    """Whether cluster traffic meets our nat RETURN rule before any rule that could rewrite it.
+
+    Docker puts its MASQUERADE rules at the top of POSTROUTING when the engine starts; those of
+    other networks (e.g. `-s 172.17.0.0/16 ! -o docker0`) cannot match cluster traffic, so an
+    engine restart alone does not make the rule move again. None (rules unread): not kept.
+    """
+    if rules is None or return_rule(cidr) not in rules:
+        return False
+    before = rules[: list(rules).index(return_rule(cidr))]
+    return not any(_may_match(r, cidr) for r in before)
+
+
 # ---------------------------------------------------------------------------------------------
 # Typed inputs and plan
 
@@ -299,7 +326,7 @@ def plan_routed(
 
         if f.docker_user_rules is None or accept_rule(cidr) not in f.docker_user_rules:
             out.append(accept_forward(cidr))
-        if f.nat_postrouting_rules is None or f.nat_postrouting_rules[:1] != (return_rule(cidr),):
+        if not source_kept(f.nat_postrouting_rules, cidr):
             out.append(keep_source_first(cidr))
 
         want = {subnets[o.name]: addr[o.name] for o in planned if o.name != h.name}

@@ -192,20 +192,74 @@ class DockerSection(Strict):
     start_timeout: float = Field(default=60.0, gt=0)
 
 
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+\Z")
+
+
+def _ipv4_network(v: str, what: str) -> str:
+    try:
+        net = ipaddress.ip_network(v, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"invalid {what} {v!r}: {exc}") from None
+    if net.version != 4:
+        raise ValueError(f"{what} must be an IPv4 network, got {v!r}")
+    return str(net)
+
+
 class NetworkSection(Strict):
+    """One container network across all hosts (see README "Networks")."""
+
     driver: Literal["overlay", "routed", "weave"] = "overlay"
     name: Name = "clusterctl"
+    # The cluster CIDR. Default: the one the running cluster's network carries, else a free /16.
     subnet: str | None = None
+    # routed: the length of each host's subnet inside the cluster CIDR.
+    host_prefix: Annotated[int, BeforeValidator(reject_bool), Field(ge=1, le=30)] = 24
+    # overlay: pools swarm carves its own networks from (e.g. ingress); default Docker's.
+    default_addr_pool: tuple[str, ...] = ()
+    default_addr_pool_mask_length: Annotated[int, BeforeValidator(reject_bool), Field(ge=1, le=29)] | None = None
+    # weave: the Weave Net release whose script and images the hosts use.
+    weave_version: str = "2.8.1"
+    # weave: give each host an address on the cluster network (`weave expose`).
+    expose: bool = True
+    # weave: traffic is encrypted with a password that never sits in this file: the name of an
+    # environment variable holding it, else one generated once in the cluster's state directory.
+    weave_password_env: str | None = None
 
     @field_validator("subnet")
     @classmethod
     def _subnet(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return str(ipaddress.ip_network(v, strict=True))
-        except ValueError as exc:
-            raise ValueError(f"invalid subnet {v!r}: {exc}") from None
+        return v if v is None else _ipv4_network(v, "subnet")
+
+    @field_validator("default_addr_pool")
+    @classmethod
+    def _pools(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_ipv4_network(p, "address pool") for p in v)
+
+    @field_validator("weave_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not VERSION_RE.match(v):
+            raise ValueError(f"invalid weave version {v!r}: use X.Y.Z, e.g. 2.8.1")
+        return v
+
+    @field_validator("weave_password_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        if v is not None and not ENV_NAME_RE.match(v):
+            raise ValueError(f"invalid environment variable name {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self) -> NetworkSection:
+        cidr = ipaddress.ip_network(self.subnet) if self.subnet else None
+        if self.driver == "routed" and cidr is not None and self.host_prefix < cidr.prefixlen:
+            raise ValueError(f"host_prefix /{self.host_prefix} is larger than the subnet {cidr}")
+        if self.driver == "weave" and cidr is not None and cidr.prefixlen > 29:
+            raise ValueError(f"the weave driver splits the subnet in two; {cidr} is too small (use /29 or larger)")
+        if self.default_addr_pool_mask_length is not None and not self.default_addr_pool:
+            raise ValueError("default_addr_pool_mask_length needs default_addr_pool")
+        return self
 
 
 class ConsulSection(Strict):

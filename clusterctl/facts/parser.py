@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from clusterctl.network.facts import NetworkFacts, parse_network_probe
+
 
 class ProbeError(ValueError):
     """The probe's output could not be understood (a broken host shell, a truncated stream)."""
@@ -88,6 +90,8 @@ class HostFacts:
     daemon_json: str = ""
     # Files under /etc/clusterctl: path -> sha256 of the content.
     managed_files: dict[str, str] = field(default_factory=dict)
+    # Routes, Docker networks, swarm nodes, iptables rules, Weave (the probe's network block).
+    network: NetworkFacts = field(default_factory=NetworkFacts)
 
     def address_of(self, ifname: str) -> str | None:
         for a in self.addresses:
@@ -231,4 +235,7 @@ def parse_probe_output(text: str) -> HostFacts:
         nameservers=tuple(n["ip"] for n in data.get("nameservers") or [] if n.get("ip")),
         daemon_json=data.get("daemon_json") or "",
         managed_files={f["path"]: f["sha256"] for f in data.get("managed_files") or [] if "path" in f},
+        network=parse_network_probe(
+            (data.get("docker") or {}).get("network"), [r.get("route", "") for r in data.get("routes") or []]
+        ),
     )

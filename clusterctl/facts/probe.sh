@@ -56,4 +56,47 @@ if command -v docker >/dev/null 2>&1 && [ "$SUDO" != none ]; then
 else
 	printf ',"info":null'
 fi
+# --- network facts ---------------------------------------------------------------------------
+# Inside "docker": {"network": {...}}, read by clusterctl/network/facts.py (parse_network_probe).
+# Docker networks, swarm nodes (on managers only; null when unreadable), the iptables rules the
+# routed driver keeps, and Weave's state. Extra docker calls only where Docker answers.
+nf_strings() { # JSON array of strings from the lines on stdin
+	tr -d '\000-\010\013-\037' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/	/\\t/g' -e 's/^/"/' -e 's/$/"/' | jsonl
+}
+printf ',"network":{'
+if [ "$SUDO" != none ] && nf_rules=$($SUDO iptables -w -S DOCKER-USER 2>/dev/null); then
+	printf '"docker_user":'; printf '%s\n' "$nf_rules" | nf_strings
+else printf '"docker_user":null'; fi
+if [ "$SUDO" != none ] && nf_rules=$($SUDO iptables -w -t nat -S POSTROUTING 2>/dev/null); then
+	printf ',"nat_postrouting":'; printf '%s\n' "$nf_rules" | nf_strings
+else printf ',"nat_postrouting":null'; fi
+case "${info:-}" in
+'{'*)
+	printf ',"networks":'
+	nf_ids=$($SUDO docker network ls -q 2>/dev/null)
+	# shellcheck disable=SC2086
+	if [ -n "$nf_ids" ]; then $SUDO docker network inspect --format '{{json .}}' $nf_ids 2>/dev/null | jsonl; else printf '[]'; fi
+	printf ',"swarm_nodes":'
+	case "$info" in
+	*'"ControlAvailable":true'*)
+		# shellcheck disable=SC2086
+		if nf_ids=$($SUDO docker node ls -q 2>/dev/null) && nf_nodes=$($SUDO docker node inspect --format '{{json .}}' $nf_ids 2>/dev/null); then
+			printf '%s\n' "$nf_nodes" | jsonl
+		else printf 'null'; fi ;;
+	*) printf 'null' ;;
+	esac
+	printf ',"weave_images":'
+	$SUDO docker images --filter 'reference=weaveworks/*' --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | nf_strings
+	if [ -x /usr/local/bin/weave ]; then
+		printf ',"weave":{"script_version":'
+		js "$(sed -n 's/^SCRIPT_VERSION="\([^"]*\)".*/\1/p' /usr/local/bin/weave | head -n 1)"
+		nf_router=$($SUDO docker inspect --format '{{.State.Status}} {{json .Args}}' weave 2>/dev/null) || nf_router="absent null"
+		printf ',"router":'; js "${nf_router%% *}"; printf ',"args":%s' "${nf_router#* }"
+		printf ',"targets":'
+		if [ "${nf_router%% *}" = running ]; then $SUDO /usr/local/bin/weave status targets 2>/dev/null | nf_strings; else printf '[]'; fi
+		printf '}'
+	fi ;;
+esac
+printf '}'
+# --- end of network facts ----------------------------------------------------------------------
 printf '}}\n'

@@ -16,6 +16,8 @@ chroot "$root" sh -c 'apt-get clean && apt-get install -y -q --download-only --n
 : >"$root/etc/resolv.conf"
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/locale" "$root/var/log/"*.log
 install -m 0755 "$init_script" "$root/usr/local/sbin/lab-init"
+# Each host makes its own SSH host keys at first boot (lab-init runs ssh-keygen -A).
+rm -f "$root"/etc/ssh/ssh_host_*
 # A container has no login session to record; sshd must not insist on it.
 sed -i 's/^session\s\+required\s\+pam_loginuid.so/session optional pam_loginuid.so/' "$root/etc/pam.d/sshd"
 # Lab hosts lack CAP_SYS_RESOURCE, so Debian's /etc/init.d/docker cannot raise hard limits with

@@ -1,6 +1,12 @@
 """The local lab: N SSH-reachable hosts on this machine, each a container with sshd and its own
 Docker engine (docker-in-docker), on a lab network of their own with fixed addresses.
 
+With --bastion, node1 is a jump host: it sits on the lab network and on a second, private one;
+the other hosts sit on the private network only, which this machine cannot reach (an internal
+Docker network with no address on this machine's side, and an `unreachable` route for its
+subnet so nothing for it leaves by the default route). The cluster file reaches them through
+node1 (`bastion: node1`).
+
 The lab is a product feature for trying clusterctl and for its end-to-end tests. It talks to the
 local engine with the Debian docker CLI; everything it creates carries the label clusterctl.lab.
 """
@@ -113,7 +119,10 @@ def ensure_image(log=print) -> str:  # noqa: ANN001 - a print-like callable
 class LabHost:
     name: str
     container: str
+    # Where SSH connects: the lab network's address, or (behind the bastion) the private one.
     address: str
+    # The host's address on the private network (a lab with a bastion), else None.
+    private_address: str | None = None
 
 
 def _used_networks() -> list[ipaddress.IPv4Network]:
@@ -149,6 +158,11 @@ def network_name(name: str) -> str:
     return f"clusterctl-lab-{name}"
 
 
+def private_network_name(name: str) -> str:
+    # "clusterctl-labprivate-" cannot be another lab's network_name (those go on with "lab-").
+    return f"clusterctl-labprivate-{name}"
+
+
 def _network_subnet(net: str) -> ipaddress.IPv4Network | None:
     proc = _docker("network", "inspect", net, check=False)
     if proc.returncode != 0:
@@ -157,13 +171,64 @@ def _network_subnet(net: str) -> ipaddress.IPv4Network | None:
     return ipaddress.ip_network(cfg[0]["Subnet"])
 
 
-def _ensure_network(name: str) -> ipaddress.IPv4Network:
-    net = network_name(name)
+def _ensure_network(name: str, private: bool = False) -> ipaddress.IPv4Network:
+    net = private_network_name(name) if private else network_name(name)
     subnet = _network_subnet(net)
     if subnet is None:
         subnet = _free_subnet()
-        _docker("network", "create", "--subnet", str(subnet), "--label", f"{LABEL}={name}", net)
+        # A private network: --internal (no way out, no port publishing) and no address for
+        # this machine on its bridge, so this machine has no route into it.
+        extra = ("--internal", "-o", "com.docker.network.bridge.inhibit_ipv4=true") if private else ()
+        _docker("network", "create", *extra, "--subnet", str(subnet), "--label", f"{LABEL}={name}", net)
+    if private:
+        _block_route(subnet)
     return subnet
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True)
+
+
+def _block_route(subnet: ipaddress.IPv4Network) -> None:
+    """Without it, this machine would send packets for the private subnet out of its default
+    route; with it, connecting there fails at once ("network is unreachable")."""
+    if _route_blocked(subnet):
+        return
+    proc = _ip("route", "add", "unreachable", str(subnet))
+    if proc.returncode != 0:
+        raise UserError(
+            f"lab --bastion: cannot add route 'unreachable {subnet}' ({proc.stderr.strip() or 'ip failed'}); "
+            "the lab needs root for its private network"
+        )
+
+
+def _route_blocked(subnet: ipaddress.IPv4Network) -> bool:
+    lines = _ip("-4", "route", "show", "type", "unreachable").stdout.splitlines()
+    return any(line.split()[1:2] == [str(subnet)] for line in lines)
+
+
+def _unblock_route(subnet: ipaddress.IPv4Network) -> None:
+    if _route_blocked(subnet):
+        _ip("route", "del", "unreachable", str(subnet))
+
+
+def _networks_of(container: str) -> set[str]:
+    out = _docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", container).stdout
+    return set(json.loads(out or b"{}") or {})
+
+
+def _check_layout(name: str, hosts: int, bastion: bool) -> None:
+    """Refuse, before changing anything, to turn an existing lab into the other kind."""
+    for i in range(2, hosts + 1):
+        cname = container_name(name, i)
+        if _docker("inspect", cname, check=False).returncode != 0:
+            continue
+        is_behind = _networks_of(cname) == {private_network_name(name)}
+        if is_behind != bastion:
+            raise UserError(
+                f"lab {name} exists {'without' if bastion else 'with'} --bastion; "
+                f"remove it first: clusterctl lab down --name {name}"
+            )
 
 
 def _ensure_key(directory: Path) -> Path:
@@ -173,18 +238,25 @@ def _ensure_key(directory: Path) -> Path:
     return key
 
 
-def _wait_for_sshd(addresses: list[str], timeout: float = 60.0) -> None:
+def _wait_for_sshd(addresses: list[str], timeout: float = 60.0, via: str | None = None) -> None:
+    """Wait until each address answers with an SSH banner: from this machine, or (`via`) from
+    inside that lab container (the bastion: the only way to the private network)."""
     deadline = time.monotonic() + timeout
     waiting = set(addresses)
     while waiting:
-        for addr in sorted(waiting):
-            try:
-                with socket.create_connection((addr, 22), timeout=1) as s:
-                    s.settimeout(2)
-                    if s.recv(64).startswith(b"SSH-"):
-                        waiting.discard(addr)
-            except OSError:
-                pass
+        if via is None:
+            for addr in sorted(waiting):
+                try:
+                    with socket.create_connection((addr, 22), timeout=1) as s:
+                        s.settimeout(2)
+                        if s.recv(64).startswith(b"SSH-"):
+                            waiting.discard(addr)
+                except OSError:
+                    pass
+        else:
+            script = 'for a; do timeout 2 bash -c \'exec 3<>"/dev/tcp/$0/22" && head -c 4 <&3\' "$a" 2>/dev/null | grep -q SSH- && echo "$a"; done'
+            proc = _docker("exec", via, "sh", "-c", script, "sh", *sorted(waiting), check=False)
+            waiting -= set(proc.stdout.decode().split())
         if waiting and time.monotonic() > deadline:
             raise UserError(f"lab hosts did not start sshd within {timeout:g}s: {', '.join(sorted(waiting))}")
         if waiting:
@@ -201,10 +273,15 @@ def container_name(lab: str, index: int) -> str:
     return f"clusterctl-lab-{lab}-{index}"
 
 
-def up(name: str, hosts: int = 3, bare: bool = False, log=print) -> Path:  # noqa: ANN001
-    """Create (or complete) the lab and write its cluster file; returns the file's path."""
+def up(name: str, hosts: int = 3, bare: bool = False, log=print, bastion: bool = False) -> Path:  # noqa: ANN001
+    """Create (or complete) the lab and write its cluster file; returns the file's path.
+
+    bastion: node1 is the only host this machine reaches; the others sit on a private network
+    behind it (see the module's docstring)."""
     if hosts < 1 or hosts > 50:
         raise UserError(f"--hosts must be between 1 and 50, got {hosts}")
+    if bastion and hosts < 2:
+        raise UserError("--bastion needs at least 2 hosts (node1 is the bastion)")
     from clusterctl.config.models import check_name
 
     try:
@@ -217,27 +294,42 @@ def up(name: str, hosts: int = 3, bare: bool = False, log=print) -> Path:  # noq
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = _ensure_key(directory)
     pub = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True).stdout.strip()
+    _check_layout(name, hosts, bastion)
     subnet = _ensure_network(name)
+    private = _ensure_network(name, private=True) if bastion else None
     lab_hosts: list[LabHost] = []
+    behind: list[LabHost] = []  # hosts on the private network only
     for i in range(1, hosts + 1):
         cname = container_name(name, i)
         address = str(subnet.network_address + FIRST_HOST_OCTET + i - 1)
-        lab_hosts.append(LabHost(f"node{i}", cname, address))
+        private_address = str(private.network_address + FIRST_HOST_OCTET + i - 1) if private else None
+        host = LabHost(f"node{i}", cname, address, private_address)
+        if private_address and i > 1:
+            host = LabHost(f"node{i}", cname, private_address, private_address)
+            behind.append(host)
+        lab_hosts.append(host)
         state = _docker("inspect", "-f", "{{.State.Running}}", cname, check=False)
-        if state.returncode == 0:
-            if state.stdout.decode().strip() != "true":
-                _docker("start", cname)
-            continue
-        variant = "bare" if bare else "docker"
-        _docker(
-            "run", "-d", "--name", cname, "--hostname", f"node{i}",
-            "--network", network_name(name), "--ip", address,
-            "--label", f"{LABEL}={name}", "--label", f"{LABEL}.host=node{i}",
-            "-e", f"LAB_AUTHORIZED_KEY={pub}",
-            *DIND_FLAGS, f"{tag}-{variant}",
-        )  # fmt: skip
-    _wait_for_sshd([h.address for h in lab_hosts])
+        if state.returncode != 0:
+            variant = "bare" if bare else "docker"
+            net = private_network_name(name) if host in behind else network_name(name)
+            _docker(
+                "run", "-d", "--name", cname, "--hostname", host.name,
+                "--network", net, "--ip", host.address,
+                "--label", f"{LABEL}={name}", "--label", f"{LABEL}.host={host.name}",
+                "-e", f"LAB_AUTHORIZED_KEY={pub}",
+                *DIND_FLAGS, f"{tag}-{variant}",
+            )  # fmt: skip
+        elif state.stdout.decode().strip() != "true":
+            _docker("start", cname)
+        if private_address and i == 1 and private_network_name(name) not in _networks_of(cname):
+            # The bastion: on both networks (its sshd listens on every address it has).
+            _docker("network", "connect", "--ip", private_address, private_network_name(name), cname)
+    _wait_for_sshd([h.address for h in lab_hosts if h not in behind])
+    if behind:
+        _wait_for_sshd([h.address for h in behind], via=lab_hosts[0].container)
     known = directory / "known_hosts"
+    # Each host's key under the address SSH connects to (a host behind the bastion: its private
+    # address, which is what paramiko checks through the bastion's direct-tcpip channel).
     lines = [line for h in lab_hosts for line in _host_keys(h.container, h.address)]
     known.write_text("\n".join(lines) + "\n")
     cluster_file = directory / "cluster.yaml"
@@ -255,22 +347,40 @@ def render_cluster_file(name: str, hosts: list[LabHost], key: Path, known: Path)
             "config_file": "",
             "connect_timeout": 5,
         },
-        "hosts": [{"name": h.name, "address": h.address, "roles": ["server"], "labels": {"provider": "lab"}} for h in hosts],
+        "hosts": [_host_entry(h, hosts[0]) for h in hosts],
     }
     header = f"# clusterctl lab {name!r}: written by `clusterctl lab up`; removed by `clusterctl lab down --name {name}`.\n"
+    if any(h.private_address for h in hosts):
+        header += "# node1 is the bastion: the other hosts are on a private network reachable only through it.\n"
     return header + yaml.safe_dump(doc, sort_keys=False)
 
 
+def _host_entry(h: LabHost, first: LabHost) -> dict:
+    entry: dict = {"name": h.name, "address": h.address}
+    if h.private_address:
+        # The cluster talks on the private network (node1's SSH address is not on it).
+        entry["cluster_address"] = h.private_address
+        if h is not first:
+            entry["bastion"] = first.name
+    entry.update({"roles": ["server"], "labels": {"provider": "lab"}})
+    return entry
+
+
 def down(name: str) -> list[str]:
-    """Remove the lab's containers (with their volumes), network and files; returns what went."""
+    """Remove the lab's containers (with their volumes), networks, route and files; returns what went."""
     removed: list[str] = []
     ids = _docker("ps", "-aq", "--filter", f"label={LABEL}={name}").stdout.decode().split()
     if ids:
         _docker("rm", "-f", "-v", *ids)
         removed += [f"container {i[:12]}" for i in ids]
-    if _docker("network", "inspect", network_name(name), check=False).returncode == 0:
-        _docker("network", "rm", network_name(name))
-        removed.append(f"network {network_name(name)}")
+    private = _network_subnet(private_network_name(name))
+    if private is not None:
+        _unblock_route(private)
+        removed.append(f"route unreachable {private}")
+    for net in (network_name(name), private_network_name(name)):
+        if _docker("network", "inspect", net, check=False).returncode == 0:
+            _docker("network", "rm", net)
+            removed.append(f"network {net}")
     directory = lab_dir(name)
     if directory.exists():
         shutil.rmtree(directory)

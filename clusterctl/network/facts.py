@@ -166,3 +166,67 @@ def parse_rules(text: str | Iterable[str]) -> tuple[str, ...]:
     """Lines of `iptables -S CHAIN`, stripped; the chain policy line (-P/-N) is dropped."""
     lines = text.splitlines() if isinstance(text, str) else list(text)
     return tuple(line.strip() for line in lines if line.strip().startswith("-A "))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the probe's "network facts" block reports (docker.network in its JSON), typed.
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    """A host's network facts. Defaults mean "not read" (no Docker engine answered)."""
+
+    # IPv4 routes (`ip -o -4 route show`).
+    routes: tuple[Route, ...] = ()
+    # Every Docker network on the host, as `docker network inspect` shows it.
+    networks: tuple[DockerNetwork, ...] = ()
+    # `docker node inspect` objects of the swarm's nodes; read on managers only, else None.
+    swarm_nodes: tuple[Mapping[str, Any], ...] | None = None
+    # `iptables -S DOCKER-USER` and `iptables -t nat -S POSTROUTING` (-A lines); None if unreadable.
+    docker_user_rules: tuple[str, ...] | None = None
+    nat_postrouting_rules: tuple[str, ...] | None = None
+    # "repository:tag" of the weaveworks/* images on the host.
+    weave_images: tuple[str, ...] = ()
+    # SCRIPT_VERSION of /usr/local/bin/weave; None when the script is absent.
+    weave_script_version: str | None = None
+    # The `weave` router container: running | exited | ... | absent.
+    weave_router: str = "absent"
+    weave_args: tuple[str, ...] = ()
+    # `weave status targets` (router running).
+    weave_targets: tuple[str, ...] = ()
+
+    @property
+    def weave_ipalloc_range(self) -> str | None:
+        """The running router's --ipalloc-range (from its container's arguments)."""
+        args = list(self.weave_args)
+        for i, arg in enumerate(args):
+            if arg == "--ipalloc-range" and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith("--ipalloc-range="):
+                return arg.split("=", 1)[1]
+        return None
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
+
+
+def parse_network_probe(data: Mapping[str, Any] | None, route_lines: Iterable[str] = ()) -> NetworkFacts:
+    """NetworkFacts from the probe's docker.network object and its route lines."""
+    data = data if isinstance(data, Mapping) else {}
+    nodes = data.get("swarm_nodes")
+    weave = data.get("weave") if isinstance(data.get("weave"), Mapping) else {}
+    docker_user = data.get("docker_user")
+    nat = data.get("nat_postrouting")
+    return NetworkFacts(
+        routes=parse_routes(route_lines),
+        networks=tuple(network_from_inspect(n) for n in data.get("networks") or [] if isinstance(n, Mapping)),
+        swarm_nodes=tuple(n for n in nodes if isinstance(n, Mapping)) if isinstance(nodes, list) else None,
+        docker_user_rules=parse_rules(_strings(docker_user)) if isinstance(docker_user, list) else None,
+        nat_postrouting_rules=parse_rules(_strings(nat)) if isinstance(nat, list) else None,
+        weave_images=_strings(data.get("weave_images")),
+        weave_script_version=(weave.get("script_version") or None) if weave else None,
+        weave_router=str(weave.get("router") or "absent") if weave else "absent",
+        weave_args=_strings(weave.get("args")),
+        weave_targets=_strings(weave.get("targets")),
+    )

@@ -2,10 +2,24 @@
 
 A phase with an empty plan for a host leaves it untouched ("unchanged"). `plan` and `up` print
 and run the very same plans, so a dry run cannot drift from a real one.
+
+Optional members, all read with getattr so simple phases need none of them:
+- check(ctx): raise PhaseError when the cluster as a whole cannot take this phase (e.g. a
+  network range that overlaps a host's network); the manager calls it before any phase runs
+  and again before this one, and then runs nothing of this phase on any host;
+- rolling(ctx, host, facts): this host's change runs alone;
+- passes: N > 1 plans the phase again from fresh facts after a pass that changed something,
+  until the plan is empty, at most N passes (a swarm: init, then joins, then node labels);
+- wave(ctx, host, facts) -> int: a pass runs only the hosts of the lowest wave that has work;
+  the others wait for the next pass, planned again from fresh facts. A dry run shows them all;
+- lookups(ctx) -> {host: Cmd}: read-only commands whose stdout the next plan needs (e.g. join
+  tokens: secrets, never recorded or printed); run before planning a pass, never in a dry run,
+  and handed to the plan as ctx.lookups[host].
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,6 +31,10 @@ from clusterctl.facts.parser import HostFacts
 
 class PlanError(Exception):
     """The host cannot be brought to the desired state (e.g. no package manager); one line."""
+
+
+class PhaseError(Exception):
+    """The phase cannot run on this cluster at all (e.g. overlapping ranges); one line."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,8 @@ class Inputs:
     images: tuple = ()
     filebox_tag: str | None = None
     filebox_version: str | None = None
+    # The weave driver's encryption password (network.weave_password_env, else the state dir).
+    weave_password: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,8 @@ class Context:
     # Facts of every host that answered the probe, by host name.
     facts: dict[str, HostFacts]
     inputs: Inputs = field(default_factory=Inputs)
+    # Answers of the phase's read-only lookups, by host (see the module docstring).
+    lookups: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 class Phase(Protocol):
@@ -55,3 +77,9 @@ def rolling(phase: object, ctx: Context, host: Host, facts: HostFacts) -> bool:
     """Whether this host's change must run alone (e.g. restarting a quorum member)."""
     fn = getattr(phase, "rolling", None)
     return bool(fn and fn(ctx, host, facts))
+
+
+def wave(phase: object, ctx: Context, host: Host, facts: HostFacts) -> int:
+    """Which wave of a pass this host's change belongs to (0 unless the phase says otherwise)."""
+    fn = getattr(phase, "wave", None)
+    return int(fn(ctx, host, facts)) if fn else 0

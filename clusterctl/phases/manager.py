@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from clusterctl.commands.base import Cmd, Script
 from clusterctl.config.loader import Cluster
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
-from clusterctl.phases.base import Context, Inputs, Phase, PlanError, rolling
+from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, rolling, wave
 from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
-from clusterctl.transport.ssh import Endpoint, KnownHosts, Session, SSHError, explain, open_session
+from clusterctl.transport.ssh import Connector, Endpoint, KnownHosts, Session, SSHError, explain
 
 OK, CHANGED, PLANNED, FAILED, SKIPPED = "ok", "changed", "planned", "failed", "skipped"
 
@@ -60,6 +60,10 @@ class RunReport:
     phases: list[str]
     hosts: list[HostReport]
     seconds: float = 0.0
+    # Failures that belong to no one host, one line each (a bastion that could not be opened).
+    errors: list[str] = field(default_factory=list)
+    # Phases refused for the whole cluster (PhaseError), with their one-line reason.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed_hosts(self) -> list[HostReport]:
@@ -105,8 +109,12 @@ class Manager:
         self.options = options
         self.progress = progress or (lambda host, step: None)
         self.sessions: dict[str, Session] = {}
+        # One connection per bastion, shared by the hosts behind it; closed once, in __exit__.
+        self.connector = Connector(known_hosts)
+        self.errors: list[str] = []
         hosts = [h for h in cluster.hosts if options.only is None or h.name in options.only]
         self.reports = {h.name: HostReport(h.name, h.address) for h in hosts}
+        self.refused: dict[str, str] = {}
 
     def __enter__(self) -> Manager:
         return self
@@ -117,6 +125,7 @@ class Manager:
                 session.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
+        self.connector.close()
 
     # -- steps --------------------------------------------------------------------------
 
@@ -134,7 +143,7 @@ class Manager:
         def work(name: str) -> Session:
             ep = self.endpoints[name]
             try:
-                return open_session(ep, self.known_hosts)
+                return self.connector.open(ep)
             except Exception as exc:  # noqa: BLE001 - reworded for the operator, then kept as data
                 raise SSHError(explain(exc, ep, self.known_hosts.path)) from None
 
@@ -146,6 +155,7 @@ class Manager:
                 self._record(name, Step("connect", OK, self.endpoints[name].label, out.seconds))
             else:
                 self._record(name, Step("connect", FAILED, _strip_kind(out), out.seconds))
+        self.errors = self.connector.failures
 
     def probe(self, names: Sequence[str] | None = None, label: str = "probe") -> None:
         script = shlex.join(["sh", "-c", probe_script()])
@@ -169,58 +179,156 @@ class Manager:
             else:
                 self._record(name, Step(label, FAILED, _strip_kind(out), out.seconds))
 
-    def context(self) -> Context:
-        return Context(self.cluster, {n: r.facts for n, r in self.reports.items() if r.facts is not None}, self.inputs)
+    def context(self, lookups: dict[str, str] | None = None) -> Context:
+        facts = {n: r.facts for n, r in self.reports.items() if r.facts is not None}
+        return Context(self.cluster, facts, self.inputs, lookups or {})
 
-    def run_phase(self, phase: Phase, more_phases_follow: bool) -> None:
-        ctx = self.context()
-        plans: dict[str, list[Cmd]] = {}
-        one_at_a_time: list[str] = []
-        for name in self._alive():
-            host = self.cluster.spec.host(name)
-            try:
-                plans[name] = phase.plan(ctx, host, ctx.facts[name])
-                if plans[name] and rolling(phase, ctx, host, ctx.facts[name]):
-                    one_at_a_time.append(name)
-            except PlanError as exc:
-                self._record(name, Step(phase.name, FAILED, str(exc)))
-        todo = [n for n, cmds in plans.items() if cmds]
-        for name in plans:
-            if name not in todo:
-                self._record(name, Step(phase.name, OK, "unchanged"))
-        if self.options.dry_run:
-            for name in todo:
-                rendered = [c.display() for c in plans[name]]
-                self._record(name, Step(phase.name, PLANNED, _summary(plans[name]), commands=rendered))
-            return
+    def check(self, phase: Phase) -> str | None:
+        """The phase's cluster-wide check (PhaseError) as a one-line reason, or None."""
+        fn = getattr(phase, "check", None)
+        if fn is None:
+            return None
+        try:
+            fn(self.context())
+        except PhaseError as exc:
+            return str(exc)
+        return None
+
+    def preflight(self, phases: Sequence[Phase]) -> bool:
+        """Every phase's check, before anything runs: a refusal stops the whole run."""
+        for phase in phases:
+            why = self.check(phase)
+            if why is not None:
+                self.refused[phase.name] = why
+                for name in self._alive():
+                    self._record(name, Step(phase.name, FAILED, why))
+                return False
+        return True
+
+    def _lookups(self, phase: Phase, ctx: Context) -> dict[str, str]:
+        """Run the phase's read-only lookups; their stdout is kept in memory only, never reported."""
+        fn = getattr(phase, "lookups", None)
+        if fn is None or self.options.dry_run:
+            return {}
+        alive = set(self._alive())
+        wanted = {h: c for h, c in fn(ctx).items() if h in alive}
+        if not wanted:
+            return {}
         timeout = self.cluster.spec.ssh.command_timeout
 
         def work(name: str):
-            script = Script(tuple(plans[name]))
-            return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout, stdin=script.stdin)
+            script = Script((wanted[name],))
+            return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout)
 
-        together = [n for n in todo if n not in one_at_a_time]
-        results = self._parallel(together, work, timeout=timeout + 5) if together else {}
-        for name in one_at_a_time:  # rolling: each waits for the cluster before the next starts
-            results.update(self._parallel([name], work, timeout=timeout + 5))
-            if not results[name].ok or not results[name].value.ok:  # type: ignore[union-attr]
-                break  # stop rolling: the others keep their running agents
-        for name, out in results.items():
-            rendered = [c.display() for c in plans[name]]
+        results = self._parallel(list(wanted), work, timeout=timeout + 5)
+        for name in results:
             self.reports[name].round_trips = self.sessions[name].round_trips
-            self.reports[name].bytes_sent = self.sessions[name].bytes_sent
-            if out.ok and out.value.ok:  # type: ignore[union-attr]
-                self._record(name, Step(phase.name, CHANGED, _summary(plans[name]), out.seconds, rendered))
-            else:
-                why = _strip_kind(out) if not out.ok else out.value.tail(2)  # type: ignore[union-attr]
-                self._record(name, Step(phase.name, FAILED, why, out.seconds, rendered))
-        for name in todo:
-            if name not in results:
-                self._record(name, Step(phase.name, SKIPPED, "rolling change stopped: an earlier host failed"))
-        changed = [n for n in todo if n in results and self.reports[n].ok]
-        if changed and more_phases_follow:
-            # Facts are re-read from the host, never edited by hand.
-            self.probe(changed, label=f"{phase.name}:reprobe")
+        return {n: out.value.stdout for n, out in results.items() if out.ok and out.value.ok}  # type: ignore[union-attr]
+
+    def run_phase(self, phase: Phase, more_phases_follow: bool) -> None:
+        """Plan and run one phase: one pass, or several (`passes`), each planned from fresh facts."""
+        passes = max(1, int(getattr(phase, "passes", 1)))
+        steps: dict[str, Step] = {}
+        recorded: set[str] = set()
+        waiting: list[str] = []
+        timeout = self.cluster.spec.ssh.command_timeout
+        for n in range(passes):
+            why = self.check(phase)
+            if why is not None:
+                self.refused[phase.name] = why
+                for name in self._alive():
+                    steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, why))
+                break
+            ctx = self.context()
+            ctx = self.context(self._lookups(phase, ctx))
+            plans: dict[str, list[Cmd]] = {}
+            waves: dict[str, int] = {}
+            one_at_a_time: list[str] = []
+            for name in self._alive():
+                host = self.cluster.spec.host(name)
+                try:
+                    plans[name] = phase.plan(ctx, host, ctx.facts[name])
+                    if plans[name]:
+                        waves[name] = wave(phase, ctx, host, ctx.facts[name])
+                        if rolling(phase, ctx, host, ctx.facts[name]):
+                            one_at_a_time.append(name)
+                except PlanError as exc:
+                    # Recorded now: a failed host is skipped by the rest of the run.
+                    self._record(name, _merge(steps.get(name), Step(phase.name, FAILED, str(exc))))
+                    recorded.add(name)
+            todo = [n for n, cmds in plans.items() if cmds]
+            for name in plans:
+                if name not in todo and name not in steps and name not in recorded:
+                    steps[name] = Step(phase.name, OK, "unchanged")
+            waiting = []
+            if not todo:
+                break
+            if self.options.dry_run:
+                for name in todo:
+                    rendered = [c.display() for c in plans[name]]
+                    steps[name] = Step(phase.name, PLANNED, _summary(plans[name]), commands=rendered)
+                break
+            first = min(waves[n] for n in todo)
+            now = [n for n in todo if waves[n] == first]
+            waiting = [n for n in todo if waves[n] != first]
+
+            def work(name: str):
+                script = Script(tuple(plans[name]))
+                return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout, stdin=script.stdin)
+
+            together = [n for n in now if n not in one_at_a_time]
+            results = self._parallel(together, work, timeout=timeout + 5) if together else {}
+            for name in [n for n in now if n in one_at_a_time]:  # rolling: each waits for the cluster first
+                results.update(self._parallel([name], work, timeout=timeout + 5))
+                if not results[name].ok or not results[name].value.ok:  # type: ignore[union-attr]
+                    break  # stop rolling: the others keep their running agents
+            failed = False
+            for name, out in results.items():
+                rendered = [c.display() for c in plans[name]]
+                self.reports[name].round_trips = self.sessions[name].round_trips
+                self.reports[name].bytes_sent = self.sessions[name].bytes_sent
+                if out.ok and out.value.ok:  # type: ignore[union-attr]
+                    step = Step(phase.name, CHANGED, _summary(plans[name]), out.seconds, rendered)
+                else:
+                    why = _strip_kind(out) if not out.ok else out.value.tail(2)  # type: ignore[union-attr]
+                    step = Step(phase.name, FAILED, why, out.seconds, rendered)
+                    failed = True
+                steps[name] = _merge(steps.get(name), step)
+            for name in now:
+                if name not in results:
+                    steps[name] = _merge(steps.get(name), Step(phase.name, SKIPPED, "rolling change stopped: an earlier host failed"))
+            changed = [n for n in now if n in results and steps[n].status == CHANGED]
+            if failed and waiting:
+                for name in waiting:
+                    steps[name] = _merge(steps.get(name), Step(phase.name, SKIPPED, "not started: an earlier wave failed"))
+                waiting = []
+            if not changed or (failed and passes > 1):
+                break
+            if n < passes - 1:
+                # Facts are re-read from the hosts, never edited by hand; a later pass may
+                # depend on any host's view (a swarm manager's node list), so all are read.
+                self._reprobe(list(self._alive()), phase)
+            elif more_phases_follow:
+                self._reprobe(changed if passes == 1 else list(self._alive()), phase)
+        for name in waiting:
+            steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, f"not reached within {passes} passes"))
+        for name in self.reports:
+            if name in steps and name not in recorded:
+                self._record(name, steps[name])
+
+    def _reprobe(self, names: list[str], phase: Phase) -> None:
+        # Hosts failed in this phase are not alive any more; their failure is already noted.
+        if names:
+            self.probe(names, label=f"{phase.name}:reprobe")
+
+
+def _merge(old: Step | None, new: Step) -> Step:
+    """One step per host per phase, however many passes it took."""
+    if old is None or (old.status == OK and not old.commands):
+        return new
+    status = FAILED if FAILED in (old.status, new.status) else new.status
+    message = new.message if new.status == FAILED else "; ".join(m for m in (old.message, new.message) if m)
+    return Step(old.phase, status, message, old.seconds + new.seconds, old.commands + new.commands)
 
 
 def _summary(cmds: list[Cmd]) -> str:
@@ -248,12 +356,15 @@ def execute(
     with Manager(cluster, endpoints, known_hosts, options, progress, inputs) as m:
         m.connect()
         m.probe()
-        for i, phase in enumerate(phases):
-            m.run_phase(phase, more_phases_follow=i < len(phases) - 1)
+        if m.preflight(phases):
+            for i, phase in enumerate(phases):
+                m.run_phase(phase, more_phases_follow=i < len(phases) - 1)
         return RunReport(
             cluster=cluster.name,
             dry_run=options.dry_run,
             phases=["connect", "probe", *[p.name for p in phases]],
             hosts=list(m.reports.values()),
             seconds=time.monotonic() - t0,
+            errors=list(m.errors),
+            refused=dict(m.refused),
         )

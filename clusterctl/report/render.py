@@ -18,6 +18,8 @@ def report_dict(report: RunReport) -> dict[str, Any]:
         "changed": report.changed,
         "seconds": round(report.seconds, 3),
         "failed_hosts": [h.name for h in report.failed_hosts],
+        "errors": report.errors,
+        "refused": dict(report.refused),
         "hosts": [
             {
                 "name": h.name,

@@ -6,14 +6,19 @@
   caller allows it (--accept-new-host-keys); a changed key is always refused.
 - Commands are rendered text from clusterctl.commands (argv quoted with shlex) and run on one
   exec channel each; `round_trips` counts them, so benchmarks can see what a run cost.
+- Bastions: a run opens ONE connection per distinct bastion (a Connector owns them), shared by
+  every host behind it, each host on its own direct-tcpip channel. A bastion that fails is one
+  line (Connector.failures); each host behind it fails with "skipped: bastion X failed".
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,7 +204,9 @@ def explain(exc: BaseException, ep: Endpoint, known_hosts: Path) -> str:
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return f"cannot reach {where}: timed out after {ep.connect_timeout:g}s"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-        return f"cannot reach {where}: connection refused"
+        # paramiko folds both ECONNREFUSED and EHOSTUNREACH into this one exception.
+        codes = {getattr(e, "errno", None) for e in exc.errors.values()}
+        return f"cannot reach {where}: " + ("connection refused" if errno.ECONNREFUSED in codes else "no route to host")
     if isinstance(exc, OSError):
         return f"cannot reach {where}: {exc.strerror or exc}"
     if isinstance(exc, paramiko.SSHException):
@@ -231,7 +238,8 @@ class Session:
     connection: Connection
     round_trips: int = 0
     bytes_sent: int = 0
-    _gateway: Connection | None = field(default=None, repr=False)
+    # Set by open_session(): a one-off Connector (with its bastion connection) this session owns.
+    _owner: Connector | None = field(default=None, repr=False)
 
     def run(self, command: str, timeout: float | None = None, stdin: object = None) -> RunResult:
         """Run one command line; stdout/stderr are read concurrently; `timeout` bounds the whole run.
@@ -288,24 +296,29 @@ class Session:
         )
 
     def close(self) -> None:
+        """Close this host's connection. A shared bastion connection stays open: its
+        Connector closes it, once, at the end of the run."""
         self.connection.close()
-        if self._gateway is not None:
-            self._gateway.close()
+        if self._owner is not None:
+            self._owner.close()
 
 
-def _connection(ep: Endpoint, known: KnownHosts, gateway: Connection | None) -> Connection:
+def _connection(ep: Endpoint, known: KnownHosts, sock: object = None) -> Connection:
+    """A fabric Connection with our host key policy (never fabric's AutoAddPolicy); not opened.
+    `sock` is the direct-tcpip channel through a bastion, when there is one."""
     # Fabric would read ~/.ssh/config again and auto-add host keys; we resolved the config
     # ourselves and install our own host key policy, so turn both off here.
     config = Config(overrides={"load_ssh_configs": False})
     connect_kwargs: dict = {"compress": False, "banner_timeout": ep.connect_timeout, "auth_timeout": ep.connect_timeout}
     if ep.identity_files:
         connect_kwargs["key_filename"] = list(ep.identity_files)
+    if sock is not None:
+        connect_kwargs["sock"] = sock
     conn = Connection(
         ep.address,
         user=ep.user,
         port=ep.port,
         config=config,
-        gateway=gateway,
         connect_timeout=int(max(1, ep.connect_timeout)),
         connect_kwargs=connect_kwargs,
     )
@@ -313,23 +326,163 @@ def _connection(ep: Endpoint, known: KnownHosts, gateway: Connection | None) -> 
     return conn
 
 
-def open_session(ep: Endpoint, known: KnownHosts) -> Session:
-    """Connect (through the bastion when there is one); raises on failure (the executor turns
-    that into the host's result via explain())."""
-    gateway = None
-    if ep.bastion is not None:
-        gateway = _connection(ep.bastion, known, None)
-        try:
-            gateway.open()
-        except Exception as exc:
-            gateway.close()
-            raise SSHError(f"bastion {explain(exc, ep.bastion, known.path)}") from None
-    conn = _connection(ep, known, gateway)
+def _connect(ep: Endpoint, known: KnownHosts, sock: object = None) -> Connection:
+    """Open a connection (raises on failure, with nothing left open)."""
+    conn = _connection(ep, known, sock)
     try:
         conn.open()
-    except Exception:
+    except BaseException:
         conn.close()
-        if gateway is not None:
-            gateway.close()
+        if sock is not None:
+            sock.close()  # type: ignore[attr-defined]
         raise
-    return Session(endpoint=ep, connection=conn, _gateway=gateway)
+    return conn
+
+
+Connect = Callable[[Endpoint, KnownHosts, object], Connection]
+
+
+class BastionFailed(SSHError):
+    """Raised for a host whose bastion could not be opened (the bastion's own reason is one
+    line in Connector.failures)."""
+
+    def __init__(self, bastion: Endpoint, reason: str):
+        super().__init__(f"skipped: {bastion.name} failed")
+        self.bastion = bastion
+        self.reason = reason
+
+
+def gateway_key(ep: Endpoint) -> tuple:
+    """What makes two bastion endpoints the same connection: who, where, which keys, via what.
+    The name is not part of it (`bastion: node1` and `bastion: root@<node1's address>` share)."""
+    return (ep.user, ep.address.lower().rstrip("."), ep.port, ep.identity_files,
+            gateway_key(ep.bastion) if ep.bastion else None)  # fmt: skip
+
+
+class _Gateway:
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self.lock = threading.Lock()
+        self.connection: Connection | None = None
+        # Why it failed: the failed bastion (this one, or the one in front of it) and one line.
+        self.failure: tuple[Endpoint, str] | None = None
+        self.skipped: list[str] = []  # hosts behind it that were skipped because it failed
+
+    def skip(self, requester: str) -> BastionFailed:
+        assert self.failure is not None
+        self.skipped.append(requester)
+        return BastionFailed(*self.failure)
+
+    def line(self) -> str:
+        assert self.failure is not None
+        behind = f"; skipped the hosts behind it: {', '.join(self.skipped)}" if self.skipped else ""
+        return f"{self.failure[1]}{behind}"
+
+
+def _active(conn: Connection | None) -> bool:
+    transport = conn.client.get_transport() if conn is not None else None
+    return transport is not None and transport.is_active()
+
+
+class Connector:
+    """Opens the SSH sessions of one run, thread-safe; close() it at the end of the run.
+
+    Hosts behind the same bastion (same gateway_key) share ONE connection to it, opened on first
+    use by whichever worker gets there first while the others wait; each host then gets its own
+    direct-tcpip channel on it. A bastion is tried once per run: when it fails (unreachable,
+    refused auth, unknown or changed host key) every host behind it raises BastionFailed, and the
+    bastion's reason is one line in `failures`.
+    """
+
+    def __init__(self, known: KnownHosts, connect: Connect | None = None):
+        self.known = known
+        self._connect = connect or _connect
+        self._lock = threading.Lock()
+        self._gateways: dict[tuple, _Gateway] = {}
+        self._closed = False
+
+    def open(self, ep: Endpoint) -> Session:
+        """Connect to one host (through its bastion when it has one); raises on failure:
+        BastionFailed when the bastion failed, else what paramiko raised (see explain())."""
+        sock = self._channel(ep, requester=ep.name) if ep.bastion is not None else None
+        return Session(endpoint=ep, connection=self._connect(ep, self.known, sock))
+
+    @property
+    def failures(self) -> list[str]:
+        """One line per bastion that failed in this run (naming the hosts skipped behind it)."""
+        with self._lock:
+            gates = list(self._gateways.values())
+        return [g.line() for g in gates if g.failure is not None and g.failure[0] is g.endpoint]
+
+    def close(self) -> None:
+        """Close every bastion connection, once (after the sessions through them)."""
+        with self._lock:
+            gates, self._closed = list(self._gateways.values()), True
+        for gate in reversed(gates):  # a bastion reached through another one closes first
+            with gate.lock:
+                if gate.connection is not None:
+                    try:
+                        gate.connection.close()
+                    except Exception:  # noqa: BLE001 - closing is best effort
+                        pass
+                    gate.connection = None
+
+    def _gateway(self, bastion: Endpoint, requester: str) -> Connection:
+        key = gateway_key(bastion)
+        with self._lock:
+            if self._closed:
+                raise SSHError("the run's connections are closed")
+            gate = self._gateways.setdefault(key, _Gateway(bastion))
+        with gate.lock:
+            if gate.failure is not None:
+                raise gate.skip(requester)
+            if _active(gate.connection):
+                return gate.connection  # type: ignore[return-value]
+            if gate.connection is not None:  # it dropped mid-run (the bastion restarted): reopen
+                gate.connection.close()
+                gate.connection = None
+            try:
+                sock = self._channel(bastion, requester=bastion.name) if bastion.bastion is not None else None
+                gate.connection = self._connect(bastion, self.known, sock)
+            except BastionFailed as exc:  # the bastion in front of this one failed: same reason
+                gate.failure = (exc.bastion, exc.reason)
+                raise gate.skip(requester) from None
+            except Exception as exc:  # noqa: BLE001 - worded once for the operator
+                first = gate.endpoint  # named as the first host behind it named it
+                gate.failure = (first, f"{first.name} ({first.label}): {explain(exc, first, self.known.path)}")
+                raise gate.skip(requester) from None
+            return gate.connection
+
+    def _channel(self, ep: Endpoint, requester: str):  # noqa: ANN202 - a paramiko Channel
+        """A direct-tcpip channel from ep's bastion to ep's SSH port."""
+        assert ep.bastion is not None
+        transport = self._gateway(ep.bastion, requester).client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SSHError(f"cannot reach {ep.label}: the connection to the bastion closed")
+        try:
+            return transport.open_channel(
+                "direct-tcpip", (ep.address, ep.port), ("127.0.0.1", 0), timeout=ep.connect_timeout
+            )
+        except paramiko.ChannelException as exc:
+            # The bastion's sshd tried and could not connect, or does not forward at all.
+            why = "the bastion does not allow TCP forwarding" if exc.code == 1 else f"the bastion could not connect ({exc.text})"
+            raise SSHError(f"cannot reach {ep.label}: {why}") from None
+        except paramiko.SSHException as exc:
+            raise SSHError(f"cannot reach {ep.label}: {exc}") from None
+
+
+def open_session(ep: Endpoint, known: KnownHosts) -> Session:
+    """Connect to one host on its own (through its own bastion connection, closed with the
+    session). A run over many hosts uses one Connector instead, so a bastion is opened once.
+    Raises on failure (callers turn it into the host's result via explain())."""
+    connector = Connector(known)
+    try:
+        session = connector.open(ep)
+    except BastionFailed as exc:
+        connector.close()
+        raise SSHError(exc.reason) from None
+    except BaseException:
+        connector.close()
+        raise
+    session._owner = connector  # noqa: SLF001 - closed with the session
+    return session

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ def _remove_stale_test_labs() -> None:
         capture_output=True, text=True,
     ).stdout.split()  # fmt: skip
     for name in set(out):
-        if name.startswith("e2e") and not Path(f"/proc/{name.removeprefix('e2e')}").exists():
+        m = re.fullmatch(r"e2e[a-z]*(\d+)", name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
             lab_mod.down(name)
 
 

@@ -570,6 +570,37 @@ def test_bad_subnet_in_network_section():
     expect(err, "network.subnet", 7, "invalid subnet")
 
 
+@pytest.mark.parametrize(
+    "body, key, line, message",
+    [
+        ("  subnet: fd00::/64\n", "network.subnet", 7, "must be an IPv4 network"),
+        ("  driver: vxlan\n", "network.driver", 7, "'overlay', 'routed' or 'weave'"),
+        ("  host_prefix: 31\n", "network.host_prefix", 7, "less than or equal to 30"),
+        ("  host_prefix: yes\n", "network.host_prefix", 7, "not true/false"),
+        ("  driver: routed\n  subnet: 10.42.0.0/24\n  host_prefix: 16\n", "network", 6, "host_prefix /16 is larger than the subnet"),
+        ("  driver: weave\n  subnet: 10.42.0.0/30\n", "network", 6, "too small"),
+        ("  default_addr_pool: [10.250.0.1/16]\n", "network.default_addr_pool", 7, "invalid address pool"),
+        ("  default_addr_pool_mask_length: 24\n", "network", 6, "needs default_addr_pool"),
+        ("  weave_version: latest\n", "network.weave_version", 7, "use X.Y.Z"),
+        ("  weave_password_env: 'A B'\n", "network.weave_password_env", 7, "environment variable"),
+        ("  weave_password: hunter2\n", "network.weave_password", 7, "unknown key"),
+    ],
+)
+def test_bad_network_settings(body, key, line, message):
+    expect(refused(TWO_HOSTS + "network:\n" + body), key, line, message)
+
+
+def test_network_settings_load():
+    text = TWO_HOSTS + (
+        "network:\n  driver: routed\n  subnet: 10.42.0.0/16\n  host_prefix: 26\n"
+        "  default_addr_pool: [10.250.0.0/16]\n  default_addr_pool_mask_length: 26\n"
+        "  weave_version: 2.8.1\n  expose: false\n  weave_password_env: WEAVE_PW\n"
+    )
+    net = load_text(_text(text), FILE).spec.network
+    assert (net.host_prefix, net.default_addr_pool, net.default_addr_pool_mask_length) == (26, ("10.250.0.0/16",), 26)
+    assert (net.weave_version, net.expose, net.weave_password_env) == ("2.8.1", False, "WEAVE_PW")
+
+
 def test_example_inventories_load():
     root = Path(__file__).resolve().parents[2] / "inventory"
     for path in sorted(root.glob("*.yaml")):

@@ -111,7 +111,8 @@ def cluster_data(draw: st.DrawFn) -> dict[str, Any]:
         data["network"] = {
             "driver": draw(st.sampled_from(["overlay", "routed", "weave"])),
             "name": draw(names),
-            "subnet": draw(st.sampled_from(["10.42.0.0/16", "172.20.0.0/24", "fd00:1::/64"])),
+            "subnet": draw(st.sampled_from(["10.42.0.0/16", "172.20.0.0/24", "10.250.0.0/20"])),
+            "host_prefix": draw(st.integers(24, 30)),
         }
     if draw(st.booleans()):
         data["consul"] = {"enabled": draw(st.booleans()), "datacenter": draw(names)}

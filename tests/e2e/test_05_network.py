@@ -1,0 +1,173 @@
+"""End to end on the shared 3-host lab: one container network across hosts, overlay and routed.
+
+For each driver, from hosts with no cluster network: `up` converges, a BusyBox httpd container on
+node1 answers a container on node3 by IP address (and sees the client's own address), and a
+second `up` changes nothing in one round trip per host. Problems the whole cluster shares are
+refused before anything runs. The lab is left as found: every test starts by tearing the
+network down, and the module ends by tearing it down and converging the lab's own file again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusterctl.commands.teardown import teardown
+from clusterctl.lab import lab as lab_mod
+from clusterctl.lab.busybox import rootfs_tar
+
+pytestmark = pytest.mark.e2e
+
+IMAGE = "clusterctl-nettest-busybox:1"
+WEB = "clusterctl-nettest-web"
+PAGE = b"hello from node1\n"
+CIDR = ipaddress.ip_network("10.240.0.0/16")  # the default cluster CIDR on the lab
+
+
+def _host_docker(lab, host: str, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 60):
+    """`docker ARGS` run by the lab host's own engine (through the lab container, not SSH)."""
+    cmd = [lab_mod.docker_cli(), "exec", *(["-i"] if input is not None else []), lab.container(host), "docker", *args]
+    proc = subprocess.run(cmd, capture_output=True, input=input, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{host}: docker {' '.join(args)}: {proc.stderr.decode(errors='replace')[-1000:]}")
+    return proc
+
+
+def _variant(lab, tmp_path: Path, **network) -> Path:
+    """The lab's own cluster file (same name, same state) with a network section."""
+    doc = yaml.safe_load(lab.cluster_file.read_text())
+    doc["network"] = network
+    path = tmp_path / f"{network.get('driver', 'default')}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _teardown(cli, lab) -> None:
+    for host in ("node1", "node3"):
+        _host_docker(lab, host, "rm", "-f", WEB, check=False)
+    for host in ("node3", "node2", "node1"):  # one at a time, the swarm's leader last
+        proc = cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", *teardown(str(CIDR)).argv)
+        assert proc.returncode == 0, proc.stderr
+    out = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "sh", "-c",
+              "docker info --format '{{.Swarm.LocalNodeState}}'; docker network ls -q --filter label=clusterctl.cluster; "
+              "ip -4 route show root 10.240.0.0/16; ss -ltn | grep ':7946 '")  # fmt: skip
+    assert [line.split("|", 1)[1].strip() for line in out.stdout.splitlines()] == ["inactive"] * 3, out.stdout
+
+
+def _up(cli, f: Path) -> dict:
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 0, json.dumps(report, indent=1)[-4000:]
+    return report
+
+
+def _network(report: dict) -> dict[str, dict]:
+    return {h["name"]: next(p for p in h["phases"] if p["phase"] == "network") for h in report["hosts"]}
+
+
+def _assert_noop(cli, f: Path) -> None:
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 0 and report["changed"] is False, json.dumps(report, indent=1)[-3000:]
+    assert [h["round_trips"] for h in report["hosts"]] == [1, 1, 1]
+
+
+def _serve_and_fetch(lab) -> tuple[str, str, str, str]:
+    """httpd on node1 on the cluster network; a container on node3 fetches by IP.
+
+    Returns (server IP, client IP, body, server log)."""
+    _host_docker(lab, "node1", "run", "-d", "--name", WEB, "--network", "clusterctl", IMAGE, "httpd", "-f", "-v", "-p", "8080", "-h", "/www")
+    try:
+        ip = _host_docker(lab, "node1", "inspect", "-f", '{{(index .NetworkSettings.Networks "clusterctl").IPAddress}}', WEB)
+        server = ip.stdout.decode().strip()
+        script = f"ip -o -4 addr show eth0 | awk '{{print $4}}'; timeout 5 wget -qO- http://{server}:8080/"
+        for attempt in range(5):  # a node that has just joined may need a moment for the overlay
+            proc = _host_docker(lab, "node3", "run", "--rm", "--network", "clusterctl", IMAGE, "sh", "-c", script, check=False)
+            if proc.returncode == 0:
+                break
+            time.sleep(1)
+        assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        client_cidr, body = proc.stdout.decode().split("\n", 1)
+        log = _host_docker(lab, "node1", "logs", WEB).stderr.decode() + _host_docker(lab, "node1", "logs", WEB).stdout.decode()
+        return server, client_cidr.split("/")[0], body, log
+    finally:
+        _host_docker(lab, "node1", "rm", "-f", WEB, check=False)
+
+
+@pytest.fixture(scope="module")
+def busybox(cli, lab):
+    """A BusyBox image on node1 and node3, imported from a rootfs (no registry here)."""
+    _up(cli, lab.cluster_file)  # Docker on every host (a no-op after the earlier files)
+    tar = rootfs_tar({"www/index.html": PAGE})
+    for host in ("node1", "node3"):
+        _host_docker(lab, host, "import", "-c", 'CMD ["sh"]', "-", IMAGE, input=tar)
+    yield IMAGE
+    for host in ("node1", "node3"):
+        _host_docker(lab, host, "rm", "-f", WEB, check=False)
+        _host_docker(lab, host, "rmi", "-f", IMAGE, check=False)
+
+
+@pytest.fixture(scope="module")
+def restore(cli, lab):
+    """Leave the lab as found: no test network, the lab's own file converged again."""
+    yield
+    _teardown(cli, lab)
+    code, report = cli.json("up", "-f", str(lab.cluster_file))
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+
+
+def test_cluster_wide_problems_are_refused_before_anything_runs(cli, lab, tmp_path):
+    subnet = str(ipaddress.ip_network(yaml.safe_load(lab.cluster_file.read_text())["hosts"][0]["address"] + "/16", strict=False))
+    for f, words in (
+        (_variant(lab, tmp_path, driver="routed", subnet=subnet), [f"cluster CIDR {subnet} overlaps", "set network.subnet"]),
+        (_variant(lab, tmp_path, driver="weave"), ["weave driver needs Weave's images", "weaveworks/weave:2.8.1", "node1, node2, node3"]),
+    ):
+        proc = cli("up", "-f", str(f), "-o", "json")
+        report = json.loads(proc.stdout)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("network: refused: ")
+        assert all(w in report["refused"]["network"] for w in words), report["refused"]
+        for h in report["hosts"]:
+            assert h["round_trips"] == 1  # the probe, nothing else
+            assert [(p["phase"], p["status"]) for p in h["phases"]] == [("connect", "ok"), ("probe", "ok"), ("network", "failed")]
+
+
+def test_overlay_containers_reach_each_other_across_hosts(cli, lab, tmp_path, busybox, restore):
+    _teardown(cli, lab)
+    f = _variant(lab, tmp_path, driver="overlay")
+    # The dry run shows the joins with placeholders for the tokens, never a token.
+    code, plan = cli.json("plan", "-f", str(f))
+    assert code == 0
+    cmds = {n: s["commands"] for n, s in _network(plan).items()}
+    assert cmds["node1"][0].startswith("docker swarm init --advertise-addr ")
+    assert cmds["node3"][-1].endswith("# stdin: <manager token of node1>")
+    report = _up(cli, f)
+    assert {n: s["status"] for n, s in _network(report).items()} == dict.fromkeys(("node1", "node2", "node3"), "changed")
+    assert "SWMTKN" not in json.dumps(report)
+    assert "not shown" in _network(report)["node3"]["commands"][-1]
+    server, client, body, log = _serve_and_fetch(lab)
+    assert body == PAGE.decode()
+    assert ipaddress.ip_address(server) in CIDR and ipaddress.ip_address(client) in CIDR
+    assert re.search(rf"\b{re.escape(client)}\]?:\d+: response:200", log), log
+    _assert_noop(cli, f)
+
+
+def test_routed_containers_reach_each_other_across_hosts(cli, lab, tmp_path, busybox, restore):
+    _teardown(cli, lab)
+    f = _variant(lab, tmp_path, driver="routed")
+    report = _up(cli, f)
+    steps = _network(report)
+    assert {n: s["status"] for n, s in steps.items()} == dict.fromkeys(("node1", "node2", "node3"), "changed")
+    assert "ip route replace 10.240.2.0/24 via " in "\n".join(steps["node1"]["commands"])
+    server, client, body, log = _serve_and_fetch(lab)
+    assert body == PAGE.decode()
+    assert ipaddress.ip_address(server) in ipaddress.ip_network("10.240.0.0/24")
+    assert ipaddress.ip_address(client) in ipaddress.ip_network("10.240.2.0/24")
+    # No NAT inside the cluster: the server saw node3's container address itself.
+    assert re.search(rf"\b{re.escape(client)}\]?:\d+: response:200", log), log
+    _assert_noop(cli, f)
