@@ -64,11 +64,13 @@ def print_table(report: RunReport, console) -> None:  # noqa: ANN001 - rich.Cons
     from rich.table import Table
 
     title = f"{'plan' if report.dry_run else 'up'}: cluster {report.cluster} ({report.seconds:.1f}s)"
-    table = Table(title=title, title_justify="left")
-    table.add_column("host")
+    from rich import box
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("host", no_wrap=True)
     for phase in report.phases:
-        table.add_column(phase)
-    table.add_column("detail", overflow="fold")
+        table.add_column(phase, no_wrap=True)
+    table.add_column("detail", overflow="fold", min_width=12)
     for h in report.hosts:
         by_phase = {s.phase: s for s in h.steps}
         cells = []
@@ -76,7 +78,9 @@ def print_table(report: RunReport, console) -> None:  # noqa: ANN001 - rich.Cons
             s = by_phase.get(phase)
             cells.append(f"[{STYLE[s.status]}]{s.status}[/]" if s else "[dim]-[/dim]")
         failed = h.failed
-        detail = failed.message if failed else "; ".join(s.message for s in h.steps if s.changed) or "converged"
+        # Short: the cells say what changed; the progress lines above said how.
+        changed = [s.phase for s in h.steps if s.changed]
+        detail = failed.message if failed else ("converged" if not changed else f"{len(changed)} phase(s) {'planned' if report.dry_run else 'changed'}")
         table.add_row(h.name, *cells, _escape(detail))
     console.print(table)
     if report.dry_run:
