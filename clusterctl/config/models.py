@@ -273,6 +273,12 @@ class FileboxSection(Strict):
     binaries: tuple[str, ...] = ("consul",)
     # Extra files: SRC or SRC:DEST.
     files: tuple[str, ...] = ()
+    # Big images reach the first host that lacks them over SSH, and the other hosts fetch them
+    # from it over the cluster network, so the operator's uplink carries them once. The port
+    # (on the first host's cluster address, for the length of one `up`) must be open between
+    # hosts; set relay: false to send to every host over SSH instead.
+    relay: bool = True
+    relay_port: Port = 7380
 
     def has(self, name: str) -> bool:
         return any(b.rstrip("/").rsplit("/", 1)[-1] == name for b in self.binaries)

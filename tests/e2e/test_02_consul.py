@@ -106,8 +106,14 @@ def test_killed_server_keeps_a_leader_and_next_up_restores_it(cli, lab):
     report = _up(cli, lab.cluster_file)
     steps = {p["phase"]: p for p in report["hosts"][0]["phases"]}
     assert steps["consul"]["status"] == "changed" and "start" in steps["consul"]["message"]
-    code, st = _status(cli, lab)
-    assert code == 0 and [h["alive"] for h in st["hosts"]] == ["alive"] * 3
+
+    def all_alive():
+        code, st = _status(cli, lab)
+        return code == 0 and [h["alive"] for h in st["hosts"]] == ["alive"] * 3
+
+    # node1's agent knows the leader when `up` returns; the others' gossip takes a moment to
+    # mark it alive again.
+    assert _wait_for(all_alive, timeout=30)
 
 
 def test_node_runs_from_the_filebox_and_a_changed_filebox_rolls_consul(cli, lab, tmp_path):
@@ -117,6 +123,10 @@ def test_node_runs_from_the_filebox_and_a_changed_filebox_rolls_consul(cli, lab,
     f.write_text(yaml.safe_dump(doc))
     try:
         report = _up(cli, f)
+        # The new filebox (consul + node, ~170 MB) crossed the operator's uplink once: node1 got
+        # it over SSH and relayed it; node2 and node3 got only the small base over SSH.
+        sent = {h["name"]: h["bytes_sent"] for h in report["hosts"]}
+        assert sent["node1"] > 100e6 and sent["node2"] < 10e6 and sent["node3"] < 10e6, sent
         consul_steps = [next(p for p in h["phases"] if p["phase"] == "consul") for h in report["hosts"]]
         # The filebox changed, so every agent was replaced, one at a time.
         assert all(s["status"] == "changed" and "remove" in s["message"] for s in consul_steps)
@@ -130,7 +140,11 @@ def test_node_runs_from_the_filebox_and_a_changed_filebox_rolls_consul(cli, lab,
         out = _exec(cli, lab, "node2", "docker", "run", "--rm", "--volumes-from", filebox_container_name(box.version),
                     base, "node", "-e", "console.log(6*7)").stdout
         assert out.strip().splitlines()[-1] == "42"
-        code, st = _status(cli, lab)
-        assert code == 0 and st["leader"] and [h["alive"] for h in st["hosts"]] == ["alive"] * 3
+
+        def all_alive():
+            code, st = _status(cli, lab)
+            return code == 0 and st["leader"] and [h["alive"] for h in st["hosts"]] == ["alive"] * 3
+
+        assert _wait_for(all_alive, timeout=30)
     finally:
         _up(cli, lab.cluster_file)  # back to the lab's own filebox
