@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clusterctl.errors import EXIT_BAD_INPUT, EXIT_HOSTS_FAILED, UserError
+from clusterctl.errors import EXIT_HOSTS_FAILED, UserError
 
 app = typer.Typer(
     help="Turn SSH-reachable Linux hosts into one container cluster.",

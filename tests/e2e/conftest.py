@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,16 +45,16 @@ def _remove_stale_test_labs() -> None:
             lab_mod.down(name)
 
 
-@pytest.fixture(scope="session")
-def lab(cli, state_dir):
+@contextmanager
+def lab_for_tests(cli, name: str, *flags: str):
+    """A 3-host lab for a test scope, removed at the end even when the tests fail."""
     if not _engine_ok():
         if os.environ.get("CLUSTERCTL_SKIP_E2E") == "1":
             pytest.skip("CLUSTERCTL_SKIP_E2E=1 and no Docker engine")
         pytest.fail("no Docker engine on this machine: run scripts/setup.sh (or set CLUSTERCTL_SKIP_E2E=1)")
     _remove_stale_test_labs()
-    name = f"e2e{os.getpid()}"
     try:
-        proc = cli("lab", "up", "--name", name, "--hosts", "3", "--bare", timeout=900)
+        proc = cli("lab", "up", "--name", name, "--hosts", "3", *flags, timeout=900)
         assert proc.returncode == 0, proc.stderr
         path = Path(proc.stdout.strip().splitlines()[-1])
         assert path.is_file()
@@ -61,3 +62,9 @@ def lab(cli, state_dir):
     finally:
         proc = cli("lab", "down", "--name", name)
         assert proc.returncode == 0, proc.stderr
+
+
+@pytest.fixture(scope="session")
+def lab(cli, state_dir):
+    with lab_for_tests(cli, f"e2e{os.getpid()}", "--bare") as shared:
+        yield shared

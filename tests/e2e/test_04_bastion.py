@@ -14,48 +14,22 @@ import os
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import paramiko
 import pytest
 import yaml
 
 from clusterctl.config.loader import load
-from clusterctl.lab import lab as lab_mod
 from clusterctl.transport.ssh import Connector, KnownHosts, resolve_endpoints
-from tests.e2e.conftest import Lab, _engine_ok
+from tests.e2e.conftest import lab_for_tests
 
 pytestmark = pytest.mark.e2e
 
 
-def _remove_stale_bastion_labs() -> None:
-    """Bastion labs left by an earlier run of this file that was killed before its teardown."""
-    out = subprocess.run(
-        [lab_mod.docker_cli(), "network", "ls", "--filter", f"label={lab_mod.LABEL}", "--format", '{{.Label "clusterctl.lab"}}'],
-        capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    for name in set(out):
-        pid = name.removeprefix("e2eb")
-        if name.startswith("e2eb") and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            lab_mod.down(name)
-
-
 @pytest.fixture(scope="module")
 def blab(cli, state_dir):
-    if not _engine_ok():
-        if os.environ.get("CLUSTERCTL_SKIP_E2E") == "1":
-            pytest.skip("CLUSTERCTL_SKIP_E2E=1 and no Docker engine")
-        pytest.fail("no Docker engine on this machine: run scripts/setup.sh (or set CLUSTERCTL_SKIP_E2E=1)")
-    _remove_stale_bastion_labs()
-    name = f"e2eb{os.getpid()}"
-    try:
-        proc = cli("lab", "up", "--name", name, "--hosts", "3", "--bastion", timeout=900)
-        assert proc.returncode == 0, proc.stderr
-        path = Path(proc.stdout.strip().splitlines()[-1])
-        yield Lab(name, path)
-    finally:
-        proc = cli("lab", "down", "--name", name)
-        assert proc.returncode == 0, proc.stderr
+    with lab_for_tests(cli, f"e2eb{os.getpid()}", "--bastion") as bastion_lab:
+        yield bastion_lab
 
 
 def _hosts(blab) -> dict[str, dict]:
