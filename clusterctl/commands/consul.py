@@ -93,15 +93,21 @@ def start_agent() -> Cmd:
     return Cmd(("docker", "start", CONTAINER), "start the stopped consul container")
 
 
-def wait_for_leader(timeout: float) -> Cmd:
-    """Until this agent knows a leader (HTTP on loopback, from inside the container)."""
+def wait_for_leader(timeout: float, voter: str | None = None) -> Cmd:
+    """Until this agent knows a leader (HTTP on loopback, from inside the container) and, for a
+    server, until raft counts `voter` as a voting member: a server that rejoined is a non-voter
+    until autopilot promotes it, and restarting the next one before that could lose quorum."""
     return sh_args(
         'i=0; while :; do l=$(docker exec "$1" timeout 3 wget -qO- http://127.0.0.1:8500/v1/status/leader 2>/dev/null); '
-        'case "$l" in *:*) exit 0;; esac; i=$((i+1)); '
-        'if [ "$i" -ge "$2" ]; then echo "consul on this host has no leader after $3s" >&2; docker logs --tail 5 "$1" >&2; exit 1; fi; '
+        'case "$l" in *:*) '
+        '  if [ -z "$4" ] || docker exec "$1" consul operator raft list-peers 2>/dev/null | '
+        '     awk -v n="$4" \'$1 == n && $5 == "true" { f = 1 } END { exit !f }\'; then exit 0; fi ;; esac; '
+        'i=$((i+1)); '
+        'if [ "$i" -ge "$2" ]; then echo "consul on this host has no leader (or is not a voter) after $3s" >&2; docker logs --tail 5 "$1" >&2; exit 1; fi; '
         "sleep 0.5; done",
         CONTAINER,
         str(max(1, int(timeout * 2))),
         f"{timeout:g}",
-        description="wait until consul sees a leader",
+        voter or "",
+        description="wait until consul sees a leader" + (" and counts this server as a voter" if voter else ""),
     )

@@ -92,7 +92,7 @@ class ConsulPhase:
             if current is not None:
                 cmds.append(build.remove_agent())
             cmds.append(build.run_agent(cfg, digest))
-        cmds.append(build.wait_for_leader(LEADER_TIMEOUT))
+        cmds.append(build.wait_for_leader(LEADER_TIMEOUT, voter=host.name if host.is_server else None))
         return [as_root(c, facts.sudo) for c in cmds]
 
     def rolling(self, ctx: Context, host: Host, facts: HostFacts) -> bool:
