@@ -278,7 +278,7 @@ def status(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
 ) -> None:
-    """Per host: reachable, Docker, Consul role, alive, leader, filebox version."""
+    """Per host: reachable, Docker, Consul role, alive, raft voter, leader, filebox version."""
     import json
 
     from clusterctl.config.loader import load
@@ -294,11 +294,12 @@ def status(
         from rich.table import Table
 
         table = Table(title=f"cluster {cluster.name}: leader {report.leader or 'none'}", title_justify="left")
-        for col in ("host", "address", "reachable", "docker", "consul", "alive", "leader", "filebox"):
+        for col in ("host", "address", "reachable", "docker", "consul", "alive", "voter", "leader", "filebox"):
             table.add_column(col)
         for h in report.hosts:
             reach = "[green]yes[/green]" if h.reachable else f"[red]no[/red] {h.error}"
-            table.add_row(h.host, h.address, reach, h.docker, h.consul, h.alive, "*" if h.leader else "", h.filebox)
+            voter = "-" if h.voter is None else ("yes" if h.voter else "[yellow]no[/yellow]")
+            table.add_row(h.host, h.address, reach, h.docker, h.consul, h.alive, voter, "*" if h.leader else "", h.filebox)
         Console(highlight=False).print(table)
         if report.consul_error:
             _err_console().print(f"[yellow]consul:[/yellow] {report.consul_error}")

@@ -27,6 +27,8 @@ class HostStatus:
     docker: str = "-"
     consul: str = "-"
     alive: str = "-"
+    # A server raft counts as a voting member (None: not a server, or unknown).
+    voter: bool | None = None
     leader: bool = False
     filebox: str = "-"
 
@@ -47,7 +49,7 @@ class ClusterStatus:
                 "hosts": [asdict(h) for h in self.hosts]}  # fmt: skip
 
 
-def _consul_view(manager: Manager, candidates: list[str]) -> tuple[str | None, dict[str, str], str]:
+def _consul_view(manager: Manager, candidates: list[str]) -> tuple[str | None, dict[str, str], dict[str, bool], str]:
     import consul
 
     last_error = "no running consul agent found"
@@ -57,11 +59,14 @@ def _consul_view(manager: Manager, candidates: list[str]) -> tuple[str | None, d
                 api = consul.Consul(host="127.0.0.1", port=port, connections_timeout=5)
                 leader = api.status.leader() or None
                 members = {m["Name"]: MEMBER_STATUS.get(m.get("Status", 0), "?") for m in api.agent.members()}
+                voters: dict[str, bool] = {}
+                if leader:  # raft's configuration is only served while there is a leader
+                    voters = {srv["Node"]: bool(srv.get("Voter")) for srv in api.operator.raft_config().get("Servers", [])}
                 leader_addr = leader.rsplit(":", 1)[0] if leader else None
-                return leader_addr, members, ""
+                return leader_addr, members, voters, ""
         except Exception as exc:  # noqa: BLE001 - try the next agent
             last_error = f"consul API via {name}: {exc}"
-    return None, {}, last_error
+    return None, {}, {}, last_error
 
 
 def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: KnownHosts, workers: int) -> ClusterStatus:
@@ -91,10 +96,12 @@ def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: Know
         if cluster.spec.consul.enabled:
             # Servers first: their view of membership is authoritative.
             order = sorted(with_agent, key=lambda n: not cluster.spec.host(n).is_server)
-            leader, members, consul_error = _consul_view(m, order)
+            leader, members, voters, consul_error = _consul_view(m, order)
             for row in rows:
                 if row.reachable or row.host in members:
                     row.alive = members.get(row.host, "-")
+                if cluster.spec.host(row.host).is_server and voters:
+                    row.voter = voters.get(row.host, False)
                 facts = m.reports[row.host].facts
                 host = cluster.spec.host(row.host)
                 addr = host.cluster_address or (facts.cluster_address() if facts else None)

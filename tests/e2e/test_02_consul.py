@@ -49,6 +49,7 @@ def test_three_servers_alive_one_leader_gossip_encrypted(cli, lab):
     assert code == 0, st
     assert [h["consul"] for h in st["hosts"]] == ["server"] * 3
     assert [h["alive"] for h in st["hosts"]] == ["alive"] * 3
+    assert [h["voter"] for h in st["hosts"]] == [True] * 3
     assert sum(h["leader"] for h in st["hosts"]) == 1 and st["leader"] in _addresses(lab)
     assert len({h["filebox"] for h in st["hosts"]}) == 1 and st["hosts"][0]["filebox"] != "-"
     keyring = _exec(cli, lab, "node1", "docker", "exec", "clusterctl-consul", "consul", "keyring", "-list").stdout
