@@ -408,9 +408,3 @@ def ls() -> list[LabInfo]:
         f = lab_dir(n) / "cluster.yaml"
         out.append(LabInfo(n, len(states), states.count("running"), str(f) if f.exists() else None))
     return out
-
-
-def host_containers(name: str) -> dict[str, str]:
-    """Lab host name -> container name (for tests and tooling that stop or poke a host)."""
-    out = _docker("ps", "-a", "--filter", f"label={LABEL}={name}", "--format", '{{.Label "clusterctl.lab.host"}} {{.Names}}')
-    return dict(line.split() for line in out.stdout.decode().splitlines() if line.strip())

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import paramiko
@@ -127,10 +127,10 @@ def resolve_endpoints(cluster: Cluster) -> dict[str, Endpoint]:
     for h in cluster.hosts:
         ep = plain[h.name]
         if isinstance(h.bastion, str):
-            ep = _replace(ep, bastion=_replace(plain[h.bastion], name=f"bastion {h.bastion}"))
+            ep = replace(ep, bastion=replace(plain[h.bastion], name=f"bastion {h.bastion}"))
         elif isinstance(h.bastion, Bastion):
             b = h.bastion
-            ep = _replace(
+            ep = replace(
                 ep,
                 bastion=Endpoint(
                     name=f"bastion {b.address}",
@@ -143,12 +143,6 @@ def resolve_endpoints(cluster: Cluster) -> dict[str, Endpoint]:
             )
         out[h.name] = ep
     return out
-
-
-def _replace(ep: Endpoint, **changes) -> Endpoint:
-    from dataclasses import replace
-
-    return replace(ep, **changes)
 
 
 class KnownHosts:
