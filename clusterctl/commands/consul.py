@@ -16,6 +16,8 @@ CONTAINER = "clusterctl-consul"
 DATA_VOLUME = "clusterctl-consul-data"
 CONFIG_DIR = "/etc/clusterctl/consul"
 GOSSIP_FILE = f"{CONFIG_DIR}/gossip.json"
+# Service definitions, one file per service replica on the host (phases/services.py).
+SERVICES_DIR = f"{CONFIG_DIR}/services"
 IN_CONTAINER_CONFIG = "/consul/config"
 DNS_PORT = 53
 # Leader election ~4 s instead of ~7 s (the default is tuned for slow, shared production disks).
@@ -44,6 +46,7 @@ class AgentConfig:
             f"-datacenter={self.datacenter}",
             "-data-dir=/consul/data",
             f"-config-file={IN_CONTAINER_CONFIG}/gossip.json",
+            f"-config-dir={IN_CONTAINER_CONFIG}/services",
             f"-bind={self.bind}",
             f"-advertise={self.bind}",
             f"-client={' '.join(self.client_addresses)}",
@@ -83,6 +86,10 @@ def run_agent(cfg: AgentConfig, digest: str) -> Cmd:
         ),
         description=f"start consul {role}",
     )  # fmt: skip
+
+
+def make_services_dir() -> Cmd:
+    return Cmd(("mkdir", "-p", SERVICES_DIR), "make the directory for service definitions")
 
 
 def remove_agent() -> Cmd:

@@ -61,6 +61,9 @@ class DockerFacts:
     info: dict[str, Any]
     containers: tuple[Container, ...]
     images: tuple[Image, ...]
+    # Raft servers by node name -> voter, as the local clusterctl Consul agent sees them; None when
+    # no agent answered (absent, starting, or no raft configuration yet).
+    consul_voters: dict[str, bool] | None = None
 
     @property
     def installed(self) -> bool:
@@ -203,7 +206,14 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
         info=info if running else {},
         containers=containers,
         images=images,
+        consul_voters=_consul_voters(d.get("consul_raft")),
     )
+
+
+def _consul_voters(raft: Any) -> dict[str, bool] | None:
+    if not isinstance(raft, dict) or not isinstance(raft.get("Servers"), list):
+        return None
+    return {str(s.get("Node", "")): bool(s.get("Voter")) for s in raft["Servers"] if isinstance(s, dict)}
 
 
 def parse_probe_output(text: str) -> HostFacts:

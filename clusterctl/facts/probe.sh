@@ -60,6 +60,14 @@ images_facts() {
 		printf '[]'
 	fi
 }
+consul_facts() {
+	# A clusterctl Consul agent's view of raft, read through its own BusyBox wget (hosts may lack
+	# curl). ?stale answers without a leader; null when no agent answers. A server that restarted
+	# on its own is a non-voter until autopilot promotes it: `up` waits for that, it never is a no-op.
+	printf ',"consul_raft":'
+	raft=$($SUDO docker exec clusterctl-consul timeout 3 wget -qO- 'http://127.0.0.1:8500/v1/operator/raft/configuration?stale' 2>/dev/null) || raft=""
+	case "$raft" in '{'*'}') printf '%s' "$raft" ;; *) printf 'null' ;; esac
+}
 # --- network facts ---------------------------------------------------------------------------
 # Inside "docker": {"network": {...}}, read by clusterctl/network/facts.py (parse_network_probe).
 # Docker networks, swarm nodes (on managers only; null when unreadable), the iptables rules the
@@ -110,11 +118,12 @@ case "${info:-}" in
 '{'*)
 	if part=$(mktemp -d 2>/dev/null); then
 		containers_facts >"$part/c" & images_facts >"$part/i" & network_facts >"$part/n" &
+		consul_facts >"$part/r" &
 		wait
-		cat "$part/c" "$part/i" "$part/n"
+		cat "$part/c" "$part/i" "$part/n" "$part/r"
 		rm -rf "$part"
 	else
-		containers_facts; images_facts; network_facts
+		containers_facts; images_facts; network_facts; consul_facts
 	fi ;;
 *) network_facts ;;
 esac

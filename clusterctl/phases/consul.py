@@ -84,13 +84,19 @@ class ConsulPhase:
         cmds: list[Cmd] = []
         if current is not None and current.labels.get("clusterctl.config") == digest:
             if current.running:
-                return []
-            cmds.append(build.start_agent())
+                voters = facts.docker.consul_voters
+                if not host.is_server or (voters is not None and voters.get(host.name)):
+                    return []
+                # Up to date but not (yet) a voter, e.g. it restarted with its host: done only
+                # once autopilot promotes it, so `up` never reports a cluster short of quorum.
+            else:
+                cmds.append(build.start_agent())
         else:
             if facts.managed_files.get(build.GOSSIP_FILE) != sha256(gossip):
                 cmds.append(write_secret(build.GOSSIP_FILE, gossip, "0600", "write the gossip encryption key"))
             if current is not None:
                 cmds.append(build.remove_agent())
+            cmds.append(build.make_services_dir())
             cmds.append(build.run_agent(cfg, digest))
         cmds.append(build.wait_for_leader(LEADER_TIMEOUT, voter=host.name if host.is_server else None))
         return [as_root(c, facts.sudo) for c in cmds]

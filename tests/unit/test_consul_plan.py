@@ -27,7 +27,7 @@ hosts:
 """
 
 
-def facts_for(ip: str, containers=(), managed=None, daemon_json="", docker0="172.17.0.1"):
+def facts_for(ip: str, containers=(), managed=None, daemon_json="", docker0="172.17.0.1", raft=None):
     data = json.loads(FIXTURE.read_text())
     data["ssh_connection"] = f"10.0.0.100 5555 {ip} 22"
     data["addresses"] = [
@@ -38,6 +38,7 @@ def facts_for(ip: str, containers=(), managed=None, daemon_json="", docker0="172
     data["daemon_json"] = daemon_json
     data["managed_files"] = [{"path": p, "sha256": h} for p, h in (managed or {}).items()]
     data["docker"]["containers"] = list(containers)
+    data["docker"]["consul_raft"] = raft
     return parse_probe_output(json.dumps(data))
 
 
@@ -88,14 +89,20 @@ def test_fresh_host_plan_writes_key_secretly_then_runs_and_waits():
     assert not ConsulPhase().rolling(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
 
 
-def _converged_facts(ctx, name, running=True, digest=None):
+def _raft(**voters):
+    return {"Servers": [{"ID": n, "Node": n, "Address": "x:8300", "Leader": False, "Voter": v} for n, v in voters.items()], "Index": 7}
+
+
+def _converged_facts(ctx, name, running=True, digest=None, raft=None):
     host = ctx.cluster.spec.host(name)
     cfg = agent_config(ctx, host, ctx.facts[name])
     gossip_sha = sha256(build.gossip_file(KEY))
     digest = digest or config_digest(cfg, gossip_sha)
     container = {"ID": "x", "Names": build.CONTAINER, "Image": "i", "State": "running" if running else "exited",
                  "Labels": f"clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.config={digest}"}
-    return facts_for(host.address, [container], {build.GOSSIP_FILE: gossip_sha})
+    if raft is None and running:
+        raft = _raft(n1=True, n2=True, n3=True)
+    return facts_for(host.address, [container], {build.GOSSIP_FILE: gossip_sha}, raft=raft)
 
 
 def test_converged_agent_plans_nothing_and_a_stopped_one_is_started():
@@ -105,6 +112,22 @@ def test_converged_agent_plans_nothing_and_a_stopped_one_is_started():
     ctx = ctx_for(n1=_converged_facts(ctx, "n1", running=False))
     cmds = ConsulPhase().plan(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
     assert [c.render() for c in cmds][0] == "docker start clusterctl-consul"
+
+
+@pytest.mark.parametrize("raft", [_raft(n1=False, n2=True, n3=True), _raft(n2=True, n3=True), "no answer"])
+def test_up_to_date_server_that_is_not_a_voter_is_waited_for_not_restarted(raft):
+    # E.g. its host rebooted: the container came back by itself, but autopilot has not promoted
+    # it yet (or it has no raft view at all). `up` waits; it neither restarts it nor calls it done.
+    ctx = ctx_for()
+    ctx = ctx_for(n1=_converged_facts(ctx, "n1", raft=raft if raft != "no answer" else {}))
+    cmds = ConsulPhase().plan(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
+    assert len(cmds) == 1 and "voter" in cmds[0].description and "n1" in cmds[0].render()
+
+
+def test_a_client_needs_no_raft_view():
+    ctx = ctx_for()
+    ctx = ctx_for(w1=_converged_facts(ctx, "w1", raft={}))
+    assert ConsulPhase().plan(ctx, ctx.cluster.hosts[3], ctx.facts["w1"]) == []
 
 
 def test_a_down_server_does_not_make_the_others_restart():

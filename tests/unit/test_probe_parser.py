@@ -34,6 +34,17 @@ def test_docker_down_and_containers_with_labels():
     assert c.labels == {"clusterctl.cluster": "c1", "clusterctl.role": "consul"} and not c.running
 
 
+def test_consul_raft_view_becomes_voters_by_node():
+    data = json.loads(FIXTURE.read_text())
+    assert parse_probe_output(json.dumps(data)).docker.consul_voters is None
+    data["docker"]["consul_raft"] = {
+        "Servers": [{"Node": "n1", "Voter": True, "Leader": True}, {"Node": "n2", "Voter": False}], "Index": 9
+    }
+    assert parse_probe_output(json.dumps(data)).docker.consul_voters == {"n1": True, "n2": False}
+    data["docker"]["consul_raft"] = {"Servers": None}
+    assert parse_probe_output(json.dumps(data)).docker.consul_voters is None
+
+
 def test_no_docker_no_sudo():
     data = json.loads(FIXTURE.read_text())
     data.update(uid=1000, sudo="none", ssh_connection="")
