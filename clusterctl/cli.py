@@ -97,7 +97,9 @@ def _inputs(cluster, dry_run: bool):
 
     box = build_filebox(spec.filebox.binaries, spec.filebox.files, base_dir=cluster.path.parent)
     base = base_image(box.manifest, box.version)
+    apps = _service_apps(cluster, base)
     return Inputs(
+        apps=apps,
         gossip_key=gossip,
         base_image=base.image.tag,
         filebox_container=filebox_container_name(box.version),
@@ -105,6 +107,23 @@ def _inputs(cluster, dry_run: bool):
         filebox_tag=box.tag,
         filebox_version=box.version,
     )
+
+
+def _service_apps(cluster, base) -> dict:
+    """The app image of each service that names an app folder, built on the cluster's base."""
+    from clusterctl.config.loader import format_loc
+    from clusterctl.errors import UserError
+    from clusterctl.images.app import app_on_base
+
+    apps = {}
+    for i, svc in enumerate(cluster.spec.services):
+        if svc.app is None:
+            continue
+        try:
+            apps[svc.name] = app_on_base(cluster.resolve_path(svc.app), base)
+        except UserError as exc:
+            raise UserError(f"{cluster.path}: {format_loc(('services', i, 'app'))}: {exc}") from None
+    return apps
 
 
 def _select(cluster, hosts: Optional[list[str]]) -> Optional[frozenset[str]]:

@@ -196,6 +196,15 @@ def _check_files(cluster: Cluster, file: str, lines: dict[Loc, int]) -> None:
             _must_exist(cluster, host.identity_file, ("hosts", i, "identity_file"), file, lines)
         if host.bastion is not None and not isinstance(host.bastion, str) and host.bastion.identity_file:
             _must_exist(cluster, host.bastion.identity_file, ("hosts", i, "bastion", "identity_file"), file, lines)
+    for i, svc in enumerate(cluster.spec.services):
+        if svc.app is not None:
+            try:
+                found = cluster.resolve_path(svc.app).is_dir()
+            except (OSError, ValueError):
+                found = False
+            if not found:
+                loc = ("services", i, "app")
+                raise ConfigError(file, format_loc(loc), f"app folder not found: {_show(svc.app)}", _line_for(lines, loc))
 
 
 def _must_exist(cluster: Cluster, value: str, loc: Loc, file: str, lines: dict[Loc, int]) -> None:

@@ -284,11 +284,116 @@ class FileboxSection(Strict):
         return any(b.rstrip("/").rsplit("/", 1)[-1] == name for b in self.binaries)
 
 
+# A service name is a DNS label: it becomes NAME.service.consul.
+SERVICE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+IMAGE_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}\Z")
+DURATION_RE = re.compile(r"^[0-9]{1,6}(?:ms|s|m)\Z")
+
+
+def check_service_name(value: str) -> str:
+    if not SERVICE_NAME_RE.match(value):
+        raise ValueError(f"invalid service name {value!r}: a DNS label (a-z, 0-9, inner '-'), as in NAME.service.consul")
+    return value
+
+
+def check_duration(value: str) -> str:
+    if not DURATION_RE.match(value):
+        raise ValueError(f"invalid duration {value!r}: a number with ms, s or m, e.g. 5s")
+    return value
+
+
+Duration = Annotated[str, AfterValidator(check_duration)]
+
+
+def replicas_need(n: int) -> str:
+    return f"{n} replica{'s' if n != 1 else ''} need{'s' if n == 1 else ''} {n} host{'s' if n != 1 else ''} (one per host)"
+
+
+class ServiceCheck(Strict):
+    """How Consul (the agent on the replica's host) tells a replica is healthy."""
+
+    # An HTTP path answered with 2xx; without it, a TCP connect to the port.
+    http: str | None = None
+    interval: Duration = "5s"
+    timeout: Duration = "2s"
+
+    @field_validator("http")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.startswith("/") or any(c.isspace() for c in v)):
+            raise ValueError(f"http must be a path starting with '/', got {v!r}")
+        return v
+
+
 class Service(Strict):
-    name: Name
-    image: str
+    """An app run as microcontainers on some hosts, one replica per host, each registered in
+    Consul as NAME.service.consul on its host's cluster address."""
+
+    name: Annotated[str, AfterValidator(check_service_name)]
+    # app: an app folder (clusterctl-app.yaml or package.json), relative to this file, built as a
+    # microcontainer on this cluster's filebox and shipped; image: one the hosts hold or can pull.
+    app: str | None = None
+    image: str | None = None
     replicas: int = Field(default=1, ge=0, le=1000)
+    # The container port, published on the host's cluster address; default: the app's port.
     port: Port | None = None
+    command: tuple[str, ...] | None = Field(default=None, min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    # Replicas go evenly over this host label's values (e.g. provider), then over hosts.
+    spread: str | None = None
+    # Only hosts whose labels match: a value, or a list of allowed values.
+    constraints: dict[str, str | tuple[str, ...]] = Field(default_factory=dict)
+    check: ServiceCheck = Field(default_factory=ServiceCheck)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and not IMAGE_REF_RE.match(v):
+            raise ValueError(f"invalid image reference {v!r}")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not ENV_NAME_RE.match(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return v
+
+    @field_validator("spread")
+    @classmethod
+    def _spread(cls, v: str | None) -> str | None:
+        if v is not None and not LABEL_KEY_RE.match(v):
+            raise ValueError(f"invalid label key {v!r}")
+        return v
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: dict[str, str | tuple[str, ...]]) -> dict[str, str | tuple[str, ...]]:
+        for key, allowed in v.items():
+            if not LABEL_KEY_RE.match(key):
+                raise ValueError(f"invalid label key {key!r}")
+            values = (allowed,) if isinstance(allowed, str) else allowed
+            if not values:
+                raise ValueError(f"constraint {key!r} allows no value")
+            for value in values:
+                if not LABEL_VALUE_RE.match(value):
+                    raise ValueError(f"invalid value for label {key!r}: {value!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> Service:
+        if (self.app is None) == (self.image is None):
+            raise ValueError("give exactly one of app (an app folder to build) or image (an image reference)")
+        return self
+
+    def allows(self, host: Host) -> bool:
+        """Whether the host's labels meet every constraint."""
+        for key, allowed in self.constraints.items():
+            values = (allowed,) if isinstance(allowed, str) else allowed
+            if host.labels.get(key) not in values:
+                return False
+        return True
 
 
 class ClusterFile(Strict):
@@ -338,6 +443,18 @@ class ClusterFile(Strict):
             if svc.name in names:
                 raise ServiceIndexedError(i, "name", f"duplicate service name {svc.name!r}")
             names.add(svc.name)
+            if svc.app is not None and not self.filebox.binaries:
+                raise ServiceIndexedError(i, "app", "an app runs from the filebox, but filebox.binaries is empty")
+            if svc.spread and not any(svc.spread in h.labels for h in self.hosts):
+                raise ServiceIndexedError(i, "spread", f"no host has the label {svc.spread!r}")
+            matching = [h for h in self.hosts if svc.allows(h)]
+            if svc.replicas > len(matching):
+                where = " matching its constraints" if svc.constraints else ""
+                raise ServiceIndexedError(
+                    i,
+                    "constraints" if svc.constraints else "replicas",
+                    f"{replicas_need(svc.replicas)}, but this file has {len(matching)}{where}",
+                )
         return self
 
     def host(self, name: str) -> Host:

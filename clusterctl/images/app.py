@@ -249,9 +249,27 @@ def build_app(
         filebox = build_filebox(list(binaries) or [program])
         manifest, version = filebox.manifest, filebox.version
     base = base_image(manifest, version)
+    return AppBuild(spec, filebox, base, app_on_base(app_dir, base, spec=spec, strip=strip, exclude=exclude, tag=tag))
+
+
+def app_on_base(
+    app_dir: Path,
+    base: Base,
+    *,
+    spec: AppSpec | None = None,
+    strip: bool = True,
+    exclude: Collection[Path] = (),
+    tag: str | None = None,
+) -> ImageSpec:
+    """The app image on a given base (a cluster's: its filebox is already on the hosts)."""
+    if spec is None:
+        spec = read_app_spec(app_dir)
+        check_node_modules(app_dir)
     program = spec.command[0]
     if "/" not in program and program not in base.commands:
-        names = ", ".join(b["name"] for b in manifest["binaries"])
-        raise UserError(f"command {program!r} is neither in the filebox ({names}) nor a BusyBox applet")
+        raise UserError(
+            f"command {program!r} is neither in the filebox ({', '.join(base.binaries)}) nor a BusyBox applet: "
+            "add it to the filebox's binaries"
+        )
     layers = app_layers(app_dir, strip=strip, exclude=exclude)
-    return AppBuild(spec, filebox, base, app_image(spec, layers, base, tag=tag))
+    return app_image(spec, layers, base, tag=tag)

@@ -92,6 +92,8 @@ class Base:
     filebox_version: str
     # Names a command may use bare: BusyBox applets and the filebox's binaries.
     commands: frozenset[str]
+    # The filebox's binaries by name (for messages).
+    binaries: tuple[str, ...] = ()
 
     @property
     def tag(self) -> str:
@@ -122,5 +124,5 @@ def base_image(
     untagged = ImageSpec(layers, config, architecture=arch)
     image = replace(untagged, tag=f"{REPO}:{untagged.image_id.split(':')[1][:12]}")
     commands = frozenset(posixpath.basename(a) for a in applets)
-    commands |= frozenset(b["name"] for b in manifest.get("binaries", ()))
-    return Base(image, filebox_version, commands)
+    binaries = tuple(b["name"] for b in manifest.get("binaries", ()))
+    return Base(image, filebox_version, commands | frozenset(binaries), binaries)

@@ -9,7 +9,8 @@ from clusterctl.phases.docker import DockerPhase
 from clusterctl.phases.engine import EnginePhase
 from clusterctl.phases.filebox import FileboxPhase
 from clusterctl.phases.network import NetworkPhase
+from clusterctl.phases.services import ServicesPhase
 
-PHASES = (DockerPhase(), EnginePhase(), NetworkPhase(), FileboxPhase(), ConsulPhase())
+PHASES = (DockerPhase(), EnginePhase(), NetworkPhase(), FileboxPhase(), ConsulPhase(), ServicesPhase())
 
 __all__ = ["PHASES"]

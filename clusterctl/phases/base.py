@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from clusterctl.commands.base import Cmd
 from clusterctl.config.loader import Cluster
@@ -50,6 +50,8 @@ class Inputs:
     images: tuple = ()
     filebox_tag: str | None = None
     filebox_version: str | None = None
+    # App images of the services that name an app folder, by service name (phases/services.py).
+    apps: Mapping[str, Any] = field(default_factory=dict)
     # The weave driver's encryption password (network.weave_password_env, else the state dir).
     weave_password: bytes | None = field(default=None, repr=False)
 

@@ -296,6 +296,33 @@ def test_duplicate_service_name():
     expect(err, "services[1].name", 8, "duplicate service name")
 
 
+SERVICE_ERRORS = [
+    ("  - {name: Web, image: nginx}\n", "services[0].name", 7, "DNS label"),
+    ("  - {name: web}\n", "services[0]", 7, "exactly one of app"),
+    ("  - {name: web, image: nginx, app: ./web}\n", "services[0]", 7, "exactly one of app"),
+    ("  - {name: web, image: 'nginx; reboot'}\n", "services[0].image", 7, "invalid image reference"),
+    ("  - {name: web, image: nginx, replicas: 3}\n", "services[0].replicas", 7, "3 replicas need 3 hosts", "this file has 2"),
+    ("  - {name: web, image: nginx, constraints: {zone: a}}\n", "services[0].constraints", 7, "1 replica needs 1 host (one per host), but this file has 0 matching its constraints"),
+    ("  - {name: web, image: nginx, spread: zone}\n", "services[0].spread", 7, "no host has the label 'zone'"),
+    ("  - {name: web, image: nginx, env: {'A-B': x}}\n", "services[0].env", 7, "environment variable name"),
+    ("  - {name: web, image: nginx, check: {interval: soon}}\n", "services[0].check.interval", 7, "invalid duration"),
+    ("  - {name: web, image: nginx, check: {http: health}}\n", "services[0].check.http", 7, "starting with '/'"),
+    ("  - {name: web, app: ./nowhere}\n", "services[0].app", 7, "app folder not found"),
+]
+
+
+@pytest.mark.parametrize("case", SERVICE_ERRORS, ids=[e[1] + ":" + e[3] for e in SERVICE_ERRORS])
+def test_service_errors_name_the_key_and_line(case):
+    entry, key, line, *fragments = case
+    err = refused(TWO_HOSTS + "services:\n" + entry)
+    expect(err, key, line, *fragments)
+
+
+def test_app_needs_a_filebox():
+    err = refused(TWO_HOSTS + "filebox: {binaries: []}\nconsul: {enabled: false}\nservices:\n  - {name: web, app: .}\n")
+    expect(err, "services[0].app", 9, "filebox.binaries is empty")
+
+
 # --- shell metacharacters -----------------------------------------------------------------------
 
 BAD_VALUES = [

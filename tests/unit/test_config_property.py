@@ -117,9 +117,12 @@ def cluster_data(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         data["consul"] = {"enabled": draw(st.booleans()), "datacenter": draw(names)}
     if draw(st.booleans()):
+        service_names = st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?\Z")
         data["services"] = [
-            {"name": n, "image": "nginx:1", "replicas": draw(st.integers(0, 5))}
-            for n in draw(st.lists(names, max_size=3, unique=True))
+            {"name": n, "image": "nginx:1", "replicas": draw(st.integers(0, len(data["hosts"])))}
+            | ({"port": draw(ports)} if draw(st.booleans()) else {})
+            | ({"check": {"http": "/health", "interval": "10s"}} if draw(st.booleans()) else {})
+            for n in draw(st.lists(service_names, max_size=3, unique=True))
         ]
     return data
 

@@ -1,0 +1,161 @@
+"""The services phase: each service's replicas placed (schedule/placement.py), started as
+microcontainers, registered with their host's Consul agent, and waited for until healthy.
+
+Per host, in order: replicas no longer placed here are removed (and deregistered), app images
+the host lacks are loaded (only the app's own layers cross: the base is there already), changed
+replicas are replaced, definitions are written, the agent reloads once, and `up` waits for each
+started replica's health check. Hosts that replace a running replica go one at a time, so the
+other replicas keep serving.
+"""
+
+from __future__ import annotations
+
+from clusterctl.commands import service as build
+from clusterctl.commands.base import Cmd
+from clusterctl.commands.docker import as_root
+from clusterctl.commands.files import sha256, write_file
+from clusterctl.config.models import Host, Service
+from clusterctl.facts.parser import Container, HostFacts
+from clusterctl.phases.base import Context, PhaseError, PlanError
+from clusterctl.phases.filebox import load_missing_images
+from clusterctl.schedule.placement import Placement, PlacementError, place
+
+HEALTH_TIMEOUT = 90.0
+
+
+def service_containers(ctx: Context, facts: HostFacts) -> dict[str, Container]:
+    """This cluster's service replicas on a host, by service name."""
+    return {
+        c.labels["clusterctl.service"]: c
+        for c in facts.docker.containers
+        if c.labels.get("clusterctl.role") == build.ROLE
+        and c.labels.get("clusterctl.cluster") == ctx.cluster.name
+        and c.labels.get("clusterctl.service")
+    }
+
+
+def placement(ctx: Context) -> Placement:
+    spec = ctx.cluster.spec
+    running: dict[str, list[str]] = {}
+    for name, facts in ctx.facts.items():
+        for svc in service_containers(ctx, facts):
+            running.setdefault(svc, []).append(name)
+    try:
+        return place(spec.services, spec.hosts, ctx.facts.keys(), running)
+    except PlacementError as exc:
+        raise PhaseError(str(exc)) from None
+
+
+def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.Replica:
+    spec = ctx.cluster.spec
+    address = host.cluster_address or facts.cluster_address()
+    if not address:
+        raise PlanError("no cluster address: set cluster_address for this host")
+    app = ctx.inputs.apps.get(svc.name)
+    if svc.app is not None and app is None:
+        raise PlanError(f"services.{svc.name}: the app image was not built")
+    port = svc.port or (int(app.config.labels.get("clusterctl.port", 0)) if app is not None else 0) or None
+    return build.Replica(
+        service=svc.name,
+        host=host.name,
+        image=app.tag if app is not None else svc.image,  # type: ignore[arg-type]
+        address=address,
+        port=port,
+        command=svc.command,
+        env=tuple(sorted(svc.env.items())),
+        filebox_container=ctx.inputs.filebox_container,
+        network=spec.network.name,
+        cluster=ctx.cluster.name,
+        check_http=svc.check.http,
+        check_interval=svc.check.interval,
+        check_timeout=svc.check.timeout,
+    )
+
+
+class ServicesPhase:
+    name = "services"
+    title = "Service replicas placed, started and registered in Consul"
+
+    def __init__(self) -> None:
+        self._memo: tuple[Context, Placement | PhaseError] | None = None
+
+    def _placement(self, ctx: Context) -> Placement:
+        if self._memo is None or self._memo[0] is not ctx:
+            try:
+                result: Placement | PhaseError = placement(ctx)
+            except PhaseError as exc:
+                result = exc
+            self._memo = (ctx, result)
+        result = self._memo[1]
+        if isinstance(result, PhaseError):
+            raise result
+        return result
+
+    def check(self, ctx: Context) -> None:
+        if ctx.cluster.spec.services or any(service_containers(ctx, f) for f in ctx.facts.values()):
+            self._placement(ctx)
+
+    def _wanted(self, ctx: Context, host: Host, facts: HostFacts) -> list[build.Replica]:
+        spec = ctx.cluster.spec
+        names = set(self._placement(ctx).services_on(host.name))
+        return [replica(ctx, s, host, facts) for s in spec.services if s.name in names]
+
+    def rolling(self, ctx: Context, host: Host, facts: HostFacts) -> bool:
+        """A host replacing a running replica goes alone: the other replicas keep serving."""
+        if not ctx.cluster.spec.services:
+            return False
+        current = service_containers(ctx, facts)
+        return any(
+            (c := current.get(r.service)) is not None and c.running and c.labels.get("clusterctl.config") != r.digest()
+            for r in self._wanted(ctx, host, facts)
+        )
+
+    def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
+        current = service_containers(ctx, facts)
+        registered = {
+            path.rsplit("/", 1)[1].removesuffix(".json")
+            for path in facts.managed_files
+            if path.startswith(build.SERVICES_DIR + "/") and path.endswith(".json")
+        }
+        if not ctx.cluster.spec.services and not current and not registered:
+            return []
+        wanted = self._wanted(ctx, host, facts)
+        consul = ctx.cluster.spec.consul.enabled
+        wanted_names = {r.service for r in wanted}
+        cmds: list[Cmd] = []
+        reload = False
+        # Gone from this host: removed first, which also frees their ports.
+        for name in sorted(set(current) - wanted_names):
+            cmds.append(build.remove(name))
+        for name in sorted(registered - {r.service for r in wanted if r.port and consul}):
+            cmds.append(build.remove_definition(name))
+            reload = True
+        started: list[build.Replica] = []
+        for r in wanted:
+            app = ctx.inputs.apps.get(r.service)
+            if app is not None:
+                load = load_missing_images((app,), facts)
+                if load is not None:
+                    cmds.append(load)
+            c = current.get(r.service)
+            if c is not None and c.labels.get("clusterctl.config") == r.digest():
+                if not c.running:
+                    cmds.append(build.start(r.service))
+                    started.append(r)
+            else:
+                if c is not None:
+                    cmds.append(build.remove(r.service))
+                cmds.append(r.run())
+                started.append(r)
+            if consul and r.port:
+                definition = r.definition()
+                if facts.managed_files.get(build.definition_path(r.service)) != sha256(definition):
+                    cmds.append(write_file(build.definition_path(r.service), definition, "0644", f"register {r.service} with consul"))
+                    reload = True
+                    if r not in started:
+                        started.append(r)
+        if reload:
+            cmds.append(build.reload_agent())
+        for r in started:
+            cmds.append(build.wait_healthy(r.service, HEALTH_TIMEOUT) if consul and r.port else build.wait_running(r.service, HEALTH_TIMEOUT))
+        return [as_root(c, facts.sudo) for c in cmds]

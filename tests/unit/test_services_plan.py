@@ -1,0 +1,153 @@
+"""The services phase's plans and the replica builders, from recorded facts."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from clusterctl.commands import service as build
+from clusterctl.commands.files import sha256
+from clusterctl.config.loader import load_text
+from clusterctl.facts.parser import parse_probe_output
+from clusterctl.phases.base import Context, Inputs, PhaseError
+from clusterctl.phases.services import ServicesPhase, replica
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "probe-docker-running.json"
+INPUTS = Inputs(gossip_key="k", base_image="clusterctl/base:abc", filebox_container="clusterctl-filebox-abc")
+FILE = """
+name: c1
+hosts:
+  - {name: n1, address: 10.0.0.1, labels: {provider: aws}}
+  - {name: n2, address: 10.0.0.2, labels: {provider: aws}}
+  - {name: n3, address: 10.0.0.3, labels: {provider: gcp}}
+services:
+  - name: web
+    image: nginx:1.25
+    replicas: 2
+    port: 8080
+    spread: provider
+    env: {GREETING: "hi; rm -rf /"}
+    check: {http: /healthz}
+"""
+
+
+def facts_for(ip, containers=(), managed=None):
+    data = json.loads(FIXTURE.read_text())
+    data["ssh_connection"] = f"10.0.0.100 5555 {ip} 22"
+    data["addresses"] = [{"ifname": "eth0", "family": "inet", "cidr": f"{ip}/24"}]
+    data["docker"]["containers"] = list(containers)
+    data["managed_files"] = [{"path": p, "sha256": h} for p, h in (managed or {}).items()]
+    return parse_probe_output(json.dumps(data))
+
+
+def ctx_for(file=FILE, **facts):
+    cluster = load_text(file, "c.yaml")
+    all_facts = {h.name: facts.get(h.name) or facts_for(h.address) for h in cluster.hosts}
+    return Context(cluster, {k: v for k, v in all_facts.items() if v != "down"}, INPUTS)
+
+
+def container(service, digest, state="running", cluster="c1"):
+    return {"ID": service, "Names": build.container_name(service), "Image": "i", "State": state,
+            "Labels": f"clusterctl.cluster={cluster},clusterctl.role=service,clusterctl.service={service},clusterctl.config={digest}"}  # fmt: skip
+
+
+def converged(ctx, name):
+    host = ctx.cluster.spec.host(name)
+    r = replica(ctx, ctx.cluster.spec.services[0], host, ctx.facts[name])
+    return facts_for(host.address, [container("web", r.digest())], {build.definition_path("web"): sha256(r.definition())})
+
+
+def plan(ctx, name):
+    return ServicesPhase().plan(ctx, ctx.cluster.spec.host(name), ctx.facts[name])
+
+
+def test_replicas_spread_over_providers_and_start_registered_and_waited_for():
+    ctx = ctx_for()
+    assert plan(ctx, "n2") == []  # n1 (aws) and n3 (gcp) run the two replicas
+    cmds = plan(ctx, "n1")
+    run = shlex.split(cmds[0].render())
+    assert run[:4] == ["docker", "run", "-d", "--name"] and "clusterctl-svc-web" in run
+    assert ["-p", "10.0.0.1:8080:8080"] == run[run.index("-p") : run.index("-p") + 2]
+    assert ["-e", "GREETING=hi; rm -rf /"] == run[run.index("-e") : run.index("-e") + 2]  # one argv word
+    assert ["--volumes-from", "clusterctl-filebox-abc:ro"] == run[run.index("--volumes-from") :][:2]
+    assert ["--network", "clusterctl"] == run[run.index("--network") :][:2]
+    assert run[-1] == "nginx:1.25"
+    assert "register web" in cmds[1].description and build.definition_path("web") in cmds[1].render()
+    assert cmds[2].argv == ("docker", "exec", "clusterctl-consul", "consul", "reload")
+    assert "healthy" in cmds[3].description and len(cmds) == 4
+
+
+def test_definition_registers_the_host_address_with_an_http_check():
+    ctx = ctx_for()
+    r = replica(ctx, ctx.cluster.spec.services[0], ctx.cluster.spec.host("n3"), ctx.facts["n3"])
+    doc = json.loads(r.definition())["service"]
+    assert (doc["name"], doc["address"], doc["port"]) == ("web", "10.0.0.3", 8080)
+    assert doc["check"]["http"] == "http://10.0.0.3:8080/healthz" and doc["check"]["interval"] == "5s"
+    assert doc["meta"] == {"host": "n3", "container": "clusterctl-svc-web"}
+    assert "GREETING" not in r.definition()
+
+
+def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited_for():
+    ctx = ctx_for()
+    ctx = ctx_for(n1=converged(ctx, "n1"))
+    assert plan(ctx, "n1") == []
+    facts = converged(ctx, "n1")
+    stopped = facts_for("10.0.0.1", [container("web", json.loads(json.dumps(facts.docker.containers[0].labels))["clusterctl.config"], "exited")],
+                        facts.managed_files)  # fmt: skip
+    ctx = ctx_for(n1=stopped)
+    cmds = plan(ctx, "n1")
+    assert [c.description for c in cmds] == ["start the stopped web container", "wait until consul reports web healthy"]
+
+
+def test_changed_setting_replaces_the_replica_one_host_at_a_time():
+    ctx = ctx_for()
+    ctx = ctx_for(n1=facts_for("10.0.0.1", [container("web", "0ld")]))
+    phase = ServicesPhase()
+    cmds = phase.plan(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
+    assert cmds[0].render() == "docker rm -f clusterctl-svc-web || true" and cmds[1].argv[:2] == ("docker", "run")
+    assert phase.rolling(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
+    assert not phase.rolling(ctx, ctx.cluster.spec.host("n3"), ctx.facts["n3"])  # a first start
+
+
+def test_running_replica_stays_and_a_surplus_one_is_removed_and_deregistered():
+    # web runs on n1 and n2 (both aws): n1 keeps it, n2's goes to gcp's n3.
+    ctx = ctx_for()
+    old = facts_for("10.0.0.2", [container("web", "x")], {build.definition_path("web"): "y"})
+    ctx = ctx_for(n1=converged(ctx, "n1"), n2=old)
+    assert plan(ctx, "n1") == []
+    assert [c.render() for c in plan(ctx, "n2")] == [
+        "docker rm -f clusterctl-svc-web || true",
+        f"rm -f {build.definition_path('web')}",
+        "docker exec clusterctl-consul consul reload",
+    ]
+    assert plan(ctx, "n3")[0].argv[:2] == ("docker", "run")
+
+
+def test_another_clusters_containers_are_left_alone():
+    ctx = ctx_for()
+    ctx = ctx_for(n2=facts_for("10.0.0.2", [container("web", "x", cluster="other")]))
+    assert plan(ctx, "n2") == []
+
+
+def test_a_host_down_moves_its_replica_and_too_few_hosts_refuse_the_phase():
+    ctx = ctx_for(n1="down")
+    assert plan(ctx, "n2")[0].argv[:2] == ("docker", "run")
+    ctx = ctx_for(n1="down", n2="down")
+    with pytest.raises(PhaseError, match=r"services\.web: 2 replicas need 2 hosts \(one per host\), but 1 is up \(n1, n2 did not answer\)"):
+        ServicesPhase().check(ctx)
+
+
+def test_without_consul_replicas_are_not_registered_but_still_waited_for():
+    file = FILE.replace("services:", "consul: {enabled: false}\nservices:")
+    ctx = ctx_for(file)
+    cmds = plan(ctx, "n1")
+    assert [c.argv[:2] for c in cmds][0] == ("docker", "run") and "keeps running" in cmds[-1].description
+    assert not any("consul" in c.render() for c in cmds)
+
+
+def test_no_services_no_plan():
+    file = FILE.split("services:")[0]
+    ctx = ctx_for(file)
+    assert plan(ctx, "n1") == []
+    ServicesPhase().check(ctx)
