@@ -119,43 +119,49 @@ class ServicesPhase:
         }
         if not ctx.cluster.spec.services and not current and not registered:
             return []
-        wanted = self._wanted(ctx, host, facts)
         consul = ctx.cluster.spec.consul.enabled
-        wanted_names = {r.service for r in wanted}
-        cmds: list[Cmd] = []
-        reload = False
-        # Gone from this host: removed first, which also frees their ports.
-        for name in sorted(set(current) - wanted_names):
-            cmds.append(build.remove(name))
-        for name in sorted(registered - {r.service for r in wanted if r.port and consul}):
-            cmds.append(build.remove_definition(name))
-            reload = True
-        started: list[build.Replica] = []
+        wanted = self._wanted(ctx, host, facts)
+        # What changes: a replica to (re)start, and the definitions to take away or write.
+        start: list[build.Replica] = []
+        for r in wanted:
+            c = current.get(r.service)
+            if c is None or c.labels.get("clusterctl.config") != r.digest() or not c.running:
+                start.append(r)
+        registering = {r.service: r for r in wanted if consul and r.port}
+        # A replica about to stop is deregistered first, so clients stop being sent to it, and
+        # registered again once it runs: its check starts critical, so the wait below sees a
+        # fresh check pass, never the old replica's last result.
+        drain = sorted(registered - (set(registering) - {r.service for r in start}))
+        write = [
+            r
+            for name, r in registering.items()
+            if name in drain or facts.managed_files.get(build.definition_path(name)) != sha256(r.definition())
+        ]
+        cmds: list[Cmd] = [build.remove_definition(name) for name in drain]
+        if drain:
+            cmds.append(build.reload_agent())
+        for name in sorted(set(current) - {r.service for r in wanted}):
+            cmds.append(build.remove(name))  # gone from this host; frees its port first
         for r in wanted:
             app = ctx.inputs.apps.get(r.service)
-            if app is not None:
-                load = load_missing_images((app,), facts)
-                if load is not None:
-                    cmds.append(load)
-            c = current.get(r.service)
-            if c is not None and c.labels.get("clusterctl.config") == r.digest():
-                if not c.running:
+            load = load_missing_images((app,), facts) if app is not None else None
+            if load is not None:
+                cmds.append(load)
+            if r in start:
+                c = current.get(r.service)
+                if c is not None and c.labels.get("clusterctl.config") == r.digest():
                     cmds.append(build.start(r.service))
-                    started.append(r)
-            else:
-                if c is not None:
-                    cmds.append(build.remove(r.service))
-                cmds.append(r.run())
-                started.append(r)
-            if consul and r.port:
-                definition = r.definition()
-                if facts.managed_files.get(build.definition_path(r.service)) != sha256(definition):
-                    cmds.append(write_file(build.definition_path(r.service), definition, "0644", f"register {r.service} with consul"))
-                    reload = True
-                    if r not in started:
-                        started.append(r)
-        if reload:
+                else:
+                    if c is not None:
+                        cmds.append(build.remove(r.service))
+                    cmds.append(r.run())
+        for r in write:
+            cmds.append(write_file(build.definition_path(r.service), r.definition(), "0644", f"register {r.service} with consul"))
+        if write:
             cmds.append(build.reload_agent())
-        for r in started:
-            cmds.append(build.wait_healthy(r.service, HEALTH_TIMEOUT) if consul and r.port else build.wait_running(r.service, HEALTH_TIMEOUT))
+        for r in wanted:
+            if r.service in {w.service for w in write}:
+                cmds.append(build.wait_healthy(r.service, HEALTH_TIMEOUT))
+            elif r in start:
+                cmds.append(build.wait_running(r.service, HEALTH_TIMEOUT))
         return [as_root(c, facts.sudo) for c in cmds]

@@ -97,7 +97,15 @@ def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited
                         facts.managed_files)  # fmt: skip
     ctx = ctx_for(n1=stopped)
     cmds = plan(ctx, "n1")
-    assert [c.description for c in cmds] == ["start the stopped web container", "wait until consul reports web healthy"]
+    # Deregistered before it changes, registered again once it runs: the wait sees a fresh check.
+    assert [c.description for c in cmds] == [
+        "deregister web from this host's consul agent",
+        "reload consul's service definitions",
+        "start the stopped web container",
+        "register web with consul",
+        "reload consul's service definitions",
+        "wait until consul reports web healthy",
+    ]
 
 
 def test_changed_setting_replaces_the_replica_one_host_at_a_time():
@@ -106,6 +114,12 @@ def test_changed_setting_replaces_the_replica_one_host_at_a_time():
     phase = ServicesPhase()
     cmds = phase.plan(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
     assert cmds[0].render() == "docker rm -f clusterctl-svc-web || true" and cmds[1].argv[:2] == ("docker", "run")
+    # A replica whose definition is registered is drained first.
+    registered = facts_for("10.0.0.1", [container("web", "0ld")], {build.definition_path("web"): "x"})
+    ctx = ctx_for(n1=registered)
+    descriptions = [c.description for c in phase.plan(ctx, ctx.cluster.spec.host("n1"), registered)]
+    assert descriptions[:4] == ["deregister web from this host's consul agent", "reload consul's service definitions",
+                                "remove the web container", "start web on 10.0.0.1:8080"]  # fmt: skip
     assert phase.rolling(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
     assert not phase.rolling(ctx, ctx.cluster.spec.host("n3"), ctx.facts["n3"])  # a first start
 
@@ -117,9 +131,9 @@ def test_running_replica_stays_and_a_surplus_one_is_removed_and_deregistered():
     ctx = ctx_for(n1=converged(ctx, "n1"), n2=old)
     assert plan(ctx, "n1") == []
     assert [c.render() for c in plan(ctx, "n2")] == [
-        "docker rm -f clusterctl-svc-web || true",
         f"rm -f {build.definition_path('web')}",
         "docker exec clusterctl-consul consul reload",
+        "docker rm -f clusterctl-svc-web || true",
     ]
     assert plan(ctx, "n3")[0].argv[:2] == ("docker", "run")
 

@@ -1,0 +1,175 @@
+"""End to end on the shared 3-host lab: the article's express app as a service of microcontainers.
+
+Placed by label (spread over a `provider` label: two hosts "red", one "blue"), started from the
+filebox, registered with Consul with an HTTP health check, found by name from any container on
+any host, replaced one host at a time without a failed request, scaled, constrained, restarted.
+The module ends by converging the lab's own file again, which removes the service.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusterctl.lab import lab as lab_mod
+
+pytestmark = pytest.mark.e2e
+
+HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello"
+# Requests from a BusyBox container on node2, 10 a second, while an `up` runs.
+LOOP = """
+ok=0; bad=0; end=$(($(date +%s)+$1))
+while [ "$(date +%s)" -lt "$end" ]; do
+  if timeout 3 wget -qO- http://hello.service.consul:3000/ >/dev/null 2>&1; then ok=$((ok+1)); else bad=$((bad+1)); fi
+  sleep 0.1
+done
+echo "ok=$ok bad=$bad"
+"""
+
+
+def _file(lab, tmp: Path, name: str, app: Path = HELLO, **service) -> Path:
+    doc = yaml.safe_load(lab.cluster_file.read_text())
+    doc["filebox"] = {"binaries": ["consul", "/usr/bin/node"]}
+    for host, provider in zip(doc["hosts"], ("red", "red", "blue")):
+        host["labels"] = {"provider": provider}
+    doc["services"] = [{"name": "hello", "app": str(app), "replicas": 2, "spread": "provider", "check": {"http": "/"}} | service]
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _up(cli, f: Path) -> dict:
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 0, json.dumps(report, indent=1)[-4000:]
+    return report
+
+
+def _services(report: dict) -> dict[str, dict]:
+    return {h["name"]: next(p for p in h["phases"] if p["phase"] == "services") for h in report["hosts"]}
+
+
+def _on(lab, host: str, script: str, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+    """A shell script run by a BusyBox container (the cluster's base image) on a lab host."""
+    docker = (
+        'img=$(docker images clusterctl/base -q | head -n 1); '
+        'docker run --rm -i --network "$NET" --entrypoint busybox "$img" sh -c "$0" "$@"'
+    )
+    proc = subprocess.run(
+        [lab_mod.docker_cli(), "exec", "-i", "-e", f"NET={args[0] if args else 'bridge'}", lab.container(host),
+         "sh", "-c", docker, script, *args[1:]],
+        capture_output=True, text=True, input=stdin, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _passing(cli, f: Path) -> list[str]:
+    """Addresses of the hello instances Consul reports passing (asked on node1)."""
+    proc = cli("exec", "-f", str(f), "--host", "node1", "--", "docker", "exec", "clusterctl-consul",
+               "wget", "-qO-", "http://127.0.0.1:8500/v1/health/service/hello?passing")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return sorted(e["Service"]["Address"] for e in json.loads(proc.stdout))
+
+
+def _addresses(lab) -> dict[str, str]:
+    return {h["name"]: h["address"] for h in yaml.safe_load(lab.cluster_file.read_text())["hosts"]}
+
+
+@pytest.fixture(scope="module")
+def svc(cli, lab, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("services")
+    yield tmp
+    # Back to the lab's own file: no services, the lab's filebox.
+    _up(cli, lab.cluster_file)
+    out = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "sh", "-c",
+              "docker ps -aq --filter label=clusterctl.role=service | wc -l; ls /etc/clusterctl/consul/services | wc -l")  # fmt: skip
+    assert [line.split("|", 1)[1].strip() for line in out.stdout.splitlines()] == ["0"] * 6, out.stdout
+
+
+def test_replicas_spread_over_providers_and_pass_their_checks(cli, lab, svc):
+    report = _up(cli, _file(lab, svc, "two"))
+    steps = _services(report)
+    assert steps["node2"]["status"] == "ok"  # red already has node1
+    for host in ("node1", "node3"):
+        assert steps[host]["status"] == "changed" and "register hello" in steps[host]["message"]
+        assert "wait until consul reports hello healthy" in steps[host]["message"]
+    addr = _addresses(lab)
+    assert _passing(cli, lab.cluster_file) == sorted([addr["node1"], addr["node3"]])
+
+
+def test_any_container_finds_hello_by_name(lab, svc):
+    addr = _addresses(lab)
+    # A plain `docker run` on node2 (which runs no replica), and one on the cluster network.
+    for network in ("bridge", "clusterctl"):
+        out = _on(lab, "node2", "nslookup hello.service.consul; wget -qO- http://hello.service.consul:3000/", network)
+        found = sorted(line.split()[-1] for line in out.splitlines() if line.startswith("Address:") and ":53" not in line)
+        assert found == sorted([addr["node1"], addr["node3"]]), out
+        assert out.rstrip().endswith("Hello world"), out
+
+
+def test_second_up_changes_nothing_in_one_round_trip(cli, lab, svc):
+    code, report = cli.json("up", "-f", str(svc / "two.yaml"))
+    assert code == 0 and report["changed"] is False, json.dumps(report, indent=1)[-3000:]
+    assert [h["round_trips"] for h in report["hosts"]] == [1, 1, 1]
+
+
+def test_changed_code_ships_one_small_layer_and_rolls_without_a_failed_request(cli, lab, svc):
+    app = svc / "hello"
+    shutil.copytree(HELLO, app, symlinks=True)
+    (app / "express.js").write_text((app / "express.js").read_text().replace("Hello world", "Hello again"))
+    f = _file(lab, svc, "changed", app=app)
+    loop = subprocess.Popen(
+        [lab_mod.docker_cli(), "exec", lab.container("node2"), "sh", "-c",
+         'docker run --rm --entrypoint busybox "$(docker images clusterctl/base -q | head -n 1)" sh -c "$0" loop 25', LOOP],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        report = _up(cli, f)
+        out, err = loop.communicate(timeout=60)
+    finally:
+        loop.kill()
+    steps = _services(report)
+    sent = {h["name"]: h["bytes_sent"] for h in report["hosts"]}
+    for host in ("node1", "node3"):
+        assert "remove the hello container" in steps[host]["message"] and "deregister hello" in steps[host]["message"]
+        assert sent[host] < 200_000, sent  # the code layer only; dependencies and base stay
+    assert steps["node2"]["status"] == "ok"
+    ok, bad = (int(part.split("=")[1]) for part in out.split())
+    assert ok > 50 and bad == 0, (out, err)
+    assert _on(lab, "node2", "wget -qO- http://hello.service.consul:3000/").strip() == "Hello again"
+
+
+def test_scale_up_keeps_replicas_and_constraints_move_them(cli, lab, svc):
+    addr = _addresses(lab)
+    app = svc / "hello"  # the code as the previous test left it
+    steps = _services(_up(cli, _file(lab, svc, "three", app=app, replicas=3)))
+    assert steps["node1"]["status"] == steps["node3"]["status"] == "ok"
+    assert steps["node2"]["status"] == "changed"
+    assert _passing(cli, lab.cluster_file) == sorted(addr.values())
+    steps = _services(_up(cli, _file(lab, svc, "blue", app=app, replicas=1, constraints={"provider": "blue"})))
+    assert steps["node3"]["status"] == "ok"
+    for host in ("node1", "node2"):
+        assert "deregister hello" in steps[host]["message"] and "remove the hello container" in steps[host]["message"]
+    assert _passing(cli, lab.cluster_file) == [addr["node3"]]
+
+
+def test_stopped_replica_is_started_again(cli, lab, svc):
+    f = svc / "blue.yaml"
+    proc = cli("exec", "-f", str(f), "--host", "node3", "--", "docker", "stop", "-t", "1", "clusterctl-svc-hello")
+    assert proc.returncode == 0, proc.stderr
+    steps = _services(_up(cli, f))
+    assert "start the stopped hello container" in steps["node3"]["message"]
+    assert _passing(cli, lab.cluster_file) == [_addresses(lab)["node3"]]
+
+
+def test_more_replicas_than_hosts_is_one_line_and_sends_nothing(cli, lab, svc):
+    f = _file(lab, svc, "four", replicas=4)
+    proc = cli("up", "-f", str(f))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {f}:") and "services[0].replicas: 4 replicas need 4 hosts" in line, line
