@@ -297,7 +297,7 @@ def status(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
 ) -> None:
-    """Per host: reachable, Docker, Consul role, alive, raft voter, leader, filebox version."""
+    """Per host: reachable, Docker, Consul role, alive, raft voter, leader, filebox version, service replicas' health."""
     import json
 
     from clusterctl.config.loader import load
@@ -313,12 +313,16 @@ def status(
         from rich.table import Table
 
         table = Table(title=f"cluster {cluster.name}: leader {report.leader or 'none'}", title_justify="left")
-        for col in ("host", "address", "reachable", "docker", "consul", "alive", "voter", "leader", "filebox"):
+        for col in ("host", "address", "reachable", "docker", "consul", "alive", "voter", "leader", "filebox", "services"):
             table.add_column(col)
         for h in report.hosts:
             reach = "[green]yes[/green]" if h.reachable else f"[red]no[/red] {h.error}"
             voter = "-" if h.voter is None else ("yes" if h.voter else "[yellow]no[/yellow]")
-            table.add_row(h.host, h.address, reach, h.docker, h.consul, h.alive, voter, "*" if h.leader else "", h.filebox)
+            colour = {"passing": "green", "warning": "yellow"}
+            services = " ".join(
+                f"{name}:[{colour.get(state, 'red')}]{state}[/]" for name, state in sorted(h.services.items())
+            ) or "-"
+            table.add_row(h.host, h.address, reach, h.docker, h.consul, h.alive, voter, "*" if h.leader else "", h.filebox, services)
         Console(highlight=False).print(table)
         if report.consul_error:
             _err_console().print(f"[yellow]consul:[/yellow] {report.consul_error}")

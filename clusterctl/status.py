@@ -1,4 +1,5 @@
-"""`clusterctl status`: per host reachable, Docker, Consul role, alive, leader, filebox version.
+"""`clusterctl status`: per host reachable, Docker, Consul role, alive, leader, filebox version,
+and each service replica's state (its Consul check: passing, warning, critical; or stopped).
 
 Host facts come from the same one-round-trip probe as `up`; the cluster's own view (members,
 leader) comes from Consul's HTTP API through py-consul, over an SSH tunnel to one server's
@@ -7,7 +8,7 @@ loopback, since the API is never opened to the network.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from clusterctl.commands.consul import CONTAINER as CONSUL_CONTAINER
 from clusterctl.config.loader import Cluster
@@ -31,6 +32,8 @@ class HostStatus:
     voter: bool | None = None
     leader: bool = False
     filebox: str = "-"
+    # Service replicas on this host: name -> passing | warning | critical | running | stopped.
+    services: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,7 +52,34 @@ class ClusterStatus:
                 "hosts": [asdict(h) for h in self.hosts]}  # fmt: skip
 
 
-def _consul_view(manager: Manager, candidates: list[str]) -> tuple[str | None, dict[str, str], dict[str, bool], str]:
+# Worst first: a replica with any critical check is critical.
+_CHECK_ORDER = ("critical", "warning", "passing")
+
+
+def _service_health(checks: list[dict]) -> dict[tuple[str, str], str]:
+    """(node, service) -> the worst status of that service's checks on that node."""
+    out: dict[tuple[str, str], str] = {}
+    for c in checks:
+        if not c.get("ServiceName"):
+            continue  # node checks (serfHealth)
+        key = (c.get("Node", ""), c["ServiceName"])
+        status = c.get("Status", "critical")
+        rank = _CHECK_ORDER.index(status) if status in _CHECK_ORDER else 0
+        if key not in out or rank < _CHECK_ORDER.index(out[key]):
+            out[key] = _CHECK_ORDER[rank]
+    return out
+
+
+@dataclass
+class ConsulView:
+    leader: str | None = None
+    members: dict[str, str] = field(default_factory=dict)
+    voters: dict[str, bool] = field(default_factory=dict)
+    health: dict[tuple[str, str], str] = field(default_factory=dict)
+    error: str = ""
+
+
+def _consul_view(manager: Manager, candidates: list[str]) -> ConsulView:
     import consul
 
     last_error = "no running consul agent found"
@@ -63,10 +93,11 @@ def _consul_view(manager: Manager, candidates: list[str]) -> tuple[str | None, d
                 if leader:  # raft's configuration is only served while there is a leader
                     voters = {srv["Node"]: bool(srv.get("Voter")) for srv in api.operator.raft_config().get("Servers", [])}
                 leader_addr = leader.rsplit(":", 1)[0] if leader else None
-                return leader_addr, members, voters, ""
+                health = _service_health(api.health.state("any")[1]) if leader else {}
+                return ConsulView(leader_addr, members, voters, health)
         except Exception as exc:  # noqa: BLE001 - try the next agent
             last_error = f"consul API via {name}: {exc}"
-    return None, {}, {}, last_error
+    return ConsulView(error=last_error)
 
 
 def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: KnownHosts, workers: int) -> ClusterStatus:
@@ -90,14 +121,22 @@ def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: Know
             boxes = [c for c in f.docker.containers if c.labels.get("clusterctl.role") == "filebox"]
             if boxes:
                 row.filebox = ",".join(sorted({c.labels.get("clusterctl.filebox.version", "?")[:12] for c in boxes}))
+            for c in f.docker.containers:
+                svc = c.labels.get("clusterctl.service")
+                if c.labels.get("clusterctl.role") == "service" and c.labels.get("clusterctl.cluster") == cluster.name and svc:
+                    row.services[svc] = "running" if c.running else "stopped"
             rows.append(row)
         consul_error = ""
         leader = None
         if cluster.spec.consul.enabled:
             # Servers first: their view of membership is authoritative.
             order = sorted(with_agent, key=lambda n: not cluster.spec.host(n).is_server)
-            leader, members, voters, consul_error = _consul_view(m, order)
+            view = _consul_view(m, order)
+            leader, members, voters, consul_error = view.leader, view.members, view.voters, view.error
             for row in rows:
+                for svc, state in row.services.items():
+                    if state == "running":
+                        row.services[svc] = view.health.get((row.host, svc), "unregistered")
                 if row.reachable or row.host in members:
                     row.alive = members.get(row.host, "-")
                 if cluster.spec.host(row.host).is_server and voters:

@@ -66,6 +66,8 @@ class Context:
     inputs: Inputs = field(default_factory=Inputs)
     # Answers of the phase's read-only lookups, by host (see the module docstring).
     lookups: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Hosts left out of this run (`--host`): not probed, not down; their state is unknown.
+    outside: frozenset[str] = frozenset()
 
 
 class Phase(Protocol):

@@ -181,7 +181,8 @@ class Manager:
 
     def context(self, lookups: dict[str, str] | None = None) -> Context:
         facts = {n: r.facts for n, r in self.reports.items() if r.facts is not None}
-        return Context(self.cluster, facts, self.inputs, lookups or {})
+        outside = frozenset(h.name for h in self.cluster.hosts if h.name not in self.reports)
+        return Context(self.cluster, facts, self.inputs, lookups or {}, outside)
 
     def check(self, phase: Phase) -> str | None:
         """The phase's cluster-wide check (PhaseError) as a one-line reason, or None."""

@@ -41,7 +41,9 @@ def placement(ctx: Context) -> Placement:
         for svc in service_containers(ctx, facts):
             running.setdefault(svc, []).append(name)
     try:
-        return place(spec.services, spec.hosts, ctx.facts.keys(), running)
+        # Hosts outside a `--host` run count as up: this run neither starts nor removes
+        # anything there, and a replica on a selected host is not moved because of them.
+        return place(spec.services, spec.hosts, set(ctx.facts) | ctx.outside, running)
     except PlacementError as exc:
         raise PhaseError(str(exc)) from None
 

@@ -162,9 +162,13 @@ def test_stopped_replica_is_started_again(cli, lab, svc):
     f = svc / "blue.yaml"
     proc = cli("exec", "-f", str(f), "--host", "node3", "--", "docker", "stop", "-t", "1", "clusterctl-svc-hello")
     assert proc.returncode == 0, proc.stderr
+    code, st = cli.json("status", "-f", str(f))
+    assert code == 0 and [h["services"] for h in st["hosts"]] == [{}, {}, {"hello": "stopped"}], st
     steps = _services(_up(cli, f))
     assert "start the stopped hello container" in steps["node3"]["message"]
     assert _passing(cli, lab.cluster_file) == [_addresses(lab)["node3"]]
+    code, st = cli.json("status", "-f", str(f))
+    assert [h["services"] for h in st["hosts"]] == [{}, {}, {"hello": "passing"}], st
 
 
 def test_more_replicas_than_hosts_is_one_line_and_sends_nothing(cli, lab, svc):

@@ -152,6 +152,15 @@ def test_a_host_down_moves_its_replica_and_too_few_hosts_refuse_the_phase():
         ServicesPhase().check(ctx)
 
 
+def test_hosts_outside_a_host_limited_run_are_not_taken_for_down():
+    # `up --host n3`: n1 and n2 were not probed; web's replicas stay planned on n1 (aws) and
+    # n3 (gcp), so n3 starts its one and nothing is moved onto it.
+    cluster = load_text(FILE, "c.yaml")
+    ctx = Context(cluster, {"n3": facts_for("10.0.0.3")}, INPUTS, outside=frozenset({"n1", "n2"}))
+    assert plan(ctx, "n3")[0].argv[:2] == ("docker", "run")
+    ServicesPhase().check(ctx)
+
+
 def test_without_consul_replicas_are_not_registered_but_still_waited_for():
     file = FILE.replace("services:", "consul: {enabled: false}\nservices:")
     ctx = ctx_for(file)

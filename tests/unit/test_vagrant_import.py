@@ -432,6 +432,11 @@ def test_example_multicloud(tmp_path: Path) -> None:
     assert per_provider == {"hetzner": {"bastion-fsn1.example.net"}, "aws": {"bastion-euc1.example.net"}}
     servers = [h.name for h in cluster.hosts if h.is_server]
     assert len(servers) == 3
+    # The worked example: hello spread over both providers, report pinned by its constraints.
+    from clusterctl.schedule.placement import place
+
+    placed = place(cluster.spec.services, cluster.hosts, {h.name for h in cluster.hosts})
+    assert placed.hosts_of == {"hello": ("hz-fsn1-1", "aws-euc1-1"), "report": ("hz-fsn1-3",)}
 
 
 def test_example_vagrant(tmp_path: Path) -> None:
