@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clusterctl.errors import EXIT_HOSTS_FAILED, UserError
+from clusterctl.errors import EXIT_BAD_INPUT, EXIT_HOSTS_FAILED, UserError
 
 app = typer.Typer(
     help="Turn SSH-reachable Linux hosts into one container cluster.",
@@ -136,42 +136,48 @@ def _select(cluster, hosts: Optional[list[str]]) -> Optional[frozenset[str]]:
     return frozenset(hosts)
 
 
-def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait: float = 10.0) -> None:
+def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait: float = 10.0, down: bool = False) -> None:
     from clusterctl.config.loader import load
     from clusterctl.lock import cluster_lock
-    from clusterctl.phases import PHASES
     from clusterctl.phases.manager import Options, execute
     from clusterctl.report.render import print_table, progress_line, report_json
     from clusterctl.state import cluster_dir
     from clusterctl.transport.ssh import resolve_endpoints
 
-    cluster = load(_resolve_file(file, create_lab=not dry_run))
+    cluster = load(_resolve_file(file, create_lab=not dry_run and not down))
     only = _select(cluster, hosts)
     endpoints = resolve_endpoints(cluster)
     known = _known_hosts(cluster, accept_new)
-    inputs = _inputs(cluster, dry_run)
-    from clusterctl.phases.network import network_inputs
+    if down:
+        from clusterctl.phases.base import Inputs
+        from clusterctl.phases.down import DOWN_PHASES as phases
 
-    inputs = network_inputs(cluster, inputs, dry_run)
+        inputs = Inputs()  # down builds nothing: it removes what the probe finds
+    else:
+        from clusterctl.phases import PHASES as phases
+        from clusterctl.phases.network import network_inputs
+
+        inputs = network_inputs(cluster, _inputs(cluster, dry_run), dry_run)
     console = _err_console()
     options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)
 
     def progress(host, step):
         console.print(progress_line(host, step), soft_wrap=True)
 
-    verb = "plan" if dry_run else "up"
+    verb = ("down --dry-run" if down else "plan") if dry_run else ("down" if down else "up")
     console.print(f"[bold]{verb}[/bold] cluster [bold]{cluster.name}[/bold] ({len(endpoints)} hosts, {cluster.path})")
     if dry_run:
-        report = execute(cluster, PHASES, endpoints, known, options, progress, inputs)
+        report = execute(cluster, phases, endpoints, known, options, progress, inputs)
     else:
-        with cluster_lock(cluster_dir(cluster.name), cluster.name, f"clusterctl up -f {cluster.path}", wait=lock_wait):
-            report = execute(cluster, PHASES, endpoints, known, options, progress, inputs)
+        holder = f"clusterctl {'down' if down else 'up'} -f {cluster.path}"
+        with cluster_lock(cluster_dir(cluster.name), cluster.name, holder, wait=lock_wait):
+            report = execute(cluster, phases, endpoints, known, options, progress, inputs)
     if output == Output.json:
         print(report_json(report))
     else:
         from rich.console import Console
 
-        print_table(report, Console(highlight=False))
+        print_table(report, Console(highlight=False), verb)
     for line in report.errors:  # a bastion that failed: one line, not one per host behind it
         from rich.markup import escape
 
@@ -213,6 +219,26 @@ def plan(
 ) -> None:
     """Print the exact per-host commands `up` would run; sends only the read-only probe."""
     _converge(file, output, accept_new_host_keys, workers, host, dry_run=True)
+
+
+@app.command()
+def down(
+    file: FileOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking (needed when not on a terminal).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be removed; change nothing.")] = False,
+    output: OutputOpt = Output.table,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+    host: HostsOpt = None,
+    lock_wait: Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds to wait for another run on this cluster.")] = 10.0,
+) -> None:
+    """Remove what `up` made on the hosts (services, Consul, filebox, network, engine DNS); Docker stays."""
+    if not dry_run and not yes:
+        if not sys.stdin.isatty():
+            raise UserError("down removes the cluster from its hosts: pass --yes (or --dry-run to see what it would remove)")
+        if not typer.confirm("Remove the cluster's services, Consul, filebox and network from its hosts?"):
+            raise typer.Exit(EXIT_BAD_INPUT)
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, down=True)
 
 
 @app.command(name="exec", context_settings={"allow_interspersed_args": False})

@@ -60,10 +60,10 @@ def _escape(text: str) -> str:
     return text.replace("[", r"\[")
 
 
-def print_table(report: RunReport, console) -> None:  # noqa: ANN001 - rich.Console, imported lazily
+def print_table(report: RunReport, console, verb: str = "") -> None:  # noqa: ANN001 - rich.Console, imported lazily
     from rich.table import Table
 
-    title = f"{'plan' if report.dry_run else 'up'}: cluster {report.cluster} ({report.seconds:.1f}s)"
+    title = f"{verb or ('plan' if report.dry_run else 'up')}: cluster {report.cluster} ({report.seconds:.1f}s)"
     from rich import box
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)

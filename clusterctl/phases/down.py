@@ -1,0 +1,144 @@
+"""`clusterctl down`: the phases of `up` undone, in reverse, from the facts alone.
+
+Each phase removes only what the probe found this cluster made, so a second `down` changes
+nothing and a host that never had clusterctl's things is left alone. Docker stays installed and
+running; the operator's side (gossip key, known_hosts) stays, so a later `up` rebuilds the same
+cluster. The swarm is left one manager at a time, its leader last (see commands/teardown.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+from clusterctl.commands import consul as consul_build
+from clusterctl.commands import service as service_build
+from clusterctl.commands.base import Cmd
+from clusterctl.commands.docker import as_root, restart_engine, wait_for_engine
+from clusterctl.commands.files import write_file
+from clusterctl.commands.swarm import SwarmNode, SwarmState
+from clusterctl.commands.teardown import teardown
+from clusterctl.config.models import Host
+from clusterctl.facts.parser import Container, HostFacts
+from clusterctl.network.facts import LABEL_CLUSTER
+from clusterctl.phases.base import Context
+from clusterctl.phases.engine import DAEMON_JSON, _daemon_config, dns_address
+from clusterctl.phases.filebox import RELAY_CONTAINER, RELAY_DIR
+
+STATE_DIRS = ("/etc/clusterctl", "/var/lib/clusterctl")
+
+
+def ours(ctx: Context, facts: HostFacts, role: str) -> list[Container]:
+    return [
+        c
+        for c in facts.docker.containers
+        if c.labels.get("clusterctl.cluster") == ctx.cluster.name and c.labels.get("clusterctl.role") == role
+    ]
+
+
+def _root(cmds: list[Cmd], facts: HostFacts) -> list[Cmd]:
+    return [as_root(c, facts.sudo) for c in cmds]
+
+
+class ServicesDown:
+    name = "services"
+    title = "Service replicas removed"
+
+    def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
+        names = sorted(c.labels.get("clusterctl.service", "") for c in ours(ctx, facts, service_build.ROLE))
+        return _root([service_build.remove(n) for n in names if n], facts)
+
+
+class ConsulDown:
+    name = "consul"
+    title = "Consul agent, its data and its configuration removed"
+
+    def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
+        agent = facts.container(consul_build.CONTAINER)
+        mine = agent is not None and agent.labels.get("clusterctl.cluster") == ctx.cluster.name
+        files = [p for p in facts.managed_files if p.startswith(consul_build.CONFIG_DIR + "/")]
+        if not mine and not (agent is None and files):
+            return []  # nothing of ours, or another cluster's agent: leave it
+        cmds = []
+        if mine:
+            cmds.append(consul_build.remove_agent())
+            cmds.append(Cmd(("docker", "volume", "rm", "-f", consul_build.DATA_VOLUME), "remove consul's data volume"))
+        cmds.append(Cmd(("rm", "-rf", consul_build.CONFIG_DIR), "remove consul's configuration (gossip key, services)"))
+        return _root(cmds, facts)
+
+
+class FileboxDown:
+    name = "filebox"
+    title = "Filebox containers and clusterctl's images removed"
+
+    def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
+        containers = [c.name for c in ours(ctx, facts, "filebox") + ours(ctx, facts, "relay")]
+        images = sorted(i.id for i in facts.docker.images if i.labels.get("clusterctl.role"))
+        cmds = []
+        if containers:
+            cmds.append(Cmd(("docker", "rm", "-f", *containers), f"remove {', '.join(containers)}"))
+        if any(c == RELAY_CONTAINER for c in containers):
+            cmds.append(Cmd(("rm", "-rf", RELAY_DIR), "remove the relayed archive"))
+        if images:
+            # An image another cluster's container still uses stays (docker refuses; not an error).
+            cmds.append(
+                Cmd(("sh", "-c", 'for i in "$@"; do docker image rm "$i" >/dev/null 2>&1 || true; done', "sh", *images),
+                    f"remove {len(images)} clusterctl image(s) no container uses", check=False)
+            )  # fmt: skip
+        return _root(cmds, facts)
+
+
+def _swarm_leader(facts: HostFacts, swarm: SwarmState) -> bool:
+    nodes = facts.network.swarm_nodes or ()
+    return any(n.id == swarm.node_id and n.manager_status == "leader" for n in map(SwarmNode.from_inspect, nodes))
+
+
+class NetworkDown:
+    name = "network"
+    title = "Cluster network removed (swarm left one manager at a time, the leader last)"
+    passes = 2
+
+    def _swarm(self, facts: HostFacts) -> SwarmState:
+        return SwarmState.from_info(facts.docker.info or {})
+
+    def _has_network(self, ctx: Context, facts: HostFacts) -> bool:
+        swarm = self._swarm(facts)
+        labelled = any(n.labels.get(LABEL_CLUSTER) == ctx.cluster.name for n in facts.network.networks)
+        return labelled or swarm.local_node_state != "inactive" or facts.network.weave_router != "absent"
+
+    def wave(self, ctx: Context, host: Host, facts: HostFacts) -> int:
+        return 1 if _swarm_leader(facts, self._swarm(facts)) else 0
+
+    def rolling(self, ctx: Context, host: Host, facts: HostFacts) -> bool:
+        return self._swarm(facts).is_manager
+
+    def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
+        if not facts.docker.running or not self._has_network(ctx, facts):
+            return []
+        return _root([teardown()], facts)
+
+
+class EngineDown:
+    name = "engine"
+    title = "The engine's default DNS (Consul) taken out; clusterctl's files on the host removed"
+
+    def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
+        cmds = []
+        try:
+            current = _daemon_config(facts)
+        except Exception:  # noqa: BLE001 - a file we cannot read is one we did not write
+            current = {}
+        dns = current.get("dns")
+        if isinstance(dns, list) and dns and dns[0] == dns_address(facts):
+            rest = {k: v for k, v in current.items() if k != "dns"}
+            if rest:
+                cmds.append(write_file(DAEMON_JSON, json.dumps(rest, indent=2, sort_keys=True) + "\n", "0644",
+                                       f"take clusterctl's dns out of {DAEMON_JSON}"))  # fmt: skip
+            else:
+                cmds.append(Cmd(("rm", "-f", DAEMON_JSON), f"remove {DAEMON_JSON} (it held only clusterctl's dns)"))
+            cmds += [restart_engine(facts.systemd), wait_for_engine(ctx.cluster.spec.docker.start_timeout)]
+        if facts.managed_files or cmds:
+            cmds.append(Cmd(("rm", "-rf", *STATE_DIRS), "remove clusterctl's files on the host"))
+        return _root(cmds, facts)
+
+
+DOWN_PHASES = (ServicesDown(), ConsulDown(), FileboxDown(), NetworkDown(), EngineDown())

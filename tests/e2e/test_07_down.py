@@ -1,0 +1,57 @@
+"""End to end on the shared lab, last: `clusterctl down` removes what `up` made, Docker stays;
+a second `down` changes nothing; `up` afterwards brings the whole cluster back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+LEFTOVERS = (
+    "docker ps -aq --filter label=clusterctl.cluster | wc -l; "
+    "docker images -q --filter label=clusterctl.role | wc -l; "
+    "docker network ls -q --filter label=clusterctl.cluster | wc -l; "
+    "docker info --format '{{.Swarm.LocalNodeState}}'; "
+    "ls -d /etc/clusterctl /var/lib/clusterctl 2>/dev/null | wc -l; "
+    "{ grep -s dns /etc/docker/daemon.json || true; } | wc -l"
+)
+
+
+def _per_host(cli, f) -> list[str]:
+    out = cli("exec", "-f", str(f), "--all", "--", "sh", "-c", LEFTOVERS)
+    assert out.returncode == 0, out.stderr
+    by_host: dict[str, list[str]] = {}
+    for line in out.stdout.splitlines():
+        host, _, value = line.partition("|")
+        by_host.setdefault(host.strip(), []).append(value.strip())
+    return [" ".join(v) for _, v in sorted(by_host.items())]
+
+
+def test_down_needs_yes_off_a_terminal_and_dry_run_changes_nothing(cli, lab):
+    proc = cli("down", "-f", str(lab.cluster_file))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("pass --yes (or --dry-run to see what it would remove)")
+    before = _per_host(cli, lab.cluster_file)
+    code, report = cli.json("down", "-f", str(lab.cluster_file), "--dry-run")
+    assert code == 0 and report["dry_run"] and [h["round_trips"] for h in report["hosts"]] == [1, 1, 1]
+    assert any(p["commands"] for h in report["hosts"] for p in h["phases"] if p["phase"] == "consul")
+    assert _per_host(cli, lab.cluster_file) == before
+
+
+def test_down_removes_everything_but_docker_and_a_second_down_changes_nothing(cli, lab):
+    code, report = cli.json("down", "-f", str(lab.cluster_file), "--yes")
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    assert _per_host(cli, lab.cluster_file) == ["0 0 0 inactive 0 0"] * 3
+    code, report = cli.json("down", "-f", str(lab.cluster_file), "--yes")
+    assert code == 0 and report["changed"] is False and [h["round_trips"] for h in report["hosts"]] == [1, 1, 1]
+    # Docker is still there and running.
+    out = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "docker", "info", "--format", "{{.ServerVersion}}")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 3
+
+
+def test_up_after_down_brings_the_cluster_back(cli, lab):
+    code, report = cli.json("up", "-f", str(lab.cluster_file))
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    code, st = cli.json("status", "-f", str(lab.cluster_file))
+    assert code == 0 and [h["alive"] for h in st["hosts"]] == ["alive"] * 3 and st["leader"], st

@@ -1,0 +1,105 @@
+"""`clusterctl down`: each phase removes only what the facts show this cluster made."""
+
+import json
+from pathlib import Path
+
+from clusterctl.commands import consul as consul_build
+from clusterctl.config.loader import load_text
+from clusterctl.facts.parser import parse_probe_output
+from clusterctl.phases.base import Context
+from clusterctl.phases.down import ConsulDown, EngineDown, FileboxDown, NetworkDown, ServicesDown
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "probe-docker-running.json"
+FILE = """
+name: c1
+hosts:
+  - {name: n1, address: 10.0.0.1}
+  - {name: n2, address: 10.0.0.2}
+"""
+
+
+def labels(**kw):
+    return ",".join(f"{k.replace('_', '.')}={v}" for k, v in kw.items())
+
+
+def facts(containers=(), images=(), managed=None, daemon_json="", swarm=None, nodes=None, networks=()):
+    data = json.loads(FIXTURE.read_text())
+    data["addresses"] = [{"ifname": "eth0", "family": "inet", "cidr": "10.0.0.1/24"},
+                         {"ifname": "docker0", "family": "inet", "cidr": "172.17.0.1/16"}]  # fmt: skip
+    data["docker"]["containers"] = [{"ID": n, "Names": n, "Image": "i", "State": "running", "Labels": lab} for n, lab in containers]
+    data["docker"]["images"] = [{"Id": i, "RepoTags": [], "Labels": lab, "Layers": []} for i, lab in images]
+    data["managed_files"] = [{"path": p, "sha256": "x"} for p in (managed or [])]
+    data["daemon_json"] = daemon_json
+    if swarm:
+        data["docker"]["info"]["Swarm"] = swarm
+    data["docker"]["network"] = {"networks": list(networks), "swarm_nodes": nodes}
+    return parse_probe_output(json.dumps(data))
+
+
+def plan(phase, f):
+    cluster = load_text(FILE, "c.yaml")
+    ctx = Context(cluster, {"n1": f})
+    return [c.render() for c in phase.plan(ctx, cluster.hosts[0], f)]
+
+
+CLUSTER = "clusterctl.cluster=c1"
+
+
+def test_a_clean_host_plans_nothing_in_every_phase():
+    clean = facts()
+    for phase in (ServicesDown(), ConsulDown(), FileboxDown(), NetworkDown(), EngineDown()):
+        assert plan(phase, clean) == [], phase.name
+
+
+def test_services_of_this_cluster_only():
+    f = facts(containers=[
+        ("clusterctl-svc-web", f"{CLUSTER},clusterctl.role=service,clusterctl.service=web"),
+        ("clusterctl-svc-api", "clusterctl.cluster=other,clusterctl.role=service,clusterctl.service=api"),
+    ])  # fmt: skip
+    assert plan(ServicesDown(), f) == ["docker rm -f clusterctl-svc-web || true"]
+
+
+def test_consul_agent_volume_and_config_and_another_clusters_agent_is_left():
+    mine = facts(containers=[(consul_build.CONTAINER, f"{CLUSTER},clusterctl.role=consul")],
+                 managed=[consul_build.GOSSIP_FILE])  # fmt: skip
+    assert plan(ConsulDown(), mine) == [
+        "docker rm -f clusterctl-consul || true",
+        "docker volume rm -f clusterctl-consul-data",
+        "rm -rf /etc/clusterctl/consul",
+    ]
+    other = facts(containers=[(consul_build.CONTAINER, "clusterctl.cluster=other,clusterctl.role=consul")],
+                  managed=[consul_build.GOSSIP_FILE])  # fmt: skip
+    assert plan(ConsulDown(), other) == []
+
+
+def test_filebox_containers_and_labelled_images():
+    f = facts(
+        containers=[("clusterctl-filebox-abc", f"{CLUSTER},clusterctl.role=filebox")],
+        images=[("sha256:1", {"clusterctl.role": "filebox"}), ("sha256:2", {"clusterctl.role": "app"}), ("sha256:3", {})],
+    )
+    cmds = plan(FileboxDown(), f)
+    assert cmds[0] == "docker rm -f clusterctl-filebox-abc"
+    assert cmds[1].endswith("sh sha256:1 sha256:2 || true")
+
+
+def test_network_leader_goes_last_and_managers_one_at_a_time():
+    swarm = {"NodeID": "me", "LocalNodeState": "active", "ControlAvailable": True}
+    leader = facts(swarm=swarm, nodes=[{"ID": "me", "ManagerStatus": {"Leader": True}, "Spec": {"Role": "manager"}}])
+    follower = facts(swarm=swarm, nodes=[{"ID": "me", "ManagerStatus": {"Reachability": "reachable"}, "Spec": {"Role": "manager"}}])
+    cluster = load_text(FILE, "c.yaml")
+    ctx = Context(cluster, {"n1": leader, "n2": follower})
+    phase = NetworkDown()
+    assert phase.wave(ctx, cluster.hosts[0], leader) == 1 and phase.wave(ctx, cluster.hosts[1], follower) == 0
+    assert phase.rolling(ctx, cluster.hosts[0], leader)
+    assert "docker swarm leave --force" in plan(phase, leader)[0]
+
+
+def test_engine_dns_taken_out_keeping_other_keys_and_files_removed():
+    ours = json.dumps({"dns": ["172.17.0.1", "192.0.2.53"], "log-driver": "journald"})
+    cmds = plan(EngineDown(), facts(daemon_json=ours, managed=["/etc/clusterctl/consul/gossip.json"]))
+    assert "log-driver" in cmds[0] and '"dns"' not in cmds[0]
+    assert cmds[1] == "service docker restart" and cmds[-1] == "rm -rf /etc/clusterctl /var/lib/clusterctl"
+    only_ours = plan(EngineDown(), facts(daemon_json=json.dumps({"dns": ["172.17.0.1"]})))
+    assert only_ours[0] == "rm -f /etc/docker/daemon.json"
+    # A dns the operator set (not the docker0 address) is not ours: left alone.
+    assert plan(EngineDown(), facts(daemon_json=json.dumps({"dns": ["192.0.2.53"]}))) == []
