@@ -95,7 +95,12 @@ def _inputs(cluster, dry_run: bool):
     from clusterctl.images.base import base_image
     from clusterctl.phases.filebox import filebox_container_name
 
-    box = build_filebox(spec.filebox.binaries, spec.filebox.files, base_dir=cluster.path.parent)
+    from clusterctl.errors import UserError
+
+    try:
+        box = build_filebox(spec.filebox.binaries, spec.filebox.files, base_dir=cluster.path.parent)
+    except UserError as exc:
+        raise UserError(f"{cluster.where('filebox', 'binaries')}: {str(exc).removeprefix('filebox: ')}") from None
     base = base_image(box.manifest, box.version)
     apps = _service_apps(cluster, base)
     return Inputs(
@@ -111,7 +116,6 @@ def _inputs(cluster, dry_run: bool):
 
 def _service_apps(cluster, base) -> dict:
     """The app image of each service that names an app folder, built on the cluster's base."""
-    from clusterctl.config.loader import format_loc
     from clusterctl.errors import UserError
     from clusterctl.images.app import app_on_base
 
@@ -122,7 +126,7 @@ def _service_apps(cluster, base) -> dict:
         try:
             apps[svc.name] = app_on_base(cluster.resolve_path(svc.app), base)
         except UserError as exc:
-            raise UserError(f"{cluster.path}: {format_loc(('services', i, 'app'))}: {exc}") from None
+            raise UserError(f"{cluster.where('services', i, 'app')}: {exc}") from None
     return apps
 
 

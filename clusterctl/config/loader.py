@@ -7,7 +7,7 @@ line where it stands; pydantic's error locations are then looked up in that map.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,13 @@ class Cluster:
 
     path: Path
     spec: ClusterFile
+    # Line of each key path in the file, for errors found after loading (e.g. building an app).
+    lines: dict[Loc, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, *loc: str | int) -> str:
+        """'FILE:LINE: KEY.PATH' for a message about that key."""
+        line = _line_for(self.lines, loc)
+        return f"{self.path}{f':{line}' if line else ''}: {format_loc(loc)}"
 
     @property
     def name(self) -> str:
@@ -182,7 +189,7 @@ def load_text(text: str, file: str, path: Path | None = None) -> Cluster:
         raise ConfigError(file, format_loc(loc), _one_line(_message(err)), _line_for(lines, loc)) from None
     except RecursionError:
         raise ConfigError(file, "", "nested too deeply") from None
-    cluster = Cluster(path=path or Path(file), spec=spec)
+    cluster = Cluster(path=path or Path(file), spec=spec, lines=lines)
     _check_files(cluster, file, lines)
     return cluster
 

@@ -8,15 +8,17 @@ import shutil
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 
-def _up(tmp_path, filebox: str, consul: str = ""):
+def _up(tmp_path, filebox: str, consul: str = "", services: str = ""):
     f = tmp_path / "cluster.yaml"
     f.write_text(
         "ssh: {known_hosts: kh, connect_timeout: 1}\n"
         "hosts:\n  - {name: a, address: 127.0.0.1, port: 1}\n"
-        f"{consul}filebox:\n{filebox}"
+        f"{consul}filebox:\n{filebox}{services}"
     )
     env = {"CLUSTERCTL_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin:/usr/local/bin", "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-m", "clusterctl", "up", "-f", str(f)], capture_output=True, text=True, env=env)
@@ -33,6 +35,7 @@ def test_missing_binary(tmp_path):
     f, proc = _up(tmp_path, "  binaries: [consul, /nonexistent/node]\n")
     _one_line_exit_2(proc)
     assert "/nonexistent/node" in proc.stderr
+    assert proc.stderr.startswith(f"error: {f}:5: filebox.binaries: "), proc.stderr
 
 
 def test_not_an_elf_binary(tmp_path):
@@ -60,3 +63,10 @@ def test_filebox_without_consul_while_consul_is_on(tmp_path):
     f, proc = _up(tmp_path, "  binaries: [/usr/bin/true]\n")
     _one_line_exit_2(proc)
     assert "filebox.binaries" in proc.stderr and "consul" in proc.stderr and f"{f}:" in proc.stderr
+
+
+def test_service_app_whose_runtime_is_not_in_the_filebox(tmp_path):
+    hello = Path(__file__).resolve().parents[2] / "examples" / "hello"
+    f, proc = _up(tmp_path, "  binaries: [consul]\n", consul="", services=f"services:\n  - {{name: hello, app: {hello}}}\n")
+    _one_line_exit_2(proc)
+    assert proc.stderr.startswith(f"error: {f}:7: services[0].app: command 'node' is neither in the filebox (consul)"), proc.stderr
