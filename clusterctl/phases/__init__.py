@@ -9,8 +9,9 @@ from clusterctl.phases.docker import DockerPhase
 from clusterctl.phases.engine import EnginePhase
 from clusterctl.phases.filebox import FileboxPhase
 from clusterctl.phases.network import NetworkPhase
+from clusterctl.phases.prune import PrunePhase
 from clusterctl.phases.services import ServicesPhase
 
-PHASES = (DockerPhase(), EnginePhase(), NetworkPhase(), FileboxPhase(), ConsulPhase(), ServicesPhase())
+PHASES = (DockerPhase(), EnginePhase(), NetworkPhase(), FileboxPhase(), ConsulPhase(), ServicesPhase(), PrunePhase())
 
 __all__ = ["PHASES"]

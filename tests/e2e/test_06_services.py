@@ -85,10 +85,18 @@ def svc(cli, lab, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("services")
     yield tmp
     # Back to the lab's own file: no services, the lab's filebox.
-    _up(cli, lab.cluster_file)
+    report = _up(cli, lab.cluster_file)
+    assert all("remove the old filebox container" in next(p for p in h["phases"] if p["phase"] == "prune")["message"]
+               for h in report["hosts"])  # fmt: skip
+    # No replica, no definition; one filebox container; two images: the filebox and its base
+    # (the node filebox, its base and the app images were pruned).
     out = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "sh", "-c",
-              "docker ps -aq --filter label=clusterctl.role=service | wc -l; ls /etc/clusterctl/consul/services | wc -l")  # fmt: skip
-    assert [line.split("|", 1)[1].strip() for line in out.stdout.splitlines()] == ["0"] * 6, out.stdout
+              "docker ps -aq --filter label=clusterctl.role=service | wc -l; ls /etc/clusterctl/consul/services | wc -l; "
+              "docker ps -aq --filter label=clusterctl.role=filebox | wc -l; docker images -q --filter label=clusterctl.role | wc -l")  # fmt: skip
+    counts = [line.split("|", 1)[1].strip() for line in out.stdout.splitlines()]
+    assert counts == ["0", "0", "1", "2"] * 3, out.stdout
+    code, again = cli.json("up", "-f", str(lab.cluster_file))
+    assert code == 0 and again["changed"] is False, json.dumps(again, indent=1)[-3000:]
 
 
 def test_replicas_spread_over_providers_and_pass_their_checks(cli, lab, svc):

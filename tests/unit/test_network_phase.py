@@ -201,7 +201,7 @@ def steps(report, phase="network"):
 
 def test_phase_order():
     # engine restarts dockerd: before the swarm exists that costs ~2 s instead of ~14 s.
-    assert [p.name for p in PHASES] == ["docker", "engine", "network", "filebox", "consul", "services"]
+    assert [p.name for p in PHASES] == ["docker", "engine", "network", "filebox", "consul", "services", "prune"]
 
 
 def test_dry_run_shows_init_and_joins_with_placeholders_and_sends_only_the_probe():
