@@ -209,7 +209,7 @@ def up(
     host: HostsOpt = None,
     lock_wait: Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds to wait for another `up` on this cluster.")] = 10.0,
 ) -> None:
-    """Bring every host to the desired state: Docker, engine DNS, network, filebox, Consul."""
+    """Bring every host to the desired state: Docker, engine DNS, network, filebox, Consul, services; then prune."""
     _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait)
 
 

@@ -43,9 +43,19 @@ def placement(ctx: Context) -> Placement:
     try:
         # Hosts outside a `--host` run count as up: this run neither starts nor removes
         # anything there, and a replica on a selected host is not moved because of them.
-        return place(spec.services, spec.hosts, set(ctx.facts) | ctx.outside, running)
+        return place(spec.services, spec.hosts, set(ctx.facts) | ctx.outside, running, service_ports(ctx))
     except PlacementError as exc:
         raise PhaseError(str(exc)) from None
+
+
+def service_port(ctx: Context, svc: Service) -> int | None:
+    """The port a service publishes: its own, else its app's (clusterctl-app.yaml)."""
+    app = ctx.inputs.apps.get(svc.name)
+    return svc.port or (int(app.config.labels.get("clusterctl.port", 0)) if app is not None else 0) or None
+
+
+def service_ports(ctx: Context) -> dict[str, int | None]:
+    return {s.name: service_port(ctx, s) for s in ctx.cluster.spec.services}
 
 
 def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.Replica:
@@ -56,7 +66,7 @@ def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.R
     app = ctx.inputs.apps.get(svc.name)
     if svc.app is not None and app is None:
         raise PlanError(f"services.{svc.name}: the app image was not built")
-    port = svc.port or (int(app.config.labels.get("clusterctl.port", 0)) if app is not None else 0) or None
+    port = service_port(ctx, svc)
     return build.Replica(
         service=svc.name,
         host=host.name,

@@ -7,7 +7,8 @@ replica, in turn, the host chosen is the eligible one that, in this order:
 2. already runs the service, so a re-run or a scale-up never moves a healthy replica;
 3. runs the fewest replicas of the services placed before it, so services go evenly over hosts;
 4. comes first in the cluster file, so the answer is the same on every run.
-Hosts that did not answer the probe are not eligible: their replicas go to hosts that did.
+Hosts that did not answer the probe are not eligible: their replicas go to hosts that did. Nor
+is a host where a service placed earlier already publishes the same port.
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def place_service(
     available: Collection[str],
     running_on: Collection[str] = (),
     load: Mapping[str, int] | None = None,
+    busy: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
+    """`busy`: host -> the service already publishing this service's port there."""
     order = list(hosts)
-    eligible = [h for h in order if h.name in available and service.allows(h)]
+    busy = busy or {}
+    eligible = [h for h in order if h.name in available and service.allows(h) and h.name not in busy]
     if service.replicas > len(eligible):
         matching = [h.name for h in order if service.allows(h)]
         down = [n for n in matching if n not in available]
@@ -54,6 +58,9 @@ def place_service(
             why += " among the hosts matching its constraints"
         if down:
             why += f" ({', '.join(down)} did not answer)"
+        taken = [f"{n} by {busy[n]}" for n in matching if n in busy]
+        if taken:
+            why += f" and free of its port (taken on {', '.join(taken)})"
         raise PlacementError(f"services.{service.name}: {replicas_need(service.replicas)}, but {why}")
     load = load or {}
     index = {h.name: i for i, h in enumerate(order)}
@@ -74,14 +81,22 @@ def place(
     hosts: Iterable[Host],
     available: Collection[str],
     running: Mapping[str, Collection[str]] | None = None,
+    ports: Mapping[str, int | None] | None = None,
 ) -> Placement:
-    """`running`: service name -> hosts where a replica exists now (from the facts)."""
+    """`running`: service name -> hosts where a replica exists now (from the facts);
+    `ports`: service name -> the port it publishes (two services never share one on a host)."""
     hosts = tuple(hosts)
     running = running or {}
+    ports = ports or {}
     load: Counter[str] = Counter()
+    publishing: dict[tuple[str, int], str] = {}  # (host, port) -> service
     out: dict[str, tuple[str, ...]] = {}
     for svc in services:
-        chosen = place_service(svc, hosts, available, running.get(svc.name, ()), load)
+        port = ports.get(svc.name, svc.port)
+        busy = {h: s for (h, p), s in publishing.items() if port is not None and p == port}
+        chosen = place_service(svc, hosts, available, running.get(svc.name, ()), load, busy)
         load.update(chosen)
+        if port is not None:
+            publishing.update({(h, port): svc.name for h in chosen})
         out[svc.name] = chosen
     return Placement(out)

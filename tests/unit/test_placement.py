@@ -63,6 +63,18 @@ def test_a_host_that_did_not_answer_loses_its_replica_to_one_that_did():
         place_service(svc(replicas=4), CLOUDS, ALL - {"h1", "h2"})
 
 
+def test_two_services_never_share_a_port_on_a_host():
+    a, b = svc(name="a", replicas=2, port=80), svc(name="b", replicas=3, port=80)
+    placed = place([a, b], CLOUDS, ALL)
+    assert placed.hosts_of == {"a": ("h1", "h2"), "b": ("h3", "a1", "a2")}
+    with pytest.raises(PlacementError, match=r"services\.c: .* free of its port \(taken on h1 by a, h2 by a"):
+        place([a, b, svc(name="c", replicas=1, port=80)], CLOUDS, ALL)
+    # Another port, or a port from the app (given by `ports`), is checked the same way.
+    assert place([a, svc(name="c", replicas=5, port=81)], CLOUDS, ALL).hosts_of["c"] == tuple(h.name for h in CLOUDS)
+    with pytest.raises(PlacementError):
+        place([a, svc(name="c", replicas=5)], CLOUDS, ALL, ports={"c": 80})
+
+
 def test_zero_replicas_place_nothing():
     assert place_service(svc(replicas=0), CLOUDS, ALL) == ()
 
