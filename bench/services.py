@@ -82,7 +82,7 @@ def main() -> None:
         print(f"first up, cluster + hello (2 replicas passing): {cold:.2f} s, {service_bytes(report) / 1e6:.1f} MB to 3 hosts")
         clusterctl(env, "exec", "-f", str(with_svc), "--all", "--", "docker", "rm", "-f", "clusterctl-svc-hello")
         clusterctl(env, "exec", "-f", str(with_svc), "--all", "--", "rm", "-f", "/etc/clusterctl/consul/services/hello.json")
-        up(env, without)  # the cluster without the service (images stay on the hosts)
+        up(env, without)  # the cluster without the service (prune removes its image)
         add, report = up(env, with_svc)
         svc_steps = [p for h in report["hosts"] for p in h["phases"] if p["phase"] == "services" and p["changed"]]
         longest = max(p["seconds"] for p in svc_steps)
