@@ -64,6 +64,9 @@ class DockerFacts:
     # Raft servers by node name -> voter, as the local clusterctl Consul agent sees them; None when
     # no agent answered (absent, starting, or no raft configuration yet).
     consul_voters: dict[str, bool] | None = None
+    # The local agent's service checks: service ID -> its worst status (critical, warning,
+    # passing); None when no agent answered.
+    consul_checks: dict[str, str] | None = None
 
     @property
     def installed(self) -> bool:
@@ -207,7 +210,25 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
         containers=containers,
         images=images,
         consul_voters=_consul_voters(d.get("consul_raft")),
+        consul_checks=_consul_checks(d.get("consul_checks")),
     )
+
+
+_WORST_FIRST = ("critical", "warning", "passing")
+
+
+def _consul_checks(checks: Any) -> dict[str, str] | None:
+    if not isinstance(checks, dict):
+        return None
+    out: dict[str, str] = {}
+    for check in checks.values():
+        if not isinstance(check, dict) or not check.get("ServiceID"):
+            continue
+        status = check.get("Status") if check.get("Status") in _WORST_FIRST else "critical"
+        old = out.get(check["ServiceID"])
+        if old is None or _WORST_FIRST.index(status) < _WORST_FIRST.index(old):
+            out[check["ServiceID"]] = status
+    return out
 
 
 def _consul_voters(raft: Any) -> dict[str, bool] | None:

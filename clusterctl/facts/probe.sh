@@ -61,12 +61,17 @@ images_facts() {
 	fi
 }
 consul_facts() {
-	# A clusterctl Consul agent's view of raft, read through its own BusyBox wget (hosts may lack
-	# curl). ?stale answers without a leader; null when no agent answers. A server that restarted
-	# on its own is a non-voter until autopilot promotes it: `up` waits for that, it never is a no-op.
-	printf ',"consul_raft":'
-	raft=$($SUDO docker exec clusterctl-consul timeout 3 wget -qO- 'http://127.0.0.1:8500/v1/operator/raft/configuration?stale' 2>/dev/null) || raft=""
-	case "$raft" in '{'*'}') printf '%s' "$raft" ;; *) printf 'null' ;; esac
+	# The local clusterctl Consul agent's view, read through its own BusyBox wget (hosts may lack
+	# curl), in one exec: raft (?stale answers without a leader) and this agent's checks. A server
+	# that restarted on its own is a non-voter until autopilot promotes it, and a replica that came
+	# back with its host is critical until its check runs: `up` waits for both, never a no-op.
+	c_out=$($SUDO docker exec clusterctl-consul sh -c 'timeout 3 wget -qO- "$0"; echo; timeout 3 wget -qO- "$1"; echo' \
+		'http://127.0.0.1:8500/v1/operator/raft/configuration?stale' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
+	for c_key in consul_raft consul_checks; do
+		c_line=$(printf '%s\n' "$c_out" | sed -n 1p); c_out=$(printf '%s\n' "$c_out" | sed 1d)
+		printf ',"%s":' "$c_key"
+		case "$c_line" in '{'*'}') printf '%s' "$c_line" ;; *) printf 'null' ;; esac
+	done
 }
 # --- network facts ---------------------------------------------------------------------------
 # Inside "docker": {"network": {...}}, read by clusterctl/network/facts.py (parse_network_probe).

@@ -171,9 +171,14 @@ class ServicesPhase:
             cmds.append(write_file(build.definition_path(r.service), r.definition(), "0644", f"register {r.service} with consul"))
         if write:
             cmds.append(build.reload_agent())
+        checks = facts.docker.consul_checks
         for r in wanted:
             if r.service in {w.service for w in write}:
                 cmds.append(build.wait_healthy(r.service, HEALTH_TIMEOUT))
             elif r in start:
                 cmds.append(build.wait_running(r.service, HEALTH_TIMEOUT))
+            elif r.service in registering and (checks is None or checks.get(r.service) != "passing"):
+                # Up to date but not passing (e.g. it came back with its host and its check has
+                # not run yet, or the app is failing): `up` is done only once it passes.
+                cmds.append(build.wait_healthy(r.service, HEALTH_TIMEOUT))
         return [as_root(c, facts.sudo) for c in cmds]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def _up(cli, f: Path) -> dict:
 
 
 def _services(report: dict) -> dict[str, dict]:
-    return {h["name"]: next(p for p in h["phases"] if p["phase"] == "services") for h in report["hosts"]}
+    return {h["name"]: next((p for p in h["phases"] if p["phase"] == "services"), {}) for h in report["hosts"]}
 
 
 def _on(lab, host: str, script: str, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
@@ -177,6 +178,34 @@ def test_stopped_replica_is_started_again(cli, lab, svc):
     assert _passing(cli, lab.cluster_file) == [_addresses(lab)["node3"]]
     code, st = cli.json("status", "-f", str(f))
     assert [h["services"] for h in st["hosts"]] == [{}, {}, {"hello": "passing"}], st
+
+
+def test_a_host_that_goes_down_loses_its_replica_and_gets_it_back(cli, lab, svc):
+    addr = _addresses(lab)
+    f = _file(lab, svc, "spread", app=svc / "hello")
+    _up(cli, f)
+    assert _passing(cli, lab.cluster_file) == sorted([addr["node1"], addr["node3"]])
+    lab.docker("stop", "-t", "1", lab.container("node3"))
+    try:
+        code, report = cli.json("up", "-f", str(f))
+        assert code == 1 and report["failed_hosts"] == ["node3"], json.dumps(report, indent=1)[-3000:]
+        steps = _services(report)
+        # blue is gone: its replica goes to the other red host.
+        assert steps["node1"]["status"] == "ok" and "start hello" in steps["node2"]["message"]
+        assert _passing(cli, lab.cluster_file) == sorted([addr["node1"], addr["node2"]])
+    finally:
+        lab.docker("start", lab.container("node3"))
+    # Back (its replica restarts with its host): spread wants blue again, and a replica that runs
+    # is preferred, so node3 keeps its own and node2's extra one goes.
+    deadline = time.monotonic() + 90
+    while True:
+        code, report = cli.json("up", "-f", str(f))
+        if code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    assert "remove the hello container" in _services(report)["node2"]["message"]
+    assert _passing(cli, lab.cluster_file) == sorted([addr["node1"], addr["node3"]])
 
 
 def test_more_replicas_than_hosts_is_one_line_and_sends_nothing(cli, lab, svc):

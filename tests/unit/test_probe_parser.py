@@ -45,6 +45,17 @@ def test_consul_raft_view_becomes_voters_by_node():
     assert parse_probe_output(json.dumps(data)).docker.consul_voters is None
 
 
+def test_consul_checks_become_the_worst_status_per_service():
+    data = json.loads(FIXTURE.read_text())
+    data["docker"]["consul_checks"] = {
+        "serfHealth": {"CheckID": "serfHealth", "ServiceID": "", "Status": "passing"},
+        "web-alive": {"CheckID": "web-alive", "ServiceID": "web", "Status": "passing"},
+        "web-disk": {"CheckID": "web-disk", "ServiceID": "web", "Status": "warning"},
+        "api-alive": {"CheckID": "api-alive", "ServiceID": "api", "Status": "maintenance?"},
+    }
+    assert parse_probe_output(json.dumps(data)).docker.consul_checks == {"web": "warning", "api": "critical"}
+
+
 def test_no_docker_no_sudo():
     data = json.loads(FIXTURE.read_text())
     data.update(uid=1000, sudo="none", ssh_connection="")

@@ -32,12 +32,15 @@ services:
 """
 
 
-def facts_for(ip, containers=(), managed=None):
+def facts_for(ip, containers=(), managed=None, checks=None):
     data = json.loads(FIXTURE.read_text())
     data["ssh_connection"] = f"10.0.0.100 5555 {ip} 22"
     data["addresses"] = [{"ifname": "eth0", "family": "inet", "cidr": f"{ip}/24"}]
     data["docker"]["containers"] = list(containers)
     data["managed_files"] = [{"path": p, "sha256": h} for p, h in (managed or {}).items()]
+    data["docker"]["consul_checks"] = {
+        f"{svc}-alive": {"CheckID": f"{svc}-alive", "ServiceID": svc, "Status": status} for svc, status in (checks or {}).items()
+    }
     return parse_probe_output(json.dumps(data))
 
 
@@ -52,10 +55,11 @@ def container(service, digest, state="running", cluster="c1"):
             "Labels": f"clusterctl.cluster={cluster},clusterctl.role=service,clusterctl.service={service},clusterctl.config={digest}"}  # fmt: skip
 
 
-def converged(ctx, name):
+def converged(ctx, name, status="passing"):
     host = ctx.cluster.spec.host(name)
     r = replica(ctx, ctx.cluster.spec.services[0], host, ctx.facts[name])
-    return facts_for(host.address, [container("web", r.digest())], {build.definition_path("web"): sha256(r.definition())})
+    return facts_for(host.address, [container("web", r.digest())], {build.definition_path("web"): sha256(r.definition())},
+                     {"web": status})  # fmt: skip
 
 
 def plan(ctx, name):
@@ -106,6 +110,13 @@ def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited
         "reload consul's service definitions",
         "wait until consul reports web healthy",
     ]
+
+
+def test_up_to_date_replica_whose_check_does_not_pass_is_waited_for_not_restarted():
+    # E.g. it came back with its host and its agent has not run the check yet.
+    ctx = ctx_for()
+    ctx = ctx_for(n1=converged(ctx, "n1", status="critical"))
+    assert [c.description for c in plan(ctx, "n1")] == ["wait until consul reports web healthy"]
 
 
 def test_changed_setting_replaces_the_replica_one_host_at_a_time():
