@@ -245,33 +245,13 @@ def down(
     _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, down=True)
 
 
-@app.command(name="exec", context_settings={"allow_interspersed_args": False})
-def exec_(
-    command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
-    file: FileOpt = None,
-    host: HostsOpt = None,
-    all_hosts: Annotated[bool, typer.Option("--all", help="Run on every host.")] = False,
-    output: OutputOpt = Output.table,
-    accept_new_host_keys: AcceptOpt = False,
-    workers: WorkersOpt = 32,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per host.")] = 600.0,
-) -> None:
-    """Run one command on hosts over SSH. With one host: its own output and exit code."""
-    import json
-    import shlex
-
-    from clusterctl.config.loader import load
+def _run_on_hosts(cluster, names: list[str], line: str, accept_new: bool, workers: int, timeout: float) -> dict:
+    """One shell line on each named host over SSH, in parallel: host -> Outcome of its result."""
     from clusterctl.transport.executor import run_parallel
     from clusterctl.transport.ssh import Connector, SSHError, explain, resolve_endpoints
 
-    if bool(host) == all_hosts:
-        raise UserError("exec: give --host NAME (repeatable) or --all")
-    cluster = load(_resolve_file(file, create_lab=False))
-    only = _select(cluster, host)
     endpoints = resolve_endpoints(cluster)
-    names = [h.name for h in cluster.hosts if only is None or h.name in only]
-    known = _known_hosts(cluster, accept_new_host_keys)
-    line = shlex.join(command)
+    known = _known_hosts(cluster, accept_new)
     connector = Connector(known)  # one connection per bastion, shared by the hosts behind it
 
     def work(name: str):
@@ -291,6 +271,82 @@ def exec_(
         connector.close()
     for failure in connector.failures:
         print(f"error: {failure}", file=sys.stderr)
+    return results
+
+
+@app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="A service of the cluster file.")],
+    file: FileOpt = None,
+    host: HostsOpt = None,
+    tail: Annotated[int, typer.Option("--tail", min=0, help="Lines from the end of each replica's log.")] = 100,
+    since: Annotated[Optional[str], typer.Option("--since", help="Only lines since, e.g. 10m or 2026-11-27T10:00:00.")] = None,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+) -> None:
+    """Each replica's recent log lines, prefixed with its host (one round trip per host)."""
+    import re
+    import shlex
+
+    from clusterctl.commands.service import container_name
+    from clusterctl.config.loader import load
+
+    cluster = load(_resolve_file(file, create_lab=False))
+    known = [s.name for s in cluster.spec.services]
+    if service not in known:
+        raise UserError(f"{cluster.path}: no service named {service!r} (services: {', '.join(known) or 'none'})")
+    if since is not None and not re.fullmatch(r"[0-9A-Za-z:.+-]{1,40}", since):
+        raise UserError(f"--since: not a duration or a timestamp: {since!r}")
+    only = _select(cluster, host)
+    names = [h.name for h in cluster.hosts if only is None or h.name in only]
+    docker_logs = ["docker", "logs", "--tail", str(tail), *(["--since", since] if since else []), container_name(service)]
+    # Hosts without a replica print nothing; docker needs root (sudo -n for other users).
+    line = (
+        'S=; [ "$(id -u)" = 0 ] || S="sudo -n"; '
+        f'if $S docker inspect {shlex.quote(container_name(service))} >/dev/null 2>&1; then '
+        f"echo clusterctl-replica-found; $S {shlex.join(docker_logs)} 2>&1; fi"
+    )
+    results = _run_on_hosts(cluster, names, line, accept_new_host_keys, workers, 60.0)
+    width = max(len(n) for n in names)
+    found = 0
+    for n, o in results.items():
+        if not o.ok:
+            print(f"{n:<{width}} ! {o.error}", file=sys.stderr)
+            continue
+        rows = o.value.stdout.splitlines()
+        if rows[:1] == ["clusterctl-replica-found"]:
+            found += 1
+            for row in rows[1:]:
+                print(f"{n:<{width}} | {row}")
+    if not found:
+        print(f"no replica of {service} on {', '.join(names)}", file=sys.stderr)
+    if any(not o.ok for o in results.values()) or not found:
+        raise typer.Exit(EXIT_HOSTS_FAILED)
+
+
+@app.command(name="exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
+    file: FileOpt = None,
+    host: HostsOpt = None,
+    all_hosts: Annotated[bool, typer.Option("--all", help="Run on every host.")] = False,
+    output: OutputOpt = Output.table,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per host.")] = 600.0,
+) -> None:
+    """Run one command on hosts over SSH. With one host: its own output and exit code."""
+    import json
+    import shlex
+
+    from clusterctl.config.loader import load
+
+    if bool(host) == all_hosts:
+        raise UserError("exec: give --host NAME (repeatable) or --all")
+    cluster = load(_resolve_file(file, create_lab=False))
+    only = _select(cluster, host)
+    names = [h.name for h in cluster.hosts if only is None or h.name in only]
+    results = _run_on_hosts(cluster, names, shlex.join(command), accept_new_host_keys, workers, timeout)
     if output == Output.json:
         print(json.dumps([
             {"host": n, "ok": o.ok and o.value.exit_code == 0, "exit_code": o.value.exit_code if o.ok else None,

@@ -127,6 +127,16 @@ def test_second_up_changes_nothing_in_one_round_trip(cli, lab, svc):
     assert [h["round_trips"] for h in report["hosts"]] == [1, 1, 1]
 
 
+def test_logs_shows_each_replica_prefixed_by_its_host(cli, lab, svc):
+    proc = cli("logs", "hello", "-f", str(svc / "two.yaml"), "--tail", "5")
+    assert proc.returncode == 0, proc.stderr
+    rows = proc.stdout.splitlines()
+    assert sorted({r.split("|")[0].strip() for r in rows}) == ["node1", "node3"], proc.stdout
+    assert all(r.split("|", 1)[1].strip() == "hello: listening on port 3000" for r in rows), proc.stdout
+    proc = cli("logs", "nope", "-f", str(svc / "two.yaml"))
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("no service named 'nope' (services: hello)")
+
+
 def test_changed_code_ships_one_small_layer_and_rolls_without_a_failed_request(cli, lab, svc):
     app = svc / "hello"
     shutil.copytree(HELLO, app, symlinks=True)
