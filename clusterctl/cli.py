@@ -398,9 +398,13 @@ def status(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"cluster {cluster.name}: leader {report.leader or 'none'}", title_justify="left")
-        for col in ("host", "address", "reachable", "docker", "consul", "alive", "voter", "leader", "filebox", "services"):
-            table.add_column(col)
+        from rich import box
+
+        table = Table(title=f"cluster {cluster.name}: leader {report.leader or 'none'}", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fmt: skip
+        for col in ("host", "address", "reachable", "docker", "consul", "alive", "voter", "leader", "filebox"):
+            table.add_column(col, no_wrap=col in ("host", "address"))
+        table.add_column("services", overflow="fold")
         for h in report.hosts:
             reach = "[green]yes[/green]" if h.reachable else f"[red]no[/red] {h.error}"
             voter = "-" if h.voter is None else ("yes" if h.voter else "[yellow]no[/yellow]")
@@ -408,7 +412,7 @@ def status(
             services = " ".join(
                 f"{name}:[{colour.get(state, 'red')}]{state}[/]" for name, state in sorted(h.services.items())
             ) or "-"
-            table.add_row(h.host, h.address, reach, h.docker, h.consul, h.alive, voter, "*" if h.leader else "", h.filebox, services)
+            table.add_row(h.host, h.address, reach, h.docker, h.consul, h.alive, voter, "*" if h.leader else "", h.filebox[:8], services)
         Console(highlight=False).print(table)
         if report.consul_error:
             _err_console().print(f"[yellow]consul:[/yellow] {report.consul_error}")
