@@ -46,6 +46,8 @@ class Replica:
     check_http: str | None = None
     check_interval: str = "5s"
     check_timeout: str = "2s"
+    # Seconds `up` waits for the replica to pass (or, without Consul, to keep running).
+    deadline: float = 90.0
     extra_labels: tuple[tuple[str, str], ...] = field(default=())
 
     @property

@@ -305,6 +305,14 @@ def check_duration(value: str) -> str:
 Duration = Annotated[str, AfterValidator(check_duration)]
 
 
+def duration_seconds(value: str) -> float:
+    """'500ms' -> 0.5, '5s' -> 5.0, '2m' -> 120.0 (the value passed check_duration)."""
+    for unit, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * factor
+    raise ValueError(value)
+
+
 def replicas_need(n: int) -> str:
     return f"{n} replica{'s' if n != 1 else ''} need{'s' if n == 1 else ''} {n} host{'s' if n != 1 else ''} (one per host)"
 
@@ -316,6 +324,8 @@ class ServiceCheck(Strict):
     http: str | None = None
     interval: Duration = "5s"
     timeout: Duration = "2s"
+    # How long `up` waits for a started replica to pass before calling its host failed.
+    deadline: Duration = "90s"
 
     @field_validator("http")
     @classmethod

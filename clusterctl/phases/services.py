@@ -14,13 +14,11 @@ from clusterctl.commands import service as build
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.commands.files import sha256, write_file
-from clusterctl.config.models import Host, Service
+from clusterctl.config.models import Host, Service, duration_seconds
 from clusterctl.facts.parser import Container, HostFacts
 from clusterctl.phases.base import Context, PhaseError, PlanError
 from clusterctl.phases.filebox import load_missing_images
 from clusterctl.schedule.placement import Placement, PlacementError, place
-
-HEALTH_TIMEOUT = 90.0
 
 
 def service_containers(ctx: Context, facts: HostFacts) -> dict[str, Container]:
@@ -81,6 +79,7 @@ def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.R
         check_http=svc.check.http,
         check_interval=svc.check.interval,
         check_timeout=svc.check.timeout,
+        deadline=duration_seconds(svc.check.deadline),
     )
 
 
@@ -174,11 +173,11 @@ class ServicesPhase:
         checks = facts.docker.consul_checks
         for r in wanted:
             if r.service in {w.service for w in write}:
-                cmds.append(build.wait_healthy(r.service, HEALTH_TIMEOUT))
+                cmds.append(build.wait_healthy(r.service, r.deadline))
             elif r in start:
-                cmds.append(build.wait_running(r.service, HEALTH_TIMEOUT))
+                cmds.append(build.wait_running(r.service, r.deadline))
             elif r.service in registering and (checks is None or checks.get(r.service) != "passing"):
                 # Up to date but not passing (e.g. it came back with its host and its check has
                 # not run yet, or the app is failing): `up` is done only once it passes.
-                cmds.append(build.wait_healthy(r.service, HEALTH_TIMEOUT))
+                cmds.append(build.wait_healthy(r.service, r.deadline))
         return [as_root(c, facts.sudo) for c in cmds]

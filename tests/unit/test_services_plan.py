@@ -185,3 +185,16 @@ def test_no_services_no_plan():
     ctx = ctx_for(file)
     assert plan(ctx, "n1") == []
     ServicesPhase().check(ctx)
+
+
+def test_check_deadline_bounds_the_wait():
+    ctx = ctx_for(FILE.replace("check: {http: /healthz}", "check: {http: /healthz, deadline: 3m}"))
+    wait = plan(ctx, "n1")[-1]
+    assert "healthy" in wait.description and wait.argv[-3:-1] == ("360", "180")
+
+
+@pytest.mark.parametrize("text,seconds", [("500ms", 0.5), ("5s", 5.0), ("2m", 120.0)])
+def test_duration_seconds(text, seconds):
+    from clusterctl.config.models import duration_seconds
+
+    assert duration_seconds(text) == seconds
