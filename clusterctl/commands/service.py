@@ -116,8 +116,17 @@ def _host_part(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def remove(service: str) -> Cmd:
-    return Cmd(("docker", "rm", "-f", container_name(service)), f"remove the {service} container", check=False)
+def remove(service: str, grace: float = 0) -> Cmd:
+    """With `grace`: SIGTERM first, and up to that many seconds for in-flight requests to end
+    (the replica was deregistered before, so no new ones come), then removed."""
+    if grace <= 0:
+        return Cmd(("docker", "rm", "-f", container_name(service)), f"remove the {service} container", check=False)
+    return sh_args(
+        'docker stop -t "$2" "$1" >/dev/null 2>&1; docker rm -f "$1" >/dev/null',
+        container_name(service), str(max(1, round(grace))),
+        description=f"remove the {service} container (stopped first: up to {grace:g}s for in-flight requests)",
+        check=False,
+    )  # fmt: skip
 
 
 def start(service: str) -> Cmd:

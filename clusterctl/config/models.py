@@ -354,6 +354,8 @@ class Service(Strict):
     # Only hosts whose labels match: a value, or a list of allowed values.
     constraints: dict[str, str | tuple[str, ...]] = Field(default_factory=dict)
     check: ServiceCheck = Field(default_factory=ServiceCheck)
+    # A replica being replaced or removed gets SIGTERM and this long to finish in-flight requests.
+    stop_grace: Duration = "10s"
 
     @field_validator("image")
     @classmethod

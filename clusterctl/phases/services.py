@@ -151,8 +151,10 @@ class ServicesPhase:
         cmds: list[Cmd] = [build.remove_definition(name) for name in drain]
         if drain:
             cmds.append(build.reload_agent())
+        grace = {s.name: duration_seconds(s.stop_grace) for s in ctx.cluster.spec.services}
         for name in sorted(set(current) - {r.service for r in wanted}):
-            cmds.append(build.remove(name))  # gone from this host; frees its port first
+            # Gone from this host (frees its port first); a service gone from the file stops at once.
+            cmds.append(build.remove(name, grace.get(name, 0) if current[name].running else 0))
         for r in wanted:
             app = ctx.inputs.apps.get(r.service)
             load = load_missing_images((app,), facts) if app is not None else None
@@ -164,7 +166,7 @@ class ServicesPhase:
                     cmds.append(build.start(r.service))
                 else:
                     if c is not None:
-                        cmds.append(build.remove(r.service))
+                        cmds.append(build.remove(r.service, grace[r.service] if c.running else 0))
                     cmds.append(r.run())
         for r in write:
             cmds.append(write_file(build.definition_path(r.service), r.definition(), "0644", f"register {r.service} with consul"))

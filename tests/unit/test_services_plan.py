@@ -124,13 +124,16 @@ def test_changed_setting_replaces_the_replica_one_host_at_a_time():
     ctx = ctx_for(n1=facts_for("10.0.0.1", [container("web", "0ld")]))
     phase = ServicesPhase()
     cmds = phase.plan(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
-    assert cmds[0].render() == "docker rm -f clusterctl-svc-web || true" and cmds[1].argv[:2] == ("docker", "run")
+    # Stopped with SIGTERM first, 10 s (stop_grace) for in-flight requests, then removed.
+    assert cmds[0].argv[-2:] == ("clusterctl-svc-web", "10") and "docker stop -t" in cmds[0].render()
+    assert cmds[1].argv[:2] == ("docker", "run")
     # A replica whose definition is registered is drained first.
     registered = facts_for("10.0.0.1", [container("web", "0ld")], {build.definition_path("web"): "x"})
     ctx = ctx_for(n1=registered)
     descriptions = [c.description for c in phase.plan(ctx, ctx.cluster.spec.host("n1"), registered)]
     assert descriptions[:4] == ["deregister web from this host's consul agent", "reload consul's service definitions",
-                                "remove the web container", "start web on 10.0.0.1:8080"]  # fmt: skip
+                                "remove the web container (stopped first: up to 10s for in-flight requests)",
+                                "start web on 10.0.0.1:8080"]  # fmt: skip
     assert phase.rolling(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
     assert not phase.rolling(ctx, ctx.cluster.spec.host("n3"), ctx.facts["n3"])  # a first start
 
@@ -144,7 +147,7 @@ def test_running_replica_stays_and_a_surplus_one_is_removed_and_deregistered():
     assert [c.render() for c in plan(ctx, "n2")] == [
         f"rm -f {build.definition_path('web')}",
         "docker exec clusterctl-consul consul reload",
-        "docker rm -f clusterctl-svc-web || true",
+        """sh -c 'docker stop -t "$2" "$1" >/dev/null 2>&1; docker rm -f "$1" >/dev/null' sh clusterctl-svc-web 10 || true""",
     ]
     assert plan(ctx, "n3")[0].argv[:2] == ("docker", "run")
 
