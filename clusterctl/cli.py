@@ -43,6 +43,9 @@ AcceptOpt = Annotated[
 ]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="Hosts worked on at once.")]
 HostsOpt = Annotated[Optional[list[str]], typer.Option("--host", help="Limit to these hosts (repeatable).")]
+LockWaitOpt = Annotated[
+    float, typer.Option("--lock-wait", min=0, help="Seconds to wait for another up or down on this cluster.")
+]
 
 
 def _err_console():
@@ -207,7 +210,7 @@ def up(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
-    lock_wait: Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds to wait for another `up` on this cluster.")] = 10.0,
+    lock_wait: LockWaitOpt = 10.0,
 ) -> None:
     """Bring every host to the desired state: Docker, engine DNS, network, filebox, Consul, services; then prune."""
     _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait)
@@ -234,7 +237,7 @@ def down(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
-    lock_wait: Annotated[float, typer.Option("--lock-wait", min=0, help="Seconds to wait for another run on this cluster.")] = 10.0,
+    lock_wait: LockWaitOpt = 10.0,
 ) -> None:
     """Remove what `up` made on the hosts (services, Consul, filebox, network, engine DNS); Docker stays."""
     if not dry_run and not yes:

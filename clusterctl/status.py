@@ -52,22 +52,12 @@ class ClusterStatus:
                 "hosts": [asdict(h) for h in self.hosts]}  # fmt: skip
 
 
-# Worst first: a replica with any critical check is critical.
-_CHECK_ORDER = ("critical", "warning", "passing")
-
-
 def _service_health(checks: list[dict]) -> dict[tuple[str, str], str]:
-    """(node, service) -> the worst status of that service's checks on that node."""
-    out: dict[tuple[str, str], str] = {}
-    for c in checks:
-        if not c.get("ServiceName"):
-            continue  # node checks (serfHealth)
-        key = (c.get("Node", ""), c["ServiceName"])
-        status = c.get("Status", "critical")
-        rank = _CHECK_ORDER.index(status) if status in _CHECK_ORDER else 0
-        if key not in out or rank < _CHECK_ORDER.index(out[key]):
-            out[key] = _CHECK_ORDER[rank]
-    return out
+    """Consul's /v1/health/state/any -> (node, service) -> the worst status of that service's
+    checks on that node (node checks such as serfHealth left out)."""
+    from clusterctl.facts.parser import worst_checks
+
+    return worst_checks(((c.get("Node", ""), c["ServiceName"]), c.get("Status")) for c in checks if c.get("ServiceName"))
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -214,21 +215,27 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
     )
 
 
-_WORST_FIRST = ("critical", "warning", "passing")
+CHECK_STATUSES = ("critical", "warning", "passing")  # worst first
+
+
+def worst_checks(checks: Iterable[tuple[Any, Any]]) -> dict[Any, str]:
+    """(key, Consul check status) pairs -> each key's worst status; an unknown status counts
+    as critical."""
+    out: dict[Any, str] = {}
+    for key, status in checks:
+        status = status if status in CHECK_STATUSES else "critical"
+        if key not in out or CHECK_STATUSES.index(status) < CHECK_STATUSES.index(out[key]):
+            out[key] = status
+    return out
 
 
 def _consul_checks(checks: Any) -> dict[str, str] | None:
+    """The agent's /v1/agent/checks -> service ID -> worst status (node checks left out)."""
     if not isinstance(checks, dict):
         return None
-    out: dict[str, str] = {}
-    for check in checks.values():
-        if not isinstance(check, dict) or not check.get("ServiceID"):
-            continue
-        status = check.get("Status") if check.get("Status") in _WORST_FIRST else "critical"
-        old = out.get(check["ServiceID"])
-        if old is None or _WORST_FIRST.index(status) < _WORST_FIRST.index(old):
-            out[check["ServiceID"]] = status
-    return out
+    return worst_checks(
+        (c["ServiceID"], c.get("Status")) for c in checks.values() if isinstance(c, dict) and c.get("ServiceID")
+    )
 
 
 def _consul_voters(raft: Any) -> dict[str, bool] | None:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from clusterctl.commands.base import Cmd
 from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
-from clusterctl.facts.parser import HostFacts
+from clusterctl.facts.parser import Container, HostFacts
 
 
 class PlanError(Exception):
@@ -75,6 +75,39 @@ class Phase(Protocol):
     title: str
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]: ...
+
+
+def cluster_containers(ctx: Context, facts: HostFacts, role: str) -> list[Container]:
+    """This cluster's containers of one clusterctl.role on a host (never another cluster's)."""
+    return [
+        c
+        for c in facts.docker.containers
+        if c.labels.get("clusterctl.cluster") == ctx.cluster.name and c.labels.get("clusterctl.role") == role
+    ]
+
+
+T = TypeVar("T")
+
+
+class ContextMemo(Generic[T]):
+    """A cluster-wide plan computed once per Context (each host's plan reads the same one); a
+    PhaseError it raised is raised again for every host, and by the phase's check."""
+
+    def __init__(self, compute: Callable[[Context], T]) -> None:
+        self._compute = compute
+        self._memo: tuple[Context, T | PhaseError] | None = None
+
+    def __call__(self, ctx: Context) -> T:
+        if self._memo is None or self._memo[0] is not ctx:
+            try:
+                result: T | PhaseError = self._compute(ctx)
+            except PhaseError as exc:
+                result = exc
+            self._memo = (ctx, result)
+        result = self._memo[1]
+        if isinstance(result, PhaseError):
+            raise result
+        return result
 
 
 def rolling(phase: object, ctx: Context, host: Host, facts: HostFacts) -> bool:

@@ -18,21 +18,13 @@ from clusterctl.commands.files import write_file
 from clusterctl.commands.swarm import SwarmNode, SwarmState
 from clusterctl.commands.teardown import teardown
 from clusterctl.config.models import Host
-from clusterctl.facts.parser import Container, HostFacts
+from clusterctl.facts.parser import HostFacts
 from clusterctl.network.facts import LABEL_CLUSTER
-from clusterctl.phases.base import Context
+from clusterctl.phases.base import Context, cluster_containers
 from clusterctl.phases.engine import DAEMON_JSON, _daemon_config, dns_address
 from clusterctl.phases.filebox import RELAY_CONTAINER, RELAY_DIR
 
 STATE_DIRS = ("/etc/clusterctl", "/var/lib/clusterctl")
-
-
-def ours(ctx: Context, facts: HostFacts, role: str) -> list[Container]:
-    return [
-        c
-        for c in facts.docker.containers
-        if c.labels.get("clusterctl.cluster") == ctx.cluster.name and c.labels.get("clusterctl.role") == role
-    ]
 
 
 def _root(cmds: list[Cmd], facts: HostFacts) -> list[Cmd]:
@@ -44,7 +36,7 @@ class ServicesDown:
     title = "Service replicas removed"
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
-        names = sorted(c.labels.get("clusterctl.service", "") for c in ours(ctx, facts, service_build.ROLE))
+        names = sorted(c.labels.get("clusterctl.service", "") for c in cluster_containers(ctx, facts, service_build.ROLE))
         return _root([service_build.remove(n) for n in names if n], facts)
 
 
@@ -71,7 +63,7 @@ class FileboxDown:
     title = "Filebox containers and clusterctl's images removed"
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
-        containers = [c.name for c in ours(ctx, facts, "filebox") + ours(ctx, facts, "relay")]
+        containers = [c.name for role in ("filebox", "relay") for c in cluster_containers(ctx, facts, role)]
         images = sorted(i.id for i in facts.docker.images if i.labels.get("clusterctl.role"))
         cmds = []
         if containers:

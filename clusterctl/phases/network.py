@@ -34,7 +34,7 @@ from clusterctl.errors import UserError
 from clusterctl.facts.parser import HostFacts
 from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER, find_network, interface_networks
 from clusterctl.network.subnets import as_network, check_cluster_cidr, default_cluster_cidr
-from clusterctl.phases.base import Context, Inputs, PhaseError, PlanError
+from clusterctl.phases.base import Context, ContextMemo, Inputs, PhaseError, PlanError
 
 PASSWORD_FILE_NAME = "weave.password"
 
@@ -242,19 +242,7 @@ class NetworkPhase:
     passes = 5
 
     def __init__(self) -> None:
-        self._memo: tuple[Context, NetworkPlan | PhaseError] | None = None
-
-    def _plan(self, ctx: Context) -> NetworkPlan:
-        if self._memo is None or self._memo[0] is not ctx:
-            try:
-                result: NetworkPlan | PhaseError = plan_network(ctx)
-            except PhaseError as exc:
-                result = exc
-            self._memo = (ctx, result)
-        result = self._memo[1]
-        if isinstance(result, PhaseError):
-            raise result
-        return result
+        self._plan = ContextMemo(plan_network)
 
     def check(self, ctx: Context) -> None:
         self._plan(ctx)

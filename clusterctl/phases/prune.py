@@ -13,7 +13,7 @@ from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
-from clusterctl.phases.base import Context
+from clusterctl.phases.base import Context, cluster_containers
 
 
 def wanted_image_ids(ctx: Context) -> set[str]:
@@ -29,13 +29,7 @@ class PrunePhase:
         current = ctx.inputs.filebox_container
         if not current:
             return []  # nothing shipped by this run: nothing known to be old
-        old_boxes = sorted(
-            c.name
-            for c in facts.docker.containers
-            if c.labels.get("clusterctl.cluster") == ctx.cluster.name
-            and c.labels.get("clusterctl.role") == "filebox"
-            and c.name != current
-        )
+        old_boxes = sorted(c.name for c in cluster_containers(ctx, facts, "filebox") if c.name != current)
         # Images that stay: this run's, and any a container (of any cluster) was created from.
         keep = wanted_image_ids(ctx)
         used = {c.image for c in facts.docker.containers if c.name not in old_boxes}

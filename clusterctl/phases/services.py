@@ -16,20 +16,15 @@ from clusterctl.commands.docker import as_root
 from clusterctl.commands.files import sha256, write_file
 from clusterctl.config.models import Host, Service, duration_seconds
 from clusterctl.facts.parser import Container, HostFacts
-from clusterctl.phases.base import Context, PhaseError, PlanError
+from clusterctl.phases.base import Context, ContextMemo, PhaseError, PlanError, cluster_containers
 from clusterctl.phases.filebox import load_missing_images
 from clusterctl.schedule.placement import Placement, PlacementError, place
 
 
 def service_containers(ctx: Context, facts: HostFacts) -> dict[str, Container]:
     """This cluster's service replicas on a host, by service name."""
-    return {
-        c.labels["clusterctl.service"]: c
-        for c in facts.docker.containers
-        if c.labels.get("clusterctl.role") == build.ROLE
-        and c.labels.get("clusterctl.cluster") == ctx.cluster.name
-        and c.labels.get("clusterctl.service")
-    }
+    replicas = cluster_containers(ctx, facts, build.ROLE)
+    return {c.labels["clusterctl.service"]: c for c in replicas if c.labels.get("clusterctl.service")}
 
 
 def placement(ctx: Context) -> Placement:
@@ -88,19 +83,7 @@ class ServicesPhase:
     title = "Service replicas placed, started and registered in Consul"
 
     def __init__(self) -> None:
-        self._memo: tuple[Context, Placement | PhaseError] | None = None
-
-    def _placement(self, ctx: Context) -> Placement:
-        if self._memo is None or self._memo[0] is not ctx:
-            try:
-                result: Placement | PhaseError = placement(ctx)
-            except PhaseError as exc:
-                result = exc
-            self._memo = (ctx, result)
-        result = self._memo[1]
-        if isinstance(result, PhaseError):
-            raise result
-        return result
+        self._placement = ContextMemo(placement)
 
     def check(self, ctx: Context) -> None:
         if ctx.cluster.spec.services or any(service_containers(ctx, f) for f in ctx.facts.values()):
