@@ -439,12 +439,14 @@ def lab_up(
     hosts: Annotated[int, typer.Option("--hosts", help="Number of hosts.")] = 3,
     bare: Annotated[bool, typer.Option("--bare", help="Hosts without Docker installed (its packages wait in the apt cache).")] = False,
     bastion: Annotated[bool, typer.Option("--bastion", help="node1 is a bastion: the other hosts are on a private network reachable only through it.")] = False,
+    os_: Annotated[str, typer.Option("--os", help="Host kinds, a comma list cycled over the hosts: debian-12 (Docker 20.10), debian-13 (26), debian-sid (28).")] = "debian-12",
+    image_store: Annotated[str, typer.Option("--image-store", help="classic, or containerd (on the hosts whose Docker has it: 24 and later).")] = "classic",
 ) -> None:
     """Create the lab's hosts and print its cluster file's path (last line)."""
     from clusterctl.lab import lab
 
     console = _err_console()
-    path = lab.up(name, hosts, bare=bare, bastion=bastion, log=lambda m: console.print(m))
+    path = lab.up(name, hosts, bare=bare, bastion=bastion, oses=os_, image_store=image_store, log=lambda m: console.print(m))
     print(path)
 
 

@@ -20,16 +20,19 @@ def as_root(cmd: Cmd, sudo: str | None) -> Cmd:
 
 
 def install_package() -> Cmd:
+    """docker.io from the host's own archive, with its client: from Debian 13 on the client is
+    `docker-cli`, only Recommended by docker.io, so it is named whenever the archive has it."""
     # Try with the lists the host has; refresh them only if that fails (a fresh cloud image
     # often has empty lists, an offline host has good ones).
     install = shlex.join(
         [*APT_ENV, "apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_KEEP_CONFIG, "docker.io"]
     )
+    with_cli = 'if apt-cache show docker-cli >/dev/null 2>&1; then set -- docker-cli; else set --; fi; '
     return sh(
-        f"{install} >/tmp/clusterctl-apt.log 2>&1 || "
+        f"{with_cli}{install} \"$@\" >/tmp/clusterctl-apt.log 2>&1 || "
         f"{{ env DEBIAN_FRONTEND=noninteractive apt-get update -q >>/tmp/clusterctl-apt.log 2>&1 && "
-        f"{install} >>/tmp/clusterctl-apt.log 2>&1; }} || {{ tail -n 5 /tmp/clusterctl-apt.log >&2; exit 1; }}",
-        description="install docker.io from the distribution's packages",
+        f"{with_cli}{install} \"$@\" >>/tmp/clusterctl-apt.log 2>&1; }} || {{ tail -n 5 /tmp/clusterctl-apt.log >&2; exit 1; }}",
+        description="install docker.io (and docker-cli where it is a package of its own) from the distribution's packages",
     )
 
 

@@ -73,6 +73,14 @@ class DockerFacts:
     def installed(self) -> bool:
         return bool(self.cli)
 
+    @property
+    def image_store(self) -> str:
+        """"containerd" when the engine keeps images in containerd's store, else "classic"."""
+        status = self.info.get("DriverStatus") or []
+        if any(isinstance(p, list) and p[:2] == ["driver-type", "io.containerd.snapshotter.v1"] for p in status):
+            return "containerd"
+        return "classic"
+
 
 @dataclass(frozen=True)
 class HostFacts:
@@ -197,7 +205,8 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
             id=i.get("Id", ""),
             repo_tags=tuple(i.get("RepoTags") or ()),
             labels=dict(i.get("Labels") or {}),
-            layers=tuple(i.get("Layers") or ()),
+            # RootFS can be {} on the containerd store (layer blobs absent): no layers known.
+            layers=tuple((i.get("RootFS") or {}).get("Layers") or i.get("Layers") or ()),
             size=int(i.get("Size") or 0),
         )
         for i in d.get("images") or []

@@ -55,7 +55,7 @@ images_facts() {
 	ids=$($SUDO docker images -q --no-trunc --filter label=clusterctl.role 2>/dev/null | sort -u)
 	if [ -n "$ids" ]; then
 		# shellcheck disable=SC2086
-		$SUDO docker image inspect --format '{"Id":"{{.Id}}","RepoTags":{{json .RepoTags}},"Labels":{{json .Config.Labels}},"Layers":{{json .RootFS.Layers}},"Size":{{.Size}}}' $ids 2>/dev/null | jsonl
+		$SUDO docker image inspect --format '{"Id":"{{.Id}}","RepoTags":{{json .RepoTags}},"Labels":{{json .Config.Labels}},"RootFS":{{json .RootFS}},"Size":{{.Size}}}' $ids 2>/dev/null | jsonl
 	else
 		printf '[]'
 	fi

@@ -326,8 +326,24 @@ class ImageSpec:
 
     @property
     def image_id(self) -> str:
-        """What `docker images --no-trunc` shows: the sha256 of the config JSON."""
+        """The sha256 of the config JSON: the image ID of the classic image store."""
         return "sha256:" + hashlib.sha256(self.config_json).hexdigest()
+
+    @cached_property
+    def manifest_json(self) -> bytes:
+        """The OCI image manifest of this image (uncompressed layers)."""
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": self.image_id, "size": len(self.config_json)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": layer.diff_id, "size": layer.tar_size} for layer in self.layers],
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @property
+    def manifest_digest(self) -> str:
+        """The image ID of the containerd image store (what `docker images` shows there)."""
+        return "sha256:" + hashlib.sha256(self.manifest_json).hexdigest()
 
     @property
     def size_bytes(self) -> int:
@@ -397,35 +413,74 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[1] if ":" in digest else digest
 
 
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+# Uncompressed, so a layer blob's digest is its diff_id: the same name in both layouts.
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def blob_name(digest: str) -> str:
+    return f"blobs/sha256/{_hex(digest)}"
+
+
+def normalized_name(tag: str) -> str:
+    """repo:tag as containerd names it: x:t is docker.io/library/x:t, a/x:t is docker.io/a/x:t."""
+    repo, _, t = check_tag(tag).rpartition(":")
+    first = repo.split("/")[0]
+    if "/" in repo and ("." in first or first == "localhost"):
+        return f"{repo}:{t}"  # names its registry
+    return f"docker.io/{repo if '/' in repo else 'library/' + repo}:{t}"
+
+
+def _index_entry(img: ImageSpec) -> dict:
+    entry: dict = {"mediaType": OCI_MANIFEST, "digest": img.manifest_digest, "size": len(img.manifest_json)}
+    if img.tag:
+        # What `docker save` writes since 25: the containerd store names the image from these.
+        tag = img.tag.rpartition(":")[2]
+        entry["annotations"] = {"io.containerd.image.name": normalized_name(img.tag), "org.opencontainers.image.ref.name": tag}
+    return entry
+
+
 def write_archive(
     images: ImageSpec | Sequence[ImageSpec], fileobj: BinaryIO, omit_layers: Iterable[str] = frozenset()
 ) -> ArchiveResult:
-    """Write a docker-archive that `docker load` reads; each distinct layer is written once.
+    """Write an image archive in both layouts `docker save` writes since Docker 25, which every
+    engine loads (20.10 and later, classic and containerd image stores): an OCI image layout
+    (`oci-layout`, `index.json`, `blobs/sha256/...`) plus a `manifest.json` naming the same blobs.
+    Each distinct blob is written once.
 
-    Layers named in omit_layers (diff_ids, with or without "sha256:") stay in manifest.json but
-    their layer.tar is left out: load it only where those layers' chain IDs already exist.
-    Writes sequentially (fileobj may be a pipe into `docker load`).
+    Layers named in omit_layers (diff_ids, with or without "sha256:") stay listed in both
+    manifests but their blobs are left out: load such an archive only where those layers' chain
+    IDs already exist (the classic store skips a layer whose chain ID it holds; the containerd
+    store skips unpacking a layer whose snapshot exists). Writes sequentially (fileobj may be a
+    pipe into `docker load`).
     """
     imgs = [images] if isinstance(images, ImageSpec) else list(images)
     omit = {"sha256:" + _hex(d) for d in omit_layers}
     out = _Counter(fileobj)
     manifest = [
         {
-            "Config": f"{_hex(img.image_id)}.json",
+            "Config": blob_name(img.image_id),
             "RepoTags": [img.tag] if img.tag else None,
-            "Layers": [f"{_hex(d)}/layer.tar" for d in img.diff_ids],
+            "Layers": [blob_name(d) for d in img.diff_ids],
         }
         for img in imgs
     ]
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [_index_entry(img) for img in imgs]}
+    _member(out, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    _member(out, "index.json", json.dumps(index, separators=(",", ":")).encode())
     _member(out, "manifest.json", json.dumps(manifest, separators=(",", ":")).encode())
-    seen_configs: set[str] = set()
-    for img, m in zip(imgs, manifest):
-        if m["Config"] not in seen_configs:
-            seen_configs.add(m["Config"])
-            _member(out, m["Config"], img.config_json)
+    _member(out, "blobs/", directory=True)
+    _member(out, "blobs/sha256/", directory=True)
+    done: set[str] = set()
+    for img in imgs:
+        for digest, data in ((img.image_id, img.config_json), (img.manifest_digest, img.manifest_json)):
+            if digest not in done:
+                done.add(digest)
+                _member(out, blob_name(digest), data)
     written: list[str] = []
     omitted: list[str] = []
-    done: set[str] = set()
     for img in imgs:
         for layer in img.layers:
             d = layer.diff_id
@@ -435,8 +490,7 @@ def write_archive(
             if d in omit:
                 omitted.append(d)
                 continue
-            _member(out, f"{_hex(d)}/", directory=True)
-            _member(out, f"{_hex(d)}/layer.tar", size=layer.tar_size)
+            _member(out, blob_name(d), size=layer.tar_size)
             got = layer.write_to(out)  # type: ignore[arg-type]
             if got != d:
                 raise UserError(f"a source file of layer {layer.comment or d[:19]} changed during the build: build again")

@@ -1,17 +1,21 @@
 #!/bin/sh
-# Build the lab host images from Debian packages (no registry): a minbase Debian with sshd and,
-# in its apt cache, the docker.io packages. Tags: $1-bare (Docker not installed; installing it
-# works offline from the cache) and $1-docker (Docker installed). Needs root and debootstrap.
+# Build the lab host images of one Debian release from Debian packages (no registry): a minbase
+# Debian with sshd and, in its apt cache, Docker's packages. Tags: $1-bare (Docker not
+# installed; installing it works offline from the cache) and $1-docker (Docker installed).
+# Needs root and debootstrap.
+#   $1 tag prefix   $2 lab-init script   $3 mirror   $4 suite (bookworm, trixie, sid)
+#   $5 Docker's packages in that suite (from trixie on the client is docker-cli, apart)
 set -eu
-tag=$1 init_script=$2 mirror=${3:-http://deb.debian.org/debian}
+tag=$1 init_script=$2 mirror=${3:-http://deb.debian.org/debian} suite=${4:-bookworm} docker_pkgs=${5:-docker.io}
 work=$(mktemp -d /var/tmp/clusterctl-lab-rootfs.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
 debootstrap --variant=minbase \
-	--include=openssh-server,iproute2,iptables,ca-certificates,procps,curl,dnsutils,iputils-ping,kmod,tini \
-	bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
+	--include=openssh-server,iproute2,iptables,ca-certificates,procps,curl,bind9-dnsutils,iputils-ping,kmod,tini \
+	"$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
 cp /etc/resolv.conf "$root/etc/resolv.conf"
-chroot "$root" sh -c 'apt-get clean && apt-get install -y -q --download-only --no-install-recommends docker.io' >"$work/apt.log" 2>&1 \
+# shellcheck disable=SC2086
+chroot "$root" sh -c "apt-get clean && apt-get install -y -q --download-only --no-install-recommends $docker_pkgs" >"$work/apt.log" 2>&1 \
 	|| { tail -n 20 "$work/apt.log" >&2; exit 1; }
 : >"$root/etc/resolv.conf"
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/locale" "$root/var/log/"*.log
@@ -27,6 +31,6 @@ printf '%s\n' '# clusterctl lab host: the container cannot raise its hard limits
 tar -C "$root" -c . | docker import \
 	-c 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/sbin/lab-init"]' \
 	-c 'LABEL clusterctl.lab.image=host' - "$tag-bare" >/dev/null
-printf 'FROM %s\nRUN DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-download -o Dpkg::Options::=--force-confold docker.io >/dev/null\n' "$tag-bare" |
+printf 'FROM %s\nRUN DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-download -o Dpkg::Options::=--force-confold %s >/dev/null\n' "$tag-bare" "$docker_pkgs" |
 	docker build -q -t "$tag-docker" - >/dev/null
 echo "$tag"

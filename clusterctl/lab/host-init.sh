@@ -13,6 +13,12 @@ chmod 700 /root/.ssh
 if [ -n "${LAB_AUTHORIZED_KEY:-}" ]; then printf '%s\n' "$LAB_AUTHORIZED_KEY" > /root/.ssh/authorized_keys; fi
 chmod 600 /root/.ssh/authorized_keys 2>/dev/null
 /usr/sbin/sshd -e
+# The containerd image store, as an admin (or Docker 29's defaults) would set it, before Docker
+# first starts; an existing daemon.json (clusterctl's keys, after a restart) is kept.
+if [ "${LAB_IMAGE_STORE:-}" = containerd ] && [ ! -e /etc/docker/daemon.json ]; then
+	mkdir -p /etc/docker
+	printf '%s\n' '{"features": {"containerd-snapshotter": true}}' > /etc/docker/daemon.json
+fi
 if [ -x /etc/init.d/docker ]; then service docker start; fi
 echo "lab-init: ready"
 exec sleep infinity

@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,12 +37,13 @@ IMAGE_REPO = "clusterctl-lab-host"
 LAB_RANGE = ipaddress.ip_network("10.213.0.0/16")
 FIRST_HOST_OCTET = 11
 # What a host container needs to run its own Docker engine without --privileged (which fails
-# where the VM lacks CAP_SYS_RESOURCE).
+# where the VM lacks CAP_SYS_RESOURCE). The engine's data and containerd's (its image store,
+# when used) each need a real filesystem: overlay mounts fail on the container's own overlay.
 DIND_FLAGS = (
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
     "--security-opt", "systempaths=unconfined", "--device-cgroup-rule", "a *:* rwm",
-    "-v", "/var/lib/docker",
+    "-v", "/var/lib/docker", "-v", "/var/lib/containerd",
 )  # fmt: skip
 
 
@@ -84,16 +86,52 @@ def _asset(name: str) -> Path:
     return Path(str(resources.files("clusterctl.lab").joinpath(name)))
 
 
-def image_tag() -> str:
+@dataclass(frozen=True)
+class HostOS:
+    """A kind of lab host: a Debian release, and Docker as that release packages it."""
+
+    name: str  # what --os takes
+    suite: str  # debootstrap's suite
+    docker_packages: str  # from trixie on, the client is docker-cli, apart from docker.io
+    docker_major: int  # of the packaged Docker: the containerd image store needs 24 or later
+
+
+HOST_OSES = {
+    o.name: o
+    for o in (
+        HostOS("debian-12", "bookworm", "docker.io", 20),
+        HostOS("debian-13", "trixie", "docker.io docker-cli", 26),
+        HostOS("debian-sid", "sid", "docker.io docker-cli", 28),
+    )
+}
+DEFAULT_OS = "debian-12"
+IMAGE_STORES = ("classic", "containerd")
+CONTAINERD_STORE_MIN_DOCKER = 24
+
+
+def parse_os_list(value: str) -> tuple[HostOS, ...]:
+    """--os debian-12,debian-13: the kinds, cycled over the hosts (node1 the first)."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise UserError(f"--os: give one or more of {', '.join(HOST_OSES)}")
+    unknown = [n for n in names if n not in HOST_OSES]
+    if unknown:
+        raise UserError(f"--os: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(HOST_OSES)}")
+    return tuple(HOST_OSES[n] for n in names)
+
+
+def image_tag(host_os: HostOS = HOST_OSES[DEFAULT_OS]) -> str:
     """The host image is named by a digest of the files that build it, so a change rebuilds it."""
     h = hashlib.sha256()
     for asset in ("build-host-image.sh", "host-init.sh"):
         h.update(_asset(asset).read_bytes())
-    return f"{IMAGE_REPO}:{h.hexdigest()[:12]}"
+    h.update(f"{host_os.suite} {host_os.docker_packages}".encode())
+    return f"{IMAGE_REPO}:{h.hexdigest()[:12]}-{host_os.name}"
 
 
-def ensure_image(log=print) -> str:  # noqa: ANN001 - a print-like callable
-    tag = image_tag()
+def ensure_image(log=print, host_os: HostOS = HOST_OSES[DEFAULT_OS]) -> str:  # noqa: ANN001 - a print-like callable
+    """Build the host images of one kind once; later labs (and test runs) reuse them."""
+    tag = image_tag(host_os)
     have = all(_docker("image", "inspect", f"{tag}-{v}", check=False).returncode == 0 for v in ("bare", "docker"))
     if have:
         return tag
@@ -101,11 +139,11 @@ def ensure_image(log=print) -> str:  # noqa: ANN001 - a print-like callable
         raise UserError("building the lab host image needs root (debootstrap, chroot)")
     if not shutil.which("debootstrap"):
         raise UserError("building the lab host image needs debootstrap (apt-get install debootstrap)")
-    log(f"building lab host image {tag} from Debian packages (once; about a minute)")
+    log(f"building lab host image {tag} from Debian {host_os.suite} packages (once; about a minute)")
     env = dict(os.environ, PATH=f"{Path(docker_cli()).parent}:{os.environ.get('PATH', '')}")
     mirror = os.environ.get("CLUSTERCTL_LAB_MIRROR", "http://deb.debian.org/debian")
     proc = subprocess.run(
-        ["sh", str(_asset("build-host-image.sh")), tag, str(_asset("host-init.sh")), mirror],
+        ["sh", str(_asset("build-host-image.sh")), tag, str(_asset("host-init.sh")), mirror, host_os.suite, host_os.docker_packages],
         capture_output=True,
         env=env,
     )
@@ -273,11 +311,21 @@ def container_name(lab: str, index: int) -> str:
     return f"clusterctl-lab-{lab}-{index}"
 
 
-def up(name: str, hosts: int = 3, bare: bool = False, log=print, bastion: bool = False) -> Path:  # noqa: ANN001
+def up(
+    name: str,
+    hosts: int = 3,
+    bare: bool = False,
+    log=print,  # noqa: ANN001
+    bastion: bool = False,
+    oses: str = DEFAULT_OS,
+    image_store: str = "classic",
+) -> Path:
     """Create (or complete) the lab and write its cluster file; returns the file's path.
 
     bastion: node1 is the only host this machine reaches; the others sit on a private network
-    behind it (see the module's docstring)."""
+    behind it (see the module's docstring). oses: a comma list of HOST_OSES, cycled over the
+    hosts. image_store: containerd puts the containerd image store on the hosts whose Docker
+    has it (24 and later); the others keep the classic store. An existing host keeps its kind."""
     if hosts < 1 or hosts > 50:
         raise UserError(f"--hosts must be between 1 and 50, got {hosts}")
     if bastion and hosts < 2:
@@ -288,8 +336,14 @@ def up(name: str, hosts: int = 3, bare: bool = False, log=print, bastion: bool =
         check_name(name)
     except ValueError as exc:
         raise UserError(f"lab name: {exc}") from None
+    kinds = parse_os_list(oses)
+    if image_store not in IMAGE_STORES:
+        raise UserError(f"--image-store: choose {' or '.join(IMAGE_STORES)}, not {image_store!r}")
     _engine_ready()
-    tag = ensure_image(log)
+    # Each kind's image is built once; kinds not built yet are built side by side.
+    unique = list({k.name: k for k in kinds}.values())
+    with ThreadPoolExecutor(max_workers=len(unique)) as pool:
+        tags = dict(zip((k.name for k in unique), pool.map(lambda k: ensure_image(log, k), unique)))
     directory = lab_dir(name)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = _ensure_key(directory)
@@ -311,13 +365,16 @@ def up(name: str, hosts: int = 3, bare: bool = False, log=print, bastion: bool =
         state = _docker("inspect", "-f", "{{.State.Running}}", cname, check=False)
         if state.returncode != 0:
             variant = "bare" if bare else "docker"
+            kind = kinds[(i - 1) % len(kinds)]
+            store = image_store if kind.docker_major >= CONTAINERD_STORE_MIN_DOCKER else "classic"
             net = private_network_name(name) if host in behind else network_name(name)
             _docker(
                 "run", "-d", "--name", cname, "--hostname", host.name,
                 "--network", net, "--ip", host.address,
                 "--label", f"{LABEL}={name}", "--label", f"{LABEL}.host={host.name}",
-                "-e", f"LAB_AUTHORIZED_KEY={pub}",
-                *DIND_FLAGS, f"{tag}-{variant}",
+                "--label", f"{LABEL}.os={kind.name}", "--label", f"{LABEL}.image-store={store}",
+                "-e", f"LAB_AUTHORIZED_KEY={pub}", "-e", f"LAB_IMAGE_STORE={store}",
+                *DIND_FLAGS, f"{tags[kind.name]}-{variant}",
             )  # fmt: skip
         elif state.stdout.decode().strip() != "true":
             _docker("start", cname)

@@ -7,6 +7,7 @@ from clusterctl.commands.base import Cmd
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.phases.base import Context, PlanError
+from clusterctl.phases.engine import engine_daemon_json
 
 
 class DockerPhase:
@@ -23,6 +24,10 @@ class DockerPhase:
         if not facts.docker.installed:
             if section.install == "none":
                 raise PlanError("Docker is not installed and docker.install is 'none'")
+            daemon = engine_daemon_json(ctx, facts)
+            if daemon is not None:
+                # Before the first start, so the engine phase finds nothing to change (no restart).
+                cmds.append(daemon)
             if section.install == "package":
                 if not facts.has_apt:
                     raise PlanError(

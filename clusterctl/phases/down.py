@@ -22,7 +22,7 @@ from clusterctl.facts.parser import HostFacts
 from clusterctl.network.facts import LABEL_CLUSTER
 from clusterctl.phases.base import Context, cluster_containers
 from clusterctl.phases.engine import DAEMON_JSON, _daemon_config, dns_address
-from clusterctl.phases.filebox import RELAY_CONTAINER, RELAY_DIR
+from clusterctl.shipping.relay import RELAY_CONTAINER, RELAY_DIR
 
 STATE_DIRS = ("/etc/clusterctl", "/var/lib/clusterctl")
 

@@ -52,20 +52,29 @@ def desired_daemon_config(facts: HostFacts) -> dict:
     return {**current, "dns": [dns_address(facts), *fallbacks]}
 
 
+def engine_daemon_json(ctx: Context, facts: HostFacts) -> Cmd | None:
+    """The write of daemon.json this cluster wants, or None when it is as wanted."""
+    if not ctx.cluster.spec.consul.enabled:
+        return None
+    desired = desired_daemon_config(facts)
+    if desired == _daemon_config(facts):
+        return None
+    return write_file(
+        DAEMON_JSON, json.dumps(desired, indent=2, sort_keys=True) + "\n", "0644",
+        f"set the engine's default DNS to {desired['dns'][0]} in {DAEMON_JSON}",
+    )  # fmt: skip
+
+
 class EnginePhase:
     name = "engine"
     title = "Docker engine configured: Consul DNS for every container"
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
-        if not ctx.cluster.spec.consul.enabled:
-            return []
-        current = _daemon_config(facts)
-        desired = desired_daemon_config(facts)
-        if desired == current:
+        write = engine_daemon_json(ctx, facts)
+        if write is None:
             return []
         cmds = [
-            write_file(DAEMON_JSON, json.dumps(desired, indent=2, sort_keys=True) + "\n", "0644",
-                       f"set the engine's default DNS to {desired['dns'][0]} in {DAEMON_JSON}"),
+            write,
             build.restart_engine(facts.systemd),
             build.wait_for_engine(ctx.cluster.spec.docker.start_timeout),
         ]  # fmt: skip

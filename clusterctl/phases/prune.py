@@ -14,11 +14,14 @@ from clusterctl.commands.docker import as_root
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.phases.base import Context, cluster_containers
+from clusterctl.shipping.store import store_of
 
 
-def wanted_image_ids(ctx: Context) -> set[str]:
+def wanted_image_ids(ctx: Context, facts: HostFacts) -> set[str]:
+    """This run's images, under the IDs this host's image store gives them."""
+    store = store_of(facts)
     images = list(ctx.inputs.images) + list(ctx.inputs.apps.values())
-    return {i.image_id for i in images}
+    return {store.image_id(i) for i in images}
 
 
 class PrunePhase:
@@ -31,7 +34,7 @@ class PrunePhase:
             return []  # nothing shipped by this run: nothing known to be old
         old_boxes = sorted(c.name for c in cluster_containers(ctx, facts, "filebox") if c.name != current)
         # Images that stay: this run's, and any a container (of any cluster) was created from.
-        keep = wanted_image_ids(ctx)
+        keep = wanted_image_ids(ctx, facts)
         used = {c.image for c in facts.docker.containers if c.name not in old_boxes}
         old = [
             i

@@ -17,7 +17,7 @@ from clusterctl.commands.files import sha256, write_file
 from clusterctl.config.models import Host, Service, duration_seconds
 from clusterctl.facts.parser import Container, HostFacts
 from clusterctl.phases.base import Context, ContextMemo, PhaseError, PlanError, cluster_containers
-from clusterctl.phases.filebox import load_missing_images
+from clusterctl.shipping.stream import load_missing_images
 from clusterctl.schedule.placement import Placement, PlacementError, place
 
 

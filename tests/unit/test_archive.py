@@ -148,17 +148,40 @@ def _read(data: bytes) -> tuple[list, dict[str, bytes]]:
     return json.loads(files["manifest.json"]), files
 
 
-def test_archive_shape():
+def test_archive_shape_both_layouts():
+    """What `docker save` writes since Docker 25: an OCI layout plus a manifest.json naming the
+    same blobs, so the classic and the containerd image stores both load it."""
     img = _image()
     buf = io.BytesIO()
     res = write_archive(img, buf)
     manifest, files = _read(buf.getvalue())
     hexid = img.image_id.split(":")[1]
-    assert manifest == [{"Config": f"{hexid}.json", "RepoTags": ["t/one:1"], "Layers": [f"{d.split(':')[1]}/layer.tar" for d in img.diff_ids]}]
-    assert files[f"{hexid}.json"] == img.config_json
+    blob = lambda d: "blobs/sha256/" + d.split(":")[1]  # noqa: E731
+    assert manifest == [{"Config": blob(img.image_id), "RepoTags": ["t/one:1"], "Layers": [blob(d) for d in img.diff_ids]}]
+    assert files[f"blobs/sha256/{hexid}"] == img.config_json
     for d, path in zip(img.diff_ids, manifest[0]["Layers"]):
         assert "sha256:" + hashlib.sha256(files[path]).hexdigest() == d
+    assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads(files["index.json"])
+    [entry] = index["manifests"]
+    assert entry["digest"] == img.manifest_digest and entry["size"] == len(img.manifest_json)
+    assert entry["annotations"] == {"io.containerd.image.name": "docker.io/t/one:1", "org.opencontainers.image.ref.name": "1"}
+    oci = json.loads(files[blob(img.manifest_digest)])
+    assert "sha256:" + hashlib.sha256(files[blob(img.manifest_digest)]).hexdigest() == img.manifest_digest
+    assert oci["config"] == {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": img.image_id, "size": len(img.config_json)}
+    assert [(x["digest"], x["size"]) for x in oci["layers"]] == [(d, len(files[blob(d)])) for d in img.diff_ids]
     assert res.written == img.diff_ids and res.omitted == () and res.bytes == len(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    ("tag", "name"),
+    [("busybox:1", "docker.io/library/busybox:1"), ("clusterctl/base:ab", "docker.io/clusterctl/base:ab"),
+     ("registry.example.com/team/app:2", "registry.example.com/team/app:2"), ("localhost/x:3", "localhost/x:3")],
+)  # fmt: skip
+def test_containerd_names_images_by_their_normalized_reference(tag, name):
+    from clusterctl.images.archive import normalized_name
+
+    assert normalized_name(tag) == name
 
 
 def test_archive_is_byte_identical_when_rebuilt():
@@ -174,7 +197,7 @@ def test_omit_layers_keeps_the_manifest_but_not_the_files():
     buf = io.BytesIO()
     res = write_archive(img, buf, omit_layers={base.split(":")[1]})  # with or without "sha256:"
     manifest, files = _read(buf.getvalue())
-    assert manifest[0]["Layers"][0] == f"{base.split(':')[1]}/layer.tar"  # still listed
+    assert manifest[0]["Layers"][0] == f"blobs/sha256/{base.split(':')[1]}"  # still listed
     assert manifest[0]["Layers"][0] not in files
     assert manifest[0]["Layers"][1] in files
     assert res.omitted == (base,) and res.written == (img.diff_ids[1],)
@@ -187,7 +210,8 @@ def test_shared_layers_are_written_once_and_omitted_by_chain():
     res = write_archive([one, two], buf)
     manifest, files = _read(buf.getvalue())
     assert len(manifest) == 2 and len(res.written) == 3
-    assert sum(1 for n in files if n.endswith("layer.tar")) == 3
+    layer_blobs = {p for m in manifest for p in m["Layers"]}
+    assert len(layer_blobs) == 3 and layer_blobs <= set(files)
     # The engine holds image one: the shared base is omitted, two's own layer is not.
     assert layers_to_omit([two], one.chain_ids) == {one.diff_ids[0]}
     # The same diff_id on another parent is another layer to Docker: never omitted by diff_id alone.

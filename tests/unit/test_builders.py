@@ -60,6 +60,13 @@ def test_docker_phase_plans_nothing_when_running():
 def test_docker_phase_installs_and_starts_when_absent():
     cluster, host = _ctx()
     cmds = DockerPhase().plan(Context(cluster, {}), host, _facts(cli="", info=None))
+    # daemon.json (Consul DNS) is written before the engine's first start: no restart later.
+    assert [c.description.split()[0] for c in cmds] == ["set", "install", "start", "wait"]
+    assert "/etc/docker/daemon.json" in cmds[0].argv and '"172.17.0.1"' in cmds[0].argv[5]
+    # From Debian 13 on, the client is a package of its own: named whenever the archive has it.
+    assert "apt-cache show docker-cli" in cmds[1].argv[2] and "docker.io" in cmds[1].argv[2]
+    no_consul, host = _ctx("consul:\n  enabled: false\nfilebox:\n  binaries: []\n")
+    cmds = DockerPhase().plan(Context(no_consul, {}), host, _facts(cli="", info=None))
     assert [c.description.split()[0] for c in cmds] == ["install", "start", "wait"]
 
 

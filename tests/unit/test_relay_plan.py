@@ -7,7 +7,9 @@ from clusterctl.config.loader import load_text
 from clusterctl.images.archive import File, ImageConfig, ImageSpec, Layer
 from clusterctl.facts.parser import Image
 from clusterctl.phases.base import Context, Inputs
-from clusterctl.phases.filebox import RELAY_CONTAINER, FileboxPhase, relay_plan
+from clusterctl.phases.filebox import FileboxPhase
+from clusterctl.shipping.relay import RELAY_CONTAINER, relay_plan
+from clusterctl.shipping.stream import LOAD_SCRIPT
 from tests.unit.test_consul_plan import facts_for
 
 SMALL = ImageSpec((Layer([File.from_bytes("/bin/x", b"x" * 1000)]),), ImageConfig(labels={"clusterctl.role": "base"}), tag="clusterctl/base:small")
@@ -41,6 +43,11 @@ def ctx(facts, relay=True):
     return Context(cluster, facts, inputs)
 
 
+def is_load(cmd, source=None):
+    """The checked load (shipping/stream.py): its source ("-" for stdin), then one expectation an image."""
+    return cmd.argv[:3] == ("sh", "-c", LOAD_SCRIPT) and (source is None or cmd.argv[4] == source)
+
+
 def plan(c, name):
     return FileboxPhase().plan(c, c.cluster.spec.host(name), c.facts[name])
 
@@ -51,10 +58,11 @@ def test_fresh_hosts_seed_gets_it_over_ssh_and_serves_others_wait():
     assert relay.seed == "n1" and not relay.running and relay.url.startswith("http://10.0.0.1:7380/")
     seed = plan(c, "n1")
     assert "tee" in seed[0].render() and seed[0].stdin.images == (SMALL, BIG)
-    assert seed[1].argv[:4] == ("docker", "run", "-d", "--name") and "10.0.0.1:7380" in seed[1].argv
+    assert seed[1].argv[:2] == ("mv", "-f")  # the archive is served only once whole and loaded
+    assert seed[2].argv[:4] == ("docker", "run", "-d", "--name") and "10.0.0.1:7380" in seed[2].argv
     other = plan(c, "n2")
-    assert other[0].argv == ("docker", "load", "-q") and other[0].stdin.images == (SMALL,)  # small: over SSH
-    assert relay.url in other[1].argv and "wget" in other[1].argv[2]
+    assert is_load(other[0], "-") and other[0].stdin.images == (SMALL,)  # small: over SSH
+    assert is_load(other[1]) and relay.url in other[1].argv[4] and "wget" in other[1].argv[4]
     ph = FileboxPhase()
     assert [ph.wave(c, c.cluster.spec.host(n), c.facts[n]) for n in ("n1", "n2", "n3")] == [0, 1, 1]
 
@@ -79,7 +87,7 @@ def test_one_host_lacking_or_relay_off_means_plain_ssh():
     c = ctx({"n1": with_images("10.0.0.1", have), "n2": with_images("10.0.0.2", have), "n3": with_images("10.0.0.3")})
     assert relay_plan(c) is None
     cmds = plan(c, "n3")
-    assert cmds[0].argv == ("docker", "load", "-q") and cmds[0].stdin.images == (SMALL, BIG)
+    assert is_load(cmds[0], "-") and cmds[0].stdin.images == (SMALL, BIG)
     c = ctx({n: with_images(a) for n, a in (("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3"))}, relay=False)
     assert relay_plan(c) is None
 
