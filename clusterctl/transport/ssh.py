@@ -1,21 +1,32 @@
 """SSH to cluster hosts on fabric/paramiko, with strict host keys kept per cluster.
 
-- Endpoints are resolved purely from the cluster file and ~/.ssh/config (Host blocks,
-  IdentityFile, ProxyJump); the cluster file's per-host values win.
-- Host keys: a known_hosts file owned by the cluster. An unknown key is accepted only when the
-  caller allows it (--accept-new-host-keys); a changed key is always refused.
+- Endpoints are resolved purely from the cluster file and the ssh config (ssh.config_file,
+  ~/.ssh/config by default; see ssh_config.py for Include, Match, ProxyJump/ProxyCommand). The
+  cluster file's per-host values win, then the ssh config, then the file's `ssh:` defaults.
+- Jump hosts nest: a host's `bastion` is the last hop, whose own `bastion` is the hop before it
+  (ProxyJump a,b: host via b, b via a, and a via a's own ProxyJump, if any). Each hop is looked
+  up in the ssh config itself (HostName, User, Port, IdentityFile, IdentitiesOnly, ProxyJump,
+  ProxyCommand), with the hop's `user@`/`:port` winning.
+- Host keys: a known_hosts file owned by the cluster, checked for every hop and every host. An
+  unknown key is accepted only when the caller allows it (--accept-new-host-keys); a changed key
+  is always refused.
 - Commands are rendered text from clusterctl.commands (argv quoted with shlex) and run on one
   exec channel each; `round_trips` counts them, so benchmarks can see what a run cost.
 - Bastions: a run opens ONE connection per distinct bastion (a Connector owns them), shared by
-  every host behind it, each host on its own direct-tcpip channel. A bastion that fails is one
-  line (Connector.failures); each host behind it fails with "skipped: bastion X failed".
+  every host behind it, each host on its own direct-tcpip channel; a bastion behind another one
+  is connected through a channel of its own front bastion's shared connection. A bastion that
+  fails is one line (Connector.failures); each host behind it fails with "skipped: bastion X failed".
+- ProxyCommand runs as OpenSSH runs it (`/bin/sh -c 'exec COMMAND'`) via paramiko.ProxyCommand.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
+import shlex
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +38,18 @@ from fabric import Config, Connection
 
 from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Bastion, Host
+from clusterctl.transport.ssh_config import (
+    HostConfig,
+    SSHConfigError,
+    SSHConfigFile,
+    expand_proxy_command,
+    parse_jump,
+)
+
+DEFAULT_SSH_CONFIG = "~/.ssh/config"
+# Jump hosts in front of one host, at most (a guard against configs that go round in circles
+# through ever new names; a loop through the same name is caught at once).
+MAX_HOPS = 16
 
 
 class SSHError(Exception):
@@ -52,95 +75,141 @@ class Endpoint:
     identity_files: tuple[str, ...] = ()
     bastion: Endpoint | None = None
     connect_timeout: float = 10.0
+    # IdentitiesOnly: only identity_files (or, without any, the default key files); no agent.
+    identities_only: bool = False
+    # A shell command line (tokens expanded and quoted) whose stdin/stdout is the connection.
+    proxy_command: str | None = None
 
     @property
     def label(self) -> str:
         where = f"{self.user}@{self.address}" + (f":{self.port}" if self.port != 22 else "")
-        return where + (f" via {self.bastion.label}" if self.bastion else "")
+        if self.bastion:
+            return f"{where} via {self.bastion.label}"
+        return where + (" via ProxyCommand" if self.proxy_command else "")
 
 
-def _ssh_config(path: str) -> paramiko.SSHConfig:
-    p = Path(os.path.expanduser(path)) if path else None
-    if p and p.is_file():
-        return paramiko.SSHConfig.from_path(str(p))
-    return paramiko.SSHConfig()
+def _ssh_config(cluster: Cluster) -> SSHConfigFile:
+    value = cluster.spec.ssh.config_file
+    if not value:
+        return SSHConfigFile()
+    path = cluster.resolve_path(value)
+    if not path.exists():
+        if value == DEFAULT_SSH_CONFIG:
+            return SSHConfigFile()
+        raise SSHConfigError(f"{cluster.where('ssh', 'config_file')}: ssh config not found: {path}")
+    return SSHConfigFile.load(path)
 
 
-def _from_ssh_config(conf: paramiko.SSHConfig, alias: str) -> dict:
-    """The options ~/.ssh/config gives for an alias (empty when no Host block matches it)."""
-    found = conf.lookup(alias)
-    out: dict = {}
-    if found.get("hostname") and found["hostname"] != alias:
-        out["address"] = found["hostname"]
-    if "user" in found:
-        out["user"] = found["user"]
-    if "port" in found:
-        out["port"] = int(found["port"])
-    if "identityfile" in found:
-        out["identity_files"] = tuple(found["identityfile"])
-    if "proxyjump" in found and found["proxyjump"].lower() != "none":
-        out["proxyjump"] = found["proxyjump"].split(",")[-1].strip()
-    return out
+class _Resolver:
+    """Turns ssh config answers into Endpoints, following ProxyJump hops through the config."""
 
+    def __init__(self, conf: SSHConfigFile, user: str, identity_files: tuple[str, ...], timeout: float):
+        self.conf = conf
+        self.user = user  # for hops the config gives no User: the file's ssh.user, else root
+        self.identity_files = identity_files  # for hops without IdentityFile: the file's ssh.identity_file
+        self.timeout = timeout
 
-def _jump_endpoint(spec: str, conf: paramiko.SSHConfig, timeout: float) -> Endpoint:
-    user, _, rest = spec.rpartition("@")
-    address, _, port = rest.partition(":")
-    via = _from_ssh_config(conf, address)
-    return Endpoint(
-        name=f"bastion {address}",
-        address=via.get("address", address),
-        port=int(port) if port else via.get("port", 22),
-        user=user or via.get("user", "root"),
-        identity_files=via.get("identity_files", ()),
-        connect_timeout=timeout,
-    )
+    def behind(self, ep: Endpoint, found: HostConfig, trail: tuple[str, ...]) -> Endpoint:
+        """ep with what the config puts in front of it: its ProxyJump hops or its ProxyCommand."""
+        if found.proxy_jump:
+            return replace(ep, bastion=self.chain(found.proxy_jump, trail))
+        if found.proxy_command:
+            command = expand_proxy_command(
+                found.proxy_command, host=ep.address, port=ep.port, user=ep.user, alias=found.alias
+            )
+            return replace(ep, proxy_command=command)
+        return ep
+
+    def chain(self, hops: tuple[str, ...], trail: tuple[str, ...]) -> Endpoint:
+        """The last hop of `ProxyJump hops` for trail[-1], each hop behind the one before it;
+        the first hop behind its own ProxyJump/ProxyCommand (as OpenSSH's `ssh -J a b` does)."""
+        owner = trail[-1]
+        if len(trail) - 1 + len(hops) > MAX_HOPS:
+            raise SSHConfigError(f"{self.conf.path or 'ssh config'}: {trail[0]}: more than {MAX_HOPS} jump hosts")
+        front: Endpoint | None = None
+        for spec in hops:
+            jump = parse_jump(spec, f"{self.conf.path or 'ssh config'}: {owner}")
+            if jump.host in trail:
+                loop = " -> ".join((*trail, jump.host))
+                raise SSHConfigError(
+                    f"{self.conf.path or 'ssh config'}: ProxyJump loop: {loop} "
+                    f"(a jump host caught by a wider Host block needs its own 'ProxyJump none')"
+                )
+            found = self.conf.lookup(jump.host)
+            ep = Endpoint(
+                name=f"bastion {jump.host}",
+                address=found.hostname or jump.host,
+                port=jump.port or found.port or 22,
+                user=jump.user or found.user or self.user,
+                identity_files=found.identity_files or self.identity_files,
+                identities_only=found.identities_only,
+                connect_timeout=self.timeout,
+            )
+            ep = self.behind(ep, found, (*trail, jump.host)) if front is None else replace(ep, bastion=front)
+            front = ep
+        assert front is not None
+        return front
 
 
 def resolve_endpoints(cluster: Cluster) -> dict[str, Endpoint]:
-    """Host name -> Endpoint. Pure apart from reading ~/.ssh/config."""
+    """Host name -> Endpoint. Pure apart from reading the ssh config (and its Match exec).
+    Raises SSHConfigError (one line) for a config that cannot be used."""
     spec = cluster.spec
-    conf = _ssh_config(spec.ssh.config_file)
+    conf = _ssh_config(cluster)
     timeout = spec.ssh.connect_timeout
 
     def ids(*values: str | None) -> tuple[str, ...]:
         return tuple(str(cluster.resolve_path(v)) for v in values if v)
 
-    def base(host: Host) -> Endpoint:
+    hops = _Resolver(conf, spec.ssh.user or "root", ids(spec.ssh.identity_file), timeout)
+
+    def base(host: Host) -> tuple[Endpoint, HostConfig]:
         # The ssh config is looked up by host name first, then by address.
-        via = _from_ssh_config(conf, host.name) or _from_ssh_config(conf, host.address)
-        bastion = None
-        if via.get("proxyjump"):
-            bastion = _jump_endpoint(via["proxyjump"], conf, timeout)
-        return Endpoint(
+        found = conf.lookup(host.name)
+        if not found.says_anything and host.address != host.name:
+            found = conf.lookup(host.address)
+        ep = Endpoint(
             name=host.name,
-            address=host.address if host.address != host.name else via.get("address", host.address),
-            port=host.port or via.get("port") or spec.ssh.port or 22,
-            user=host.user or via.get("user") or spec.ssh.user or "root",
-            identity_files=ids(host.identity_file) or via.get("identity_files") or ids(spec.ssh.identity_file),
-            bastion=bastion,
+            address=host.address if host.address != host.name else (found.hostname or host.address),
+            port=host.port or found.port or spec.ssh.port or 22,
+            user=host.user or found.user or spec.ssh.user or "root",
+            identity_files=ids(host.identity_file) or found.identity_files or ids(spec.ssh.identity_file),
+            identities_only=found.identities_only,
             connect_timeout=timeout,
         )
+        return ep, found
 
-    plain = {h.name: base(h) for h in cluster.hosts}
+    bare = {h.name: base(h) for h in cluster.hosts}
+    plain: dict[str, Endpoint] = {}
+
+    def behind_config(name: str) -> Endpoint:
+        """The host behind what the ssh config puts in front of it (used unless the file
+        gives the host a `bastion`, which wins)."""
+        if name not in plain:
+            ep, found = bare[name]
+            plain[name] = hops.behind(ep, found, (found.alias,))
+        return plain[name]
+
     out: dict[str, Endpoint] = {}
     for h in cluster.hosts:
-        ep = plain[h.name]
-        if isinstance(h.bastion, str):
-            ep = replace(ep, bastion=replace(plain[h.bastion], name=f"bastion {h.bastion}"))
-        elif isinstance(h.bastion, Bastion):
-            b = h.bastion
-            ep = replace(
-                ep,
-                bastion=Endpoint(
-                    name=f"bastion {b.address}",
-                    address=b.address,
-                    port=b.port or 22,
-                    user=b.user or ep.user,
-                    identity_files=ids(b.identity_file) or ep.identity_files,
-                    connect_timeout=timeout,
-                ),
+        if h.bastion is None:
+            ep = behind_config(h.name)
+        elif isinstance(h.bastion, str):
+            ep = replace(bare[h.name][0], bastion=replace(behind_config(h.bastion), name=f"bastion {h.bastion}"))
+        else:
+            assert isinstance(h.bastion, Bastion)
+            b, ep = h.bastion, bare[h.name][0]
+            found = conf.lookup(b.address)
+            gateway = Endpoint(
+                name=f"bastion {b.address}",
+                address=found.hostname or b.address,
+                port=b.port or found.port or 22,
+                user=b.user or found.user or ep.user,
+                identity_files=ids(b.identity_file) or found.identity_files or ep.identity_files,
+                identities_only=found.identities_only,
+                connect_timeout=timeout,
             )
+            ep = replace(ep, bastion=hops.behind(gateway, found, (h.name, b.address)))
         out[h.name] = ep
     return out
 
@@ -297,15 +366,71 @@ class Session:
             self._owner.close()
 
 
+class _ProxyCommand(paramiko.ProxyCommand):
+    """A ProxyCommand run as OpenSSH runs it, `/bin/sh -c 'exec COMMAND'`; closing it ends the
+    process and reaps it (paramiko's own close only signals it)."""
+
+    def __init__(self, command: str):
+        super().__init__(shlex.join(["/bin/sh", "-c", f"exec {command}"]))
+        self._stderr = b""
+
+    def recv(self, size: int) -> bytes:
+        """What the command wrote, at most size bytes, b"" once it ended: a socket's recv.
+        (paramiko's own waits for all of size and, after the end, spins until closed.)"""
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+        if not ready:
+            raise socket.timeout()
+        try:
+            return os.read(self.process.stdout.fileno(), size)
+        except OSError as exc:
+            raise paramiko.ProxyCommandFailure(" ".join(self.cmd), exc.strerror) from None
+
+    def _drain_stderr(self) -> None:
+        try:
+            os.set_blocking(self.process.stderr.fileno(), False)
+            self._stderr += self.process.stderr.read() or b""
+        except (OSError, ValueError):  # nothing more, or closed already
+            pass
+
+    def exit_reason(self, wait: float = 1.0) -> str | None:
+        """Why the command ended (its exit code and last stderr line), or None while it runs."""
+        try:
+            code = self.process.wait(wait)
+        except subprocess.TimeoutExpired:
+            return None
+        self._drain_stderr()
+        lines = self._stderr.decode("utf-8", "replace").strip().splitlines()
+        return f"ProxyCommand exited with code {code}" + (f": {lines[-1].strip()}" if lines else "")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            super().close()  # SIGTERM
+            try:
+                self.process.wait(2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._drain_stderr()  # kept for exit_reason (the transport closes us on its own errors)
+        # stdin/stdout stay open: the transport's thread may still be reading them (EOF now).
+        try:
+            self.process.stderr.close()
+        except OSError:
+            pass
+
+
 def _connection(ep: Endpoint, known: KnownHosts, sock: object = None) -> Connection:
     """A fabric Connection with our host key policy (never fabric's AutoAddPolicy); not opened.
-    `sock` is the direct-tcpip channel through a bastion, when there is one."""
+    `sock` is the direct-tcpip channel through a bastion, or the ProxyCommand, when there is one."""
     # Fabric would read ~/.ssh/config again and auto-add host keys; we resolved the config
     # ourselves and install our own host key policy, so turn both off here.
     config = Config(overrides={"load_ssh_configs": False})
     connect_kwargs: dict = {"compress": False, "banner_timeout": ep.connect_timeout, "auth_timeout": ep.connect_timeout}
     if ep.identity_files:
         connect_kwargs["key_filename"] = list(ep.identity_files)
+    if ep.identities_only:
+        # OpenSSH's IdentitiesOnly: no agent keys; the default key files only when none is named.
+        connect_kwargs["allow_agent"] = False
+        connect_kwargs["look_for_keys"] = not ep.identity_files
     if sock is not None:
         connect_kwargs["sock"] = sock
     conn = Connection(
@@ -321,14 +446,28 @@ def _connection(ep: Endpoint, known: KnownHosts, sock: object = None) -> Connect
 
 
 def _connect(ep: Endpoint, known: KnownHosts, sock: object = None) -> Connection:
-    """Open a connection (raises on failure, with nothing left open)."""
+    """Open a connection (raises on failure, with nothing left open). Without a `sock` (a
+    channel through the bastion), an endpoint with a ProxyCommand is reached through it."""
+    proxy: _ProxyCommand | None = None
+    if sock is None and ep.proxy_command:
+        try:
+            sock = proxy = _ProxyCommand(ep.proxy_command)
+        except OSError as exc:
+            raise SSHError(f"cannot reach {ep.label}: ProxyCommand did not start: {exc.strerror or exc}") from None
     conn = _connection(ep, known, sock)
     try:
         conn.open()
-    except BaseException:
+    except BaseException as exc:
+        # A key or login the host refused is the host's answer; anything else with a
+        # ProxyCommand that ended is worded as the command's failure.
+        why = None
+        if proxy is not None and not isinstance(exc, (paramiko.BadHostKeyException, paramiko.AuthenticationException, SSHError)):
+            why = proxy.exit_reason()
         conn.close()
         if sock is not None:
             sock.close()  # type: ignore[attr-defined]
+        if why:
+            raise SSHError(f"cannot reach {ep.label}: {why}") from None
         raise
     return conn
 
@@ -340,17 +479,23 @@ class BastionFailed(SSHError):
     """Raised for a host whose bastion could not be opened (the bastion's own reason is one
     line in Connector.failures)."""
 
-    def __init__(self, bastion: Endpoint, reason: str):
+    def __init__(self, bastion: Endpoint, reason: str, origin: _Gateway | None = None):
         super().__init__(f"skipped: {bastion.name} failed")
         self.bastion = bastion
         self.reason = reason
+        self.origin = origin  # the gateway that failed (this bastion's, or one in front of it)
 
 
 def gateway_key(ep: Endpoint) -> tuple:
     """What makes two bastion endpoints the same connection: who, where, which keys, via what.
     The name is not part of it (`bastion: node1` and `bastion: root@<node1's address>` share)."""
-    return (ep.user, ep.address.lower().rstrip("."), ep.port, ep.identity_files,
-            gateway_key(ep.bastion) if ep.bastion else None)  # fmt: skip
+    return (ep.user, ep.address.lower().rstrip("."), ep.port, ep.identity_files, ep.identities_only,
+            ep.proxy_command, gateway_key(ep.bastion) if ep.bastion else None)  # fmt: skip
+
+
+def _depth(ep: Endpoint) -> int:
+    """How many bastions stand in front of ep."""
+    return 0 if ep.bastion is None else 1 + _depth(ep.bastion)
 
 
 class _Gateway:
@@ -360,12 +505,19 @@ class _Gateway:
         self.connection: Connection | None = None
         # Why it failed: the failed bastion (this one, or the one in front of it) and one line.
         self.failure: tuple[Endpoint, str] | None = None
+        self.origin: _Gateway | None = None  # the gateway whose failure that is (self, or one in front)
         self.skipped: list[str] = []  # hosts behind it that were skipped because it failed
 
-    def skip(self, requester: str) -> BastionFailed:
-        assert self.failure is not None
-        self.skipped.append(requester)
-        return BastionFailed(*self.failure)
+    def fail(self, bastion: Endpoint, reason: str, origin: _Gateway) -> None:
+        self.failure, self.origin = (bastion, reason), origin
+
+    def skip(self, requester: str | None) -> BastionFailed:
+        """The error for a host (or, requester None, a bastion) behind this failed gateway; a
+        host is named in the line of the bastion that failed, however many hops in front."""
+        assert self.failure is not None and self.origin is not None
+        if requester is not None:
+            self.origin.skipped.append(requester)
+        return BastionFailed(*self.failure, origin=self.origin)
 
     def line(self) -> str:
         assert self.failure is not None
@@ -406,13 +558,14 @@ class Connector:
         """One line per bastion that failed in this run (naming the hosts skipped behind it)."""
         with self._lock:
             gates = list(self._gateways.values())
-        return [g.line() for g in gates if g.failure is not None and g.failure[0] is g.endpoint]
+        return [g.line() for g in gates if g.failure is not None and g.origin is g]
 
     def close(self) -> None:
         """Close every bastion connection, once (after the sessions through them)."""
         with self._lock:
             gates, self._closed = list(self._gateways.values()), True
-        for gate in reversed(gates):  # a bastion reached through another one closes first
+        # A bastion reached through another one closes first (its channel rides on the other).
+        for gate in sorted(gates, key=lambda g: -_depth(g.endpoint)):
             with gate.lock:
                 if gate.connection is not None:
                     try:
@@ -421,7 +574,9 @@ class Connector:
                         pass
                     gate.connection = None
 
-    def _gateway(self, bastion: Endpoint, requester: str) -> Connection:
+    def _gateway(self, bastion: Endpoint, requester: str | None) -> Connection:
+        """The shared connection to a bastion (opened on first use, through its own bastion
+        when it has one). requester: the host asking, or None for a bastion behind this one."""
         key = gateway_key(bastion)
         with self._lock:
             if self._closed:
@@ -436,18 +591,18 @@ class Connector:
                 gate.connection.close()
                 gate.connection = None
             try:
-                sock = self._channel(bastion, requester=bastion.name) if bastion.bastion is not None else None
+                sock = self._channel(bastion, requester=None) if bastion.bastion is not None else None
                 gate.connection = self._connect(bastion, self.known, sock)
             except BastionFailed as exc:  # the bastion in front of this one failed: same reason
-                gate.failure = (exc.bastion, exc.reason)
+                gate.fail(exc.bastion, exc.reason, exc.origin or gate)
                 raise gate.skip(requester) from None
             except Exception as exc:  # noqa: BLE001 - worded once for the operator
                 first = gate.endpoint  # named as the first host behind it named it
-                gate.failure = (first, f"{first.name} ({first.label}): {explain(exc, first, self.known.path)}")
+                gate.fail(first, f"{first.name} ({first.label}): {explain(exc, first, self.known.path)}", gate)
                 raise gate.skip(requester) from None
             return gate.connection
 
-    def _channel(self, ep: Endpoint, requester: str):  # noqa: ANN202 - a paramiko Channel
+    def _channel(self, ep: Endpoint, requester: str | None):  # noqa: ANN202 - a paramiko Channel
         """A direct-tcpip channel from ep's bastion to ep's SSH port."""
         assert ep.bastion is not None
         transport = self._gateway(ep.bastion, requester).client.get_transport()
