@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-packages=(docker.io busybox-static debootstrap openssh-client iproute2 iptables dnsutils ca-certificates)
+packages=(docker.io busybox-static debootstrap openssh-client iproute2 iptables dnsutils ca-certificates vagrant)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
