@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from clusterctl.commands.consul import CONTAINER as CONSUL_CONTAINER
 from clusterctl.config.loader import Cluster
+from clusterctl.phases.consul import server_choice
 from clusterctl.phases.manager import Manager, Options
 from clusterctl.transport.ssh import Endpoint, KnownHosts
 from clusterctl.transport.tunnel import forward
@@ -27,6 +28,8 @@ class HostStatus:
     error: str = ""
     docker: str = "-"
     consul: str = "-"
+    # The role `up` wants here: from the file's roles, else chosen (schedule/servers.py).
+    role: str = "-"
     alive: str = "-"
     # A server raft counts as a voting member (None: not a server, or unknown).
     voter: bool | None = None
@@ -42,6 +45,8 @@ class ClusterStatus:
     leader: str | None
     hosts: list[HostStatus]
     consul_error: str = ""
+    # One line when more servers run than the default count and are kept (ServerChoice.note).
+    consul_note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -49,7 +54,7 @@ class ClusterStatus:
 
     def as_dict(self) -> dict:
         return {"cluster": self.cluster, "ok": self.ok, "leader": self.leader, "consul_error": self.consul_error,
-                "hosts": [asdict(h) for h in self.hosts]}  # fmt: skip
+                "consul_note": self.consul_note, "hosts": [asdict(h) for h in self.hosts]}  # fmt: skip
 
 
 def _service_health(checks: list[dict]) -> dict[tuple[str, str], str]:
@@ -118,9 +123,12 @@ def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: Know
             rows.append(row)
         consul_error = ""
         leader = None
+        choice = server_choice(cluster, {n: r.facts for n, r in m.reports.items() if r.facts is not None})
+        for row in rows:
+            row.role = "server" if choice.is_server(row.host) else "client"
         if cluster.spec.consul.enabled:
             # Servers first: their view of membership is authoritative.
-            order = sorted(with_agent, key=lambda n: not cluster.spec.host(n).is_server)
+            order = sorted(with_agent, key=lambda n: not choice.is_server(n))
             view = _consul_view(m, order)
             leader, members, voters, consul_error = view.leader, view.members, view.voters, view.error
             for row in rows:
@@ -129,10 +137,10 @@ def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: Know
                         row.services[svc] = view.health.get((row.host, svc), "unregistered")
                 if row.reachable or row.host in members:
                     row.alive = members.get(row.host, "-")
-                if cluster.spec.host(row.host).is_server and voters:
+                if (choice.is_server(row.host) or row.consul.startswith("server")) and voters:
                     row.voter = voters.get(row.host, False)
                 facts = m.reports[row.host].facts
                 host = cluster.spec.host(row.host)
                 addr = host.cluster_address or (facts.cluster_address() if facts else None)
                 row.leader = bool(leader and addr == leader)
-        return ClusterStatus(cluster.name, leader, rows, consul_error)
+        return ClusterStatus(cluster.name, leader, rows, consul_error, choice.note() or "")

@@ -96,6 +96,15 @@ def remove_agent() -> Cmd:
     return Cmd(("docker", "rm", "-f", CONTAINER), "remove the old consul container", check=False)
 
 
+def leave_agent() -> list[Cmd]:
+    """A server about to become a client: leave the cluster gracefully (raft removes this server,
+    the others' quorum shrinks with it) without the restart policy bringing it back meanwhile."""
+    return [
+        Cmd(("docker", "update", "--restart", "no", CONTAINER), "keep the consul server from restarting while it leaves"),
+        Cmd(("docker", "exec", CONTAINER, "consul", "leave"), "leave the cluster gracefully, so raft drops this server"),
+    ]
+
+
 def start_agent() -> Cmd:
     return Cmd(("docker", "start", CONTAINER), "start the stopped consul container")
 

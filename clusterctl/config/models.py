@@ -128,7 +128,9 @@ class Host(Strict):
     port: Port | None = None
     identity_file: str | None = None
     bastion: Annotated[Bastion | str | None, Field(union_mode="left_to_right")] = None
-    roles: tuple[Role, ...] = ("server",)
+    # None: clusterctl chooses (1 server for 1-2 hosts, 3 for 3-6, 5 for 7 or more, spread over
+    # consul.servers_spread; clusterctl/schedule/servers.py). Given roles always win.
+    roles: tuple[Role, ...] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("cluster_address")
@@ -160,7 +162,9 @@ class Host(Strict):
 
     @field_validator("roles")
     @classmethod
-    def _roles_unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+    def _roles_unique(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return v
         if not v:
             raise ValueError("a host needs at least one role (server or client)")
         if len(set(v)) != len(v):
@@ -181,6 +185,10 @@ class Host(Strict):
 
     @property
     def is_server(self) -> bool:
+        """Whether the file makes this host a server. Only for hosts with roles in the file: the
+        others' role is chosen with the probe's facts (clusterctl.phases.consul.server_choice)."""
+        if self.roles is None:
+            raise ValueError(f"{self.name} has no roles in the file: ask clusterctl.phases.consul.server_choice")
         return "server" in self.roles
 
 
@@ -265,6 +273,15 @@ class NetworkSection(Strict):
 class ConsulSection(Strict):
     enabled: bool = True
     datacenter: Name = "dc1"
+    # Hosts without roles: servers go evenly over this host label's values (null: file order).
+    servers_spread: str | None = "provider"
+
+    @field_validator("servers_spread")
+    @classmethod
+    def _spread(cls, v: str | None) -> str | None:
+        if v is not None and not LABEL_KEY_RE.match(v):
+            raise ValueError(f"invalid label key {v!r}")
+        return v
 
 
 class FileboxSection(Strict):

@@ -35,8 +35,6 @@ from clusterctl.errors import UserError
 
 PLAN_FILE_NAME = ".clusterctl-hosts.json"
 SSH_CONFIG_TIMEOUT = 120.0
-# Which hosts run the servers (Consul etc.): an odd quorum of at most three, the rest clients.
-MAX_SERVERS = 3
 
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -143,12 +141,6 @@ def parse_ssh_config(text: str) -> list[VagrantHost]:
     return hosts
 
 
-def default_roles(count: int) -> list[tuple[str, ...]]:
-    """Roles for `count` hosts in order: three servers (one when fewer than three hosts), then clients."""
-    servers = MAX_SERVERS if count >= MAX_SERVERS else 1
-    return [("server",) if i < servers else ("client",) for i in range(count)]
-
-
 def _machine_provider(identity_file: str) -> str | None:
     """'virtualbox' from .../.vagrant/machines/node1/virtualbox/private_key, else None."""
     parts = PurePath(identity_file).parts
@@ -185,7 +177,8 @@ def cluster_file_from_vagrant(
     users = {h.user for h in hosts}
     common_user = users.pop() if len(users) == 1 else None
     out_hosts: list[dict[str, Any]] = []
-    for h, roles in zip(hosts, default_roles(len(hosts)), strict=True):
+    # No roles: clusterctl chooses the servers (clusterctl/schedule/servers.py).
+    for h in hosts:
         entry: dict[str, Any] = {"name": h.name, "address": h.hostname, "port": h.port}
         if h.user is not None and common_user is None:
             entry["user"] = h.user
@@ -198,7 +191,6 @@ def cluster_file_from_vagrant(
                     pass
             entry["identity_file"] = key
         entry["cluster_address"] = private_addresses[h.name]
-        entry["roles"] = list(roles)
         labels = {"provider": "vagrant"}
         machine_provider = _machine_provider(h.identity_file) if h.identity_file else None
         if machine_provider:

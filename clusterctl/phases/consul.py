@@ -1,24 +1,32 @@
 """The consul phase: one Consul server microcontainer per server host, client agents elsewhere.
 
-- bootstrap-expect is the number of servers in the cluster file; retry-join lists every server's
-  cluster address known from the facts (or the file); joining any one member is enough.
+- Which hosts are servers: their roles in the file, else the choice of schedule/servers.py from
+  the file and the hosts that run a server now (`server_choice`: each host's own agent, and for
+  hosts that did not answer, the raft configuration other agents report).
+- bootstrap-expect is the number of servers; retry-join lists every server's cluster address
+  known from the facts (or the file); joining any one member is enough.
 - bind/advertise: the host's cluster address, from its facts or the file; never guessed.
 - HTTP and DNS listen on loopback and on the docker0 address (where containers send DNS).
 - Unchanged agents are left alone: the container's clusterctl.config label is the digest of
   everything that would make it run differently. A changed agent is replaced one host at a time
-  (rolling), each waiting for a leader, so quorum holds.
+  (rolling), each waiting for a leader, so quorum holds. A server that becomes a client (its
+  roles say so) first leaves the cluster gracefully, so raft drops it before it restarts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from clusterctl.commands import consul as build
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.commands.files import sha256, write_secret
+from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
-from clusterctl.phases.base import Context, PlanError
+from clusterctl.phases.base import Context, ContextMemo, PlanError
 from clusterctl.phases.engine import dns_address
+from clusterctl.schedule.servers import ServerChoice, choose_servers
 
 LEADER_TIMEOUT = 90.0
 
@@ -30,12 +38,67 @@ def cluster_address(ctx: Context, host: Host) -> str | None:
     return facts.cluster_address() if facts else None
 
 
+def _own_agent(cluster: Cluster, facts: HostFacts):
+    agent = facts.container(build.CONTAINER)
+    return agent if agent is not None and agent.labels.get("clusterctl.cluster") == cluster.name else None
+
+
+def running_servers(cluster: Cluster, facts: Mapping[str, HostFacts]) -> frozenset[str]:
+    """Hosts of the file that run a Consul server of this cluster now (running or stopped).
+
+    A host whose engine answered says so itself (its agent's clusterctl.consul.mode label); for
+    the others (down, engine stopped, left out of a --host run) the raft configuration that this
+    cluster's answering agents report names the servers."""
+    own: dict[str, bool] = {}
+    raft: set[str] = set()
+    for name, f in facts.items():
+        if not f.docker.running:
+            continue
+        agent = _own_agent(cluster, f)
+        own[name] = agent is not None and agent.labels.get("clusterctl.consul.mode") == "server"
+        if agent is not None and f.docker.consul_voters:
+            raft.update(f.docker.consul_voters)
+    return frozenset(h.name for h in cluster.hosts if (own[h.name] if h.name in own else h.name in raft))
+
+
+def server_choice(cluster: Cluster, facts: Mapping[str, HostFacts]) -> ServerChoice:
+    """The server hosts: roles from the file, the rest chosen (schedule/servers.py), keeping the
+    hosts that run a server now."""
+    spec = cluster.spec
+    return choose_servers(spec.hosts, spec.consul.servers_spread, running_servers(cluster, facts))
+
+
+# Per Context: the consul and network phases (swarm managers) plan from the same choice.
+chosen_servers = ContextMemo(lambda ctx: server_choice(ctx.cluster, ctx.facts))
+
+
+def _raft_known(ctx: Context) -> bool:
+    """Whether an answering agent of this cluster reported raft's servers."""
+    return any(_own_agent(ctx.cluster, f) is not None and f.docker.consul_voters for f in ctx.facts.values())
+
+
+def _leave_blockers(ctx: Context, host: Host, facts: HostFacts) -> list[str]:
+    """Why this server may not leave now: raft's other servers whose agent does not run (the
+    removal would need them for its quorum), or no raft view at all."""
+    voters = facts.docker.consul_voters
+    if not voters:
+        return ["raft's servers (this agent reports none)"]
+    down = []
+    for name in sorted(voters):
+        f = ctx.facts.get(name)
+        agent = _own_agent(ctx.cluster, f) if f is not None else None
+        if name != host.name and not (agent is not None and agent.running):
+            down.append(name)
+    return down
+
+
 def agent_config(ctx: Context, host: Host, facts: HostFacts) -> build.AgentConfig:
     spec = ctx.cluster.spec
     bind = cluster_address(ctx, host)
     if not bind:
         raise PlanError("no cluster address: none in the file and none found in the host's facts")
-    servers = [h for h in spec.hosts if h.is_server]
+    choice = chosen_servers(ctx)
+    servers = [h for h in spec.hosts if choice.is_server(h.name)]
     if not servers:
         raise PlanError("consul needs at least one host with role server")
     joins = sorted({a for h in servers if (a := cluster_address(ctx, h)) and a != bind})
@@ -43,7 +106,7 @@ def agent_config(ctx: Context, host: Host, facts: HostFacts) -> build.AgentConfi
         raise PlanError("no filebox: consul runs from the filebox (set filebox.binaries to include consul)")
     return build.AgentConfig(
         node=host.name,
-        server=host.is_server,
+        server=choice.is_server(host.name),
         bootstrap_expect=len(servers),
         retry_join=tuple(joins),
         bind=bind,
@@ -81,11 +144,19 @@ class ConsulPhase:
         if not ctx.cluster.spec.consul.enabled:
             return []
         gossip, cfg, digest, current = self._state(ctx, host, facts)
+        own = _own_agent(ctx.cluster, facts)
+        was_server = own is not None and own.labels.get("clusterctl.consul.mode") == "server"
+        if cfg.server and not was_server and host.roles is None and ctx.outside and not _raft_known(ctx):
+            # A new server chosen without knowing where the servers run now could move one.
+            raise PlanError(
+                "which hosts run consul servers is unknown in this --host run (no agent of this cluster answered): "
+                "run up on every host, or add a host that runs one to --host"
+            )
         cmds: list[Cmd] = []
         if current is not None and current.labels.get("clusterctl.config") == digest:
             if current.running:
                 voters = facts.docker.consul_voters
-                if not host.is_server or (voters is not None and voters.get(host.name)):
+                if not cfg.server or (voters is not None and voters.get(host.name)):
                     return []
                 # Up to date but not (yet) a voter, e.g. it restarted with its host: done only
                 # once autopilot promotes it, so `up` never reports a cluster short of quorum.
@@ -95,10 +166,21 @@ class ConsulPhase:
             if facts.managed_files.get(build.GOSSIP_FILE) != sha256(gossip):
                 cmds.append(write_secret(build.GOSSIP_FILE, gossip, "0600", "write the gossip encryption key"))
             if current is not None:
+                if was_server and not cfg.server and current.running:
+                    # A server becoming a client leaves first, so raft drops it and the others
+                    # keep their quorum (a stopped one is a dead server autopilot drops); only
+                    # while every other server runs, or the removal itself could lose quorum.
+                    blockers = _leave_blockers(ctx, host, facts)
+                    if blockers:
+                        raise PlanError(
+                            "not made a client yet: a server leaves only while every other server runs; "
+                            f"unknown or not running: {', '.join(blockers)}"
+                        )
+                    cmds += build.leave_agent()
                 cmds.append(build.remove_agent())
             cmds.append(build.make_services_dir())
             cmds.append(build.run_agent(cfg, digest))
-        cmds.append(build.wait_for_leader(LEADER_TIMEOUT, voter=host.name if host.is_server else None))
+        cmds.append(build.wait_for_leader(LEADER_TIMEOUT, voter=host.name if cfg.server else None))
         return [as_root(c, facts.sudo) for c in cmds]
 
     def rolling(self, ctx: Context, host: Host, facts: HostFacts) -> bool:

@@ -35,6 +35,7 @@ from clusterctl.facts.parser import HostFacts
 from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER, find_network, interface_networks
 from clusterctl.network.subnets import as_network, check_cluster_cidr, default_cluster_cidr
 from clusterctl.phases.base import Context, ContextMemo, Inputs, PhaseError, PlanError
+from clusterctl.phases.consul import chosen_servers
 
 PASSWORD_FILE_NAME = "weave.password"
 
@@ -104,7 +105,8 @@ def cluster_cidr(ctx: Context, addresses: dict[str, str]) -> IPv4Network:
 
 def _swarm(ctx: Context, addresses: dict[str, str], cidr: IPv4Network) -> NetworkPlan:
     spec = ctx.cluster.spec
-    hosts = [swarm.SwarmHost(h.name, addresses[h.name], h.is_server, h.labels) for h in spec.hosts if h.name in addresses]
+    choice = chosen_servers(ctx)  # swarm managers are the Consul server hosts
+    hosts = [swarm.SwarmHost(h.name, addresses[h.name], choice.is_server(h.name), h.labels) for h in spec.hosts if h.name in addresses]
     facts = {}
     for name, f in ctx.facts.items():
         nodes = f.network.swarm_nodes

@@ -180,3 +180,142 @@ def test_file_builders_keep_content_as_data():
     assert shlex.split(c.render())[-3:] == ["/etc/x y", "a'b $(rm)", "0644"]
     s = write_secret("/etc/k", b"secret")
     assert "secret" not in s.render() and s.stdin == b"secret"
+
+
+# --- which hosts are servers (clusterctl/schedule/servers.py), through the planner -------------
+
+SEVEN = """
+name: c1
+hosts:
+""" + "".join(
+    f"  - {{name: {n}, address: 10.0.1.{i}, labels: {{provider: {p}}}}}\n"
+    for i, (n, p) in enumerate([("h1", "hetzner"), ("h2", "hetzner"), ("h3", "hetzner"), ("h4", "hetzner"),
+                                ("a1", "aws"), ("a2", "aws"), ("a3", "aws")], 1)
+)  # fmt: skip
+
+
+def _running_agent(ctx, name, raft=None):
+    """Facts of a host whose agent runs as `up` would have started it for ctx's file."""
+    host = ctx.cluster.spec.host(name)
+    cfg = agent_config(ctx, host, ctx.facts[name])
+    gossip_sha = sha256(build.gossip_file(KEY))
+    mode = "server" if cfg.server else "client"
+    container = {"ID": "x", "Names": build.CONTAINER, "Image": "i", "State": "running",
+                 "Labels": f"clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.consul.mode={mode},"
+                           f"clusterctl.config={config_digest(cfg, gossip_sha)}"}  # fmt: skip
+    return facts_for(host.address, [container], {build.GOSSIP_FILE: gossip_sha}, raft=raft)
+
+
+def _roles(ctx):
+    out = {}
+    for h in ctx.cluster.hosts:
+        if h.name not in ctx.facts:
+            continue
+        argv = agent_config(ctx, h, ctx.facts[h.name]).args()
+        out[h.name] = ("server", next(a for a in argv if a.startswith("-bootstrap-expect="))) if "-server" in argv else "client"
+    return out
+
+
+def test_seven_hosts_without_roles_get_five_servers_over_both_providers():
+    ctx = ctx_for(SEVEN)
+    roles = _roles(ctx)
+    assert [n for n, r in roles.items() if r != "client"] == ["h1", "h2", "h3", "a1", "a2"]
+    assert {r for r in roles.values() if r != "client"} == {("server", "-bootstrap-expect=5")}
+    assert [n for n, r in roles.items() if r == "client"] == ["h4", "a3"]
+    # `plan` names each host's role in its consul step.
+    descriptions = {h.name: [c.description for c in ConsulPhase().plan(ctx, h, ctx.facts[h.name])] for h in ctx.cluster.hosts}
+    assert "start consul server" in descriptions["a2"] and "start consul client" in descriptions["a3"]
+
+
+def test_an_eighth_host_anywhere_in_the_file_moves_no_server():
+    fresh = ctx_for(SEVEN)
+    servers = ["h1", "h2", "h3", "a1", "a2"]
+    raft = _raft(**dict.fromkeys(servers, True))
+    running = {h.name: _running_agent(fresh, h.name, raft) for h in fresh.cluster.hosts}
+    # From the file alone, an aws host at the top would take a2's place (aws gets the first pick).
+    eight = SEVEN.replace("hosts:\n", "hosts:\n  - {name: a0, address: 10.0.1.8, labels: {provider: aws}}\n")
+    assert [n for n, r in _roles(ctx_for(eight)).items() if r != "client"] == ["a0", "h1", "h2", "h3", "a1"]
+    ctx = ctx_for(eight, **running)
+    roles = _roles(ctx)
+    assert [n for n, r in roles.items() if r != "client"] == servers and roles["a0"] == "client"
+    # The seven are converged (their agents run as they should); only a0 gets a client agent.
+    plans = {h.name: ConsulPhase().plan(ctx, h, ctx.facts[h.name]) for h in ctx.cluster.hosts}
+    assert {n for n, p in plans.items() if p} == {"a0"}
+    assert "start consul client" in [c.description for c in plans["a0"]]
+    # A server that did not answer the probe is known from the others' raft view: it stays one.
+    del running["a2"]
+    ctx = Context(ctx.cluster, {h.name: running.get(h.name) or facts_for(h.address) for h in ctx.cluster.hosts if h.name != "a2"}, INPUTS)
+    assert [n for n, r in _roles(ctx).items() if r != "client"] == ["h1", "h2", "h3", "a1"]
+    from clusterctl.phases.consul import chosen_servers
+
+    assert chosen_servers(ctx).servers == tuple(servers)
+
+
+def test_the_old_default_keeps_its_servers():
+    # A cluster made when every host defaulted to server: 4 hosts, 4 servers. The new default
+    # would be 3; nothing is demoted, every agent is left alone, and the choice says so.
+    file = FILE.replace("{name: w1, address: 10.0.0.4, roles: [client]}", "{name: w1, address: 10.0.0.4}")
+    old = ctx_for(file.replace("}", ", roles: [server]}"))  # what the old default meant
+    raft = _raft(n1=True, n2=True, n3=True, w1=True)
+    running = {h.name: _running_agent(old, h.name, raft) for h in old.cluster.hosts}
+    ctx = ctx_for(file, **running)
+    assert all(ConsulPhase().plan(ctx, h, ctx.facts[h.name]) == [] for h in ctx.cluster.hosts)
+    from clusterctl.phases.consul import server_choice
+
+    choice = server_choice(ctx.cluster, ctx.facts)
+    assert choice.servers == ("n1", "n2", "n3", "w1") and "set roles: [client]" in choice.note()
+
+
+def test_a_server_made_a_client_leaves_gracefully_first():
+    servers_file = FILE.replace(", roles: [client]}", "}").replace("}", ", roles: [server]}")
+    old = ctx_for(servers_file)
+    raft = _raft(n1=True, n2=True, n3=True, w1=True)
+    running = {h.name: _running_agent(old, h.name, raft) for h in old.cluster.hosts}
+    ctx = ctx_for(FILE, **running)  # w1's roles now say client; n1-n3 have none (and run servers)
+    w1 = ctx.cluster.spec.host("w1")
+    cmds = [c.render() for c in ConsulPhase().plan(ctx, w1, ctx.facts["w1"])]
+    assert cmds[:3] == ["docker update --restart no clusterctl-consul", "docker exec clusterctl-consul consul leave",
+                        "docker rm -f clusterctl-consul || true"]  # fmt: skip
+    assert "-server" not in cmds[4] and "consul.mode=client" in cmds[4]
+    assert ConsulPhase().rolling(ctx, w1, ctx.facts["w1"])
+    # The other servers are untouched; a client made a server needs no leave.
+    assert all(ConsulPhase().plan(ctx, h, ctx.facts[h.name]) == [] for h in ctx.cluster.hosts if h.name != "w1")
+    back = ctx_for(servers_file, w1=_running_agent(ctx, "w1", raft))
+    assert not any("leave" in c.render() for c in ConsulPhase().plan(back, w1, back.facts["w1"]))
+    # Not while another server is down (its raft entry would be needed for the removal's quorum),
+    # nor without a raft view.
+    down = Context(ctx.cluster, {n: f for n, f in ctx.facts.items() if n != "n2"}, INPUTS)
+    with pytest.raises(PlanError, match="every other server runs; unknown or not running: n2"):
+        ConsulPhase().plan(down, w1, down.facts["w1"])
+    blind = ctx_for(FILE, **{**running, "w1": _running_agent(old, "w1", raft={})})
+    with pytest.raises(PlanError, match="raft's servers"):
+        ConsulPhase().plan(blind, w1, blind.facts["w1"])
+
+
+def test_a_host_run_cannot_pick_a_new_server_blind():
+    # `up --host a0` on a running cluster: no agent answers, so where the servers run is unknown;
+    # a0 would be a server from the file alone, which could move one: refused, with what to do.
+    eight = SEVEN.replace("hosts:\n", "hosts:\n  - {name: a0, address: 10.0.1.8, labels: {provider: aws}}\n")
+    cluster = load_text(eight, "c.yaml")
+    a0 = cluster.spec.host("a0")
+    ctx = Context(cluster, {"a0": facts_for(a0.address)}, INPUTS, outside=frozenset(h.name for h in cluster.hosts) - {"a0"})
+    with pytest.raises(PlanError, match="unknown in this --host run"):
+        ConsulPhase().plan(ctx, a0, ctx.facts["a0"])
+    # With one running server in the run, its raft view tells: a0 is a client.
+    fresh = ctx_for(SEVEN)
+    raft = _raft(**dict.fromkeys(["h1", "h2", "h3", "a1", "a2"], True))
+    ctx = Context(cluster, {"a0": facts_for(a0.address), "h1": _running_agent(fresh, "h1", raft)}, INPUTS,
+                  outside=frozenset(h.name for h in cluster.hosts) - {"a0", "h1"})  # fmt: skip
+    assert "start consul client" in [c.description for c in ConsulPhase().plan(ctx, a0, ctx.facts["a0"])]
+
+
+def test_swarm_managers_are_the_chosen_servers():
+    from clusterctl.phases.network import plan_network
+
+    ctx = ctx_for(SEVEN)
+    plan = plan_network(ctx)
+    joins = {n: next((c for c in cmds if "docker swarm join" in c.render()), None) for n, cmds in plan.cmds.items()}
+    assert plan.cmds["h1"][0].argv[:3] == ("docker", "swarm", "init")
+    managers = {n for n, c in joins.items() if c is not None and "manager token" in c.display()}
+    workers = {n for n, c in joins.items() if c is not None and "worker token" in c.display()}
+    assert (managers, workers) == ({"h2", "h3", "a1", "a2"}, {"h4", "a3"})
