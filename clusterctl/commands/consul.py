@@ -105,6 +105,17 @@ def leave_agent() -> list[Cmd]:
     ]
 
 
+def remove_data_volume() -> Cmd:
+    """Not `docker volume rm -f`: on a swarm manager, -f (or a volume that is not there) also asks
+    the swarm for a cluster volume, which fails ("unknown method ListVolumes") when the swarm's
+    leader runs Docker older than 23, as in a swarm of mixed versions."""
+    return sh_args(
+        'if docker volume inspect "$1" >/dev/null 2>&1; then docker volume rm "$1" >/dev/null; fi',
+        DATA_VOLUME,
+        description="remove consul's data volume",
+    )
+
+
 def start_agent() -> Cmd:
     return Cmd(("docker", "start", CONTAINER), "start the stopped consul container")
 

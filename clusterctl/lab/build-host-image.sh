@@ -5,6 +5,7 @@
 # Needs root and debootstrap.
 #   $1 tag prefix   $2 lab-init script   $3 mirror   $4 suite (bookworm, trixie, sid)
 #   $5 Docker's packages in that suite (from trixie on the client is docker-cli, apart)
+# systemd's packages wait in the cache too: lab.py builds the --init systemd variants from $1-bare.
 set -eu
 tag=$1 init_script=$2 mirror=${3:-http://deb.debian.org/debian} suite=${4:-bookworm} docker_pkgs=${5:-docker.io}
 work=$(mktemp -d /var/tmp/clusterctl-lab-rootfs.XXXXXX)
@@ -15,7 +16,7 @@ debootstrap --variant=minbase \
 	"$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 # shellcheck disable=SC2086
-chroot "$root" sh -c "apt-get clean && apt-get install -y -q --download-only --no-install-recommends $docker_pkgs" >"$work/apt.log" 2>&1 \
+chroot "$root" sh -c "apt-get clean && apt-get install -y -q --download-only --no-install-recommends $docker_pkgs systemd systemd-sysv dbus" >"$work/apt.log" 2>&1 \
 	|| { tail -n 20 "$work/apt.log" >&2; exit 1; }
 : >"$root/etc/resolv.conf"
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/locale" "$root/var/log/"*.log

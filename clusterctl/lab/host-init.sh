@@ -1,7 +1,8 @@
 #!/bin/sh
-# PID 1's child in a lab host container: make the container behave like a small Linux host
-# (writable /sys and cgroups for an inner Docker engine, sshd), then start Docker if installed,
-# the way a real host's init would at boot.
+# A lab host container's start: make the container behave like a small Linux host (writable
+# /sys and cgroups for an inner Docker engine, host keys, the lab's authorized key), then either
+# hand over to systemd as PID 1 (LAB_INIT=systemd: it starts sshd and, if installed, Docker), or
+# start sshd and Docker as a plain init would (under tini).
 set -u
 if grep -q ' /sys sysfs ro[, ]' /proc/mounts; then mount -o remount,rw /sys; fi
 # Read-only cgroup mounts must be re-bound rw (plain remount,rw fails: "mount point is busy").
@@ -12,13 +13,14 @@ mkdir -p /root/.ssh /run/sshd
 chmod 700 /root/.ssh
 if [ -n "${LAB_AUTHORIZED_KEY:-}" ]; then printf '%s\n' "$LAB_AUTHORIZED_KEY" > /root/.ssh/authorized_keys; fi
 chmod 600 /root/.ssh/authorized_keys 2>/dev/null
-/usr/sbin/sshd -e
 # The containerd image store, as an admin (or Docker 29's defaults) would set it, before Docker
 # first starts; an existing daemon.json (clusterctl's keys, after a restart) is kept.
 if [ "${LAB_IMAGE_STORE:-}" = containerd ] && [ ! -e /etc/docker/daemon.json ]; then
 	mkdir -p /etc/docker
 	printf '%s\n' '{"features": {"containerd-snapshotter": true}}' > /etc/docker/daemon.json
 fi
+if [ "${LAB_INIT:-}" = systemd ]; then exec /sbin/init; fi
+/usr/sbin/sshd -e
 if [ -x /etc/init.d/docker ]; then service docker start; fi
 echo "lab-init: ready"
 exec sleep infinity

@@ -94,6 +94,8 @@ class HostOS:
     suite: str  # debootstrap's suite
     docker_packages: str  # from trixie on, the client is docker-cli, apart from docker.io
     docker_major: int  # of the packaged Docker: the containerd image store needs 24 or later
+    # Its systemd refuses to run on a cgroup v1 hierarchy (systemd 258 and later).
+    systemd_needs_cgroup2: bool = False
 
 
 HOST_OSES = {
@@ -101,12 +103,34 @@ HOST_OSES = {
     for o in (
         HostOS("debian-12", "bookworm", "docker.io", 20),
         HostOS("debian-13", "trixie", "docker.io docker-cli", 26),
-        HostOS("debian-sid", "sid", "docker.io docker-cli", 28),
+        HostOS("debian-sid", "sid", "docker.io docker-cli", 28, systemd_needs_cgroup2=True),
     )
 }
 DEFAULT_OS = "debian-12"
 IMAGE_STORES = ("classic", "containerd")
+# plain: tini runs lab-init, which starts sshd and Docker's init script. systemd: systemd is PID 1
+# (as on real hosts), started the way kind's node images start it.
+INITS = ("plain", "systemd")
+SYSTEMD_FLAGS = ("-t", "--tmpfs", "/run", "--tmpfs", "/run/lock", "--cgroupns", "private")
+# The systemd variants, built from the kind's bare image with the packages already in its apt
+# cache; policy-rc.d keeps the build from starting services (enabling them for boot still works).
+_NO_START = "printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d"
+_APT = "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --no-download -o Dpkg::Options::=--force-confold"
+SYSTEMD_DOCKERFILE = f"""FROM {{base}}
+RUN {_NO_START} && {_APT} systemd systemd-sysv dbus >/dev/null && rm -f /usr/sbin/policy-rc.d && : >/etc/machine-id && rm -f /var/lib/dbus/machine-id
+ENV LAB_INIT=systemd container=docker
+STOPSIGNAL SIGRTMIN+3
+ENTRYPOINT ["/usr/local/sbin/lab-init"]
+"""
+SYSTEMD_DOCKER_DOCKERFILE = f"""FROM {{base}}
+RUN {_NO_START} && {_APT} {{packages}} >/dev/null && rm -f /usr/sbin/policy-rc.d
+"""
 CONTAINERD_STORE_MIN_DOCKER = 24
+
+
+def _cgroup2() -> bool:
+    """Whether this machine (so every lab host) has the unified cgroup v2 hierarchy."""
+    return Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
 
 def parse_os_list(value: str) -> tuple[HostOS, ...]:
@@ -125,7 +149,7 @@ def image_tag(host_os: HostOS = HOST_OSES[DEFAULT_OS]) -> str:
     h = hashlib.sha256()
     for asset in ("build-host-image.sh", "host-init.sh"):
         h.update(_asset(asset).read_bytes())
-    h.update(f"{host_os.suite} {host_os.docker_packages}".encode())
+    h.update(f"{host_os.suite} {host_os.docker_packages} {SYSTEMD_DOCKERFILE} {SYSTEMD_DOCKER_DOCKERFILE}".encode())
     return f"{IMAGE_REPO}:{h.hexdigest()[:12]}-{host_os.name}"
 
 
@@ -151,6 +175,18 @@ def ensure_image(log=print, host_os: HostOS = HOST_OSES[DEFAULT_OS]) -> str:  # 
         err = proc.stderr.decode(errors="replace").strip().splitlines()
         raise UserError(f"building the lab host image failed: {err[-1] if err else proc.returncode}")
     return tag
+
+
+def ensure_systemd_images(tag: str, host_os: HostOS, log=print) -> None:  # noqa: ANN001
+    """The kind's -systemd-bare and -systemd-docker images, from its -bare one (once)."""
+    steps = (
+        ("systemd-bare", SYSTEMD_DOCKERFILE.format(base=f"{tag}-bare")),
+        ("systemd-docker", SYSTEMD_DOCKER_DOCKERFILE.format(base=f"{tag}-systemd-bare", packages=host_os.docker_packages)),
+    )
+    for variant, dockerfile in steps:
+        if _docker("image", "inspect", f"{tag}-{variant}", check=False).returncode != 0:
+            log(f"building lab host image {tag}-{variant}")
+            _docker("build", "-q", "-t", f"{tag}-{variant}", "-", input=dockerfile.encode())
 
 
 @dataclass(frozen=True)
@@ -319,13 +355,15 @@ def up(
     bastion: bool = False,
     oses: str = DEFAULT_OS,
     image_store: str = "classic",
+    init: str = "plain",
 ) -> Path:
     """Create (or complete) the lab and write its cluster file; returns the file's path.
 
     bastion: node1 is the only host this machine reaches; the others sit on a private network
     behind it (see the module's docstring). oses: a comma list of HOST_OSES, cycled over the
     hosts. image_store: containerd puts the containerd image store on the hosts whose Docker
-    has it (24 and later); the others keep the classic store. An existing host keeps its kind."""
+    has it (24 and later); the others keep the classic store. init: systemd runs systemd as each
+    host's PID 1. An existing host keeps its kind."""
     if hosts < 1 or hosts > 50:
         raise UserError(f"--hosts must be between 1 and 50, got {hosts}")
     if bastion and hosts < 2:
@@ -339,11 +377,22 @@ def up(
     kinds = parse_os_list(oses)
     if image_store not in IMAGE_STORES:
         raise UserError(f"--image-store: choose {' or '.join(IMAGE_STORES)}, not {image_store!r}")
+    if init not in INITS:
+        raise UserError(f"--init: choose {' or '.join(INITS)}, not {init!r}")
+    if init == "systemd" and not _cgroup2():
+        old = [k.name for k in kinds if k.systemd_needs_cgroup2]
+        if old:
+            raise UserError(
+                f"--init systemd: the systemd of {', '.join(old)} refuses a cgroup v1 hierarchy, and this machine has "
+                "cgroup v1; choose debian-12 or debian-13"
+            )
     _engine_ready()
     # Each kind's image is built once; kinds not built yet are built side by side.
     unique = list({k.name: k for k in kinds}.values())
     with ThreadPoolExecutor(max_workers=len(unique)) as pool:
         tags = dict(zip((k.name for k in unique), pool.map(lambda k: ensure_image(log, k), unique)))
+        if init == "systemd":
+            list(pool.map(lambda k: ensure_systemd_images(tags[k.name], k, log), unique))
     directory = lab_dir(name)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = _ensure_key(directory)
@@ -364,7 +413,7 @@ def up(
         lab_hosts.append(host)
         state = _docker("inspect", "-f", "{{.State.Running}}", cname, check=False)
         if state.returncode != 0:
-            variant = "bare" if bare else "docker"
+            variant = ("systemd-" if init == "systemd" else "") + ("bare" if bare else "docker")
             kind = kinds[(i - 1) % len(kinds)]
             store = image_store if kind.docker_major >= CONTAINERD_STORE_MIN_DOCKER else "classic"
             net = private_network_name(name) if host in behind else network_name(name)
@@ -372,9 +421,9 @@ def up(
                 "run", "-d", "--name", cname, "--hostname", host.name,
                 "--network", net, "--ip", host.address,
                 "--label", f"{LABEL}={name}", "--label", f"{LABEL}.host={host.name}",
-                "--label", f"{LABEL}.os={kind.name}", "--label", f"{LABEL}.image-store={store}",
+                "--label", f"{LABEL}.os={kind.name}", "--label", f"{LABEL}.image-store={store}", "--label", f"{LABEL}.init={init}",
                 "-e", f"LAB_AUTHORIZED_KEY={pub}", "-e", f"LAB_IMAGE_STORE={store}",
-                *DIND_FLAGS, f"{tags[kind.name]}-{variant}",
+                *DIND_FLAGS, *(SYSTEMD_FLAGS if init == "systemd" else ()), f"{tags[kind.name]}-{variant}",
             )  # fmt: skip
         elif state.stdout.decode().strip() != "true":
             _docker("start", cname)

@@ -53,7 +53,7 @@ class ConsulDown:
         cmds = []
         if mine:
             cmds.append(consul_build.remove_agent())
-            cmds.append(Cmd(("docker", "volume", "rm", "-f", consul_build.DATA_VOLUME), "remove consul's data volume"))
+            cmds.append(consul_build.remove_data_volume())
         cmds.append(Cmd(("rm", "-rf", consul_build.CONFIG_DIR), "remove consul's configuration (gossip key, services)"))
         return _root(cmds, facts)
 

@@ -174,6 +174,8 @@ class Manager:
                 self.reports[name].facts = out.value  # type: ignore[assignment]
                 f = out.value
                 msg = f"{f.os_pretty or f.os_id} {f.arch}, docker {f.docker.server_version or ('stopped' if f.docker.installed else 'absent')}"
+                if f.docker.server_version and f.docker.image_store != "classic":
+                    msg += f" ({f.docker.image_store} image store)"
                 if label == "probe":
                     self._record(name, Step(label, OK, msg, out.seconds))
             else:

@@ -1,4 +1,6 @@
-"""The session's lab: 3 bare hosts (no Docker yet), created once, always removed at the end."""
+"""The session's lab: 3 bare hosts (no Docker yet) of the stacks users run, created once, always
+removed at the end: node1 Debian 12 (Docker 20.10, classic image store), node2 Debian 13 (Docker
+26) and node3 Debian sid (Docker 28), both with the containerd image store (Docker 29's default)."""
 
 from __future__ import annotations
 
@@ -45,16 +47,21 @@ def _remove_stale_test_labs() -> None:
             lab_mod.down(name)
 
 
+MIXED = ("--os", "debian-12,debian-13,debian-sid", "--image-store", "containerd")
+# What the mixed lab's hosts run, by host: Docker's major version and image store.
+MIXED_STACKS = {"node1": ("20.10", "classic"), "node2": ("26.", "containerd"), "node3": ("28.", "containerd")}
+
+
 @contextmanager
-def lab_for_tests(cli, name: str, *flags: str):
-    """A 3-host lab for a test scope, removed at the end even when the tests fail."""
+def lab_for_tests(cli, name: str, *flags: str, hosts: int = 3):
+    """A lab for a test scope, removed at the end even when the tests fail."""
     if not _engine_ok():
         if os.environ.get("CLUSTERCTL_SKIP_E2E") == "1":
             pytest.skip("CLUSTERCTL_SKIP_E2E=1 and no Docker engine")
         pytest.fail("no Docker engine on this machine: run scripts/setup.sh (or set CLUSTERCTL_SKIP_E2E=1)")
     _remove_stale_test_labs()
     try:
-        proc = cli("lab", "up", "--name", name, "--hosts", "3", *flags, timeout=900)
+        proc = cli("lab", "up", "--name", name, "--hosts", str(hosts), *flags, timeout=900)
         assert proc.returncode == 0, proc.stderr
         path = Path(proc.stdout.strip().splitlines()[-1])
         assert path.is_file()
@@ -66,5 +73,5 @@ def lab_for_tests(cli, name: str, *flags: str):
 
 @pytest.fixture(scope="session")
 def lab(cli, state_dir):
-    with lab_for_tests(cli, f"e2e{os.getpid()}", "--bare") as shared:
+    with lab_for_tests(cli, f"e2e{os.getpid()}", "--bare", *MIXED) as shared:
         yield shared

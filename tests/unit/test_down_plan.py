@@ -64,7 +64,7 @@ def test_consul_agent_volume_and_config_and_another_clusters_agent_is_left():
                  managed=[consul_build.GOSSIP_FILE])  # fmt: skip
     assert plan(ConsulDown(), mine) == [
         "docker rm -f clusterctl-consul || true",
-        "docker volume rm -f clusterctl-consul-data",
+        "sh -c 'if docker volume inspect \"$1\" >/dev/null 2>&1; then docker volume rm \"$1\" >/dev/null; fi' sh clusterctl-consul-data",
         "rm -rf /etc/clusterctl/consul",
     ]
     other = facts(containers=[(consul_build.CONTAINER, "clusterctl.cluster=other,clusterctl.role=consul")],
