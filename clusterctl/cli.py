@@ -83,17 +83,10 @@ def _inputs(cluster, dry_run: bool):
     """Operator-side inputs of a run, built before any host is touched (bad binaries fail here)."""
     from clusterctl.phases.base import Inputs
 
+    # The gossip key is settled after the probe (phases/gossip.py): never made over a running cluster.
     spec = cluster.spec
-    gossip = None
-    if spec.consul.enabled:
-        from clusterctl.secrets import gossip_key
-        from clusterctl.state import cluster_dir
-
-        key_dir = cluster_dir(cluster.name)
-        # A dry run creates nothing, not even the operator-side key.
-        gossip = gossip_key(key_dir) if not dry_run or (key_dir / "gossip.key").exists() else "<generated on first up>"
     if not spec.filebox.binaries:
-        return Inputs(gossip_key=gossip)
+        return Inputs()
     from clusterctl.filebox.build import build_filebox
     from clusterctl.images.base import base_image
     from clusterctl.phases.filebox import filebox_container_name
@@ -108,13 +101,27 @@ def _inputs(cluster, dry_run: bool):
     apps = _service_apps(cluster, base)
     return Inputs(
         apps=apps,
-        gossip_key=gossip,
         base_image=base.image.tag,
         filebox_container=filebox_container_name(box.version),
         images=(box.image, base.image),
         filebox_tag=box.tag,
         filebox_version=box.version,
     )
+
+
+def _prepare(cluster, dry_run: bool):
+    """The operator-side step right after the probe: the run's secrets, settled from what the
+    hosts run (a new gossip key only where no host runs Consul of the cluster), or a refusal
+    (SecretError, exit 2) before anything is sent. A dry run makes nothing on disk."""
+    from clusterctl.phases.gossip import gossip_inputs
+    from clusterctl.state import cluster_path
+
+    directory = cluster_path(cluster.name)
+
+    def prepare(ctx):
+        return gossip_inputs(ctx, directory, dry_run)
+
+    return prepare
 
 
 def _service_apps(cluster, base) -> dict:
@@ -155,6 +162,7 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     only = _select(cluster, hosts)
     endpoints = resolve_endpoints(cluster)
     known = _known_hosts(cluster, accept_new)
+    prepare = None
     if down:
         from clusterctl.phases.base import Inputs
         from clusterctl.phases.down import DOWN_PHASES as phases
@@ -165,6 +173,7 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
         from clusterctl.phases.network import network_inputs
 
         inputs = network_inputs(cluster, _inputs(cluster, dry_run), dry_run)
+        prepare = _prepare(cluster, dry_run)
     console = _err_console()
     options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)
 
@@ -174,11 +183,11 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     verb = ("down --dry-run" if down else "plan") if dry_run else ("down" if down else "up")
     console.print(f"[bold]{verb}[/bold] cluster [bold]{cluster.name}[/bold] ({len(endpoints)} hosts, {cluster.path})")
     if dry_run:
-        report = execute(cluster, phases, endpoints, known, options, progress, inputs)
+        report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare)
     else:
         holder = f"clusterctl {'down' if down else 'up'} -f {cluster.path}"
         with cluster_lock(cluster_dir(cluster.name), cluster.name, holder, wait=lock_wait):
-            report = execute(cluster, phases, endpoints, known, options, progress, inputs)
+            report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare)
     if output == Output.json:
         print(report_json(report))
     else:
@@ -431,6 +440,77 @@ def schema() -> None:
     from clusterctl.config.models import ClusterFile
 
     print(json.dumps(ClusterFile.model_json_schema(), indent=2))
+
+
+secrets_app = typer.Typer(
+    help="The cluster's operator-side secrets (gossip key, weave password): export them for a second operator, import them.",
+    no_args_is_help=True,
+)
+app.add_typer(secrets_app, name="secrets")
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write over what is there (export: FILE; import: a different secret).")]
+MAX_BUNDLE = 1 << 20
+
+
+@secrets_app.command("export")
+def secrets_export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Write them here (a new 0600 file); - for stdout when it is not a terminal.")],
+    file: FileOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Write the cluster's secrets (from this operator's state dir) into one 0600 file."""
+    from clusterctl.config.loader import load
+    from clusterctl.secrets import export_bundle, write_bundle
+    from clusterctl.state import cluster_path
+
+    cluster = load(_resolve_file(file, create_lab=False))
+    data, names = export_bundle(cluster_path(cluster.name), cluster.name)
+    if str(output) == "-":
+        if sys.stdout.isatty():
+            raise UserError("-o -: that would print the cluster's secrets on the terminal: give -o FILE, or pipe it")
+        sys.stdout.write(data.decode())
+        sys.stdout.flush()
+        where = "stdout"
+    else:
+        write_bundle(output, data, force)
+        where = f"{output} (0600)"
+    _err_console().print(f"exported {', '.join(names)} of cluster '{cluster.name}' to {where}: keep it as safe as the cluster", soft_wrap=True, markup=False)
+
+
+@secrets_app.command("import")
+def secrets_import(
+    source: Annotated[Path, typer.Argument(help="A file made by `clusterctl secrets export` (- for stdin).", show_default=False)],
+    file: FileOpt = None,
+    force: ForceOpt = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Install exported secrets into this operator's state dir (a different one only with --force)."""
+    import json
+
+    from clusterctl.config.loader import load
+    from clusterctl.secrets import import_secrets, parse_bundle
+    from clusterctl.state import cluster_path
+
+    cluster = load(_resolve_file(file, create_lab=False))
+    if str(source) == "-":
+        data, where = sys.stdin.buffer.read(MAX_BUNDLE + 1), "stdin"
+    else:
+        where = str(source)
+        try:
+            with open(source, "rb") as f:
+                data = f.read(MAX_BUNDLE + 1)
+        except OSError as exc:
+            raise UserError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_BUNDLE:
+        raise UserError(f"{where}: not a clusterctl secrets file (larger than {MAX_BUNDLE} bytes)")
+    directory = cluster_path(cluster.name)
+    done = import_secrets(directory, parse_bundle(data, where, cluster.name), force)
+    if output == Output.json:
+        print(json.dumps({"cluster": cluster.name, "directory": str(directory), "secrets": done}, indent=2))
+    else:
+        width = max(len(n) for n in done)
+        for name, what in done.items():
+            print(f"{name:<{width}}  {what}")
+    _err_console().print(f"cluster '{cluster.name}': secrets in {directory}", soft_wrap=True, markup=False)
 
 
 @lab_app.command("up")

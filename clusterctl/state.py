@@ -18,7 +18,13 @@ def state_root() -> Path:
     return Path(xdg) / "clusterctl"
 
 
+def cluster_path(name: str) -> Path:
+    """The cluster's state directory, not created (dry runs and reads make nothing)."""
+    return state_root() / "clusters" / name
+
+
 def cluster_dir(name: str) -> Path:
-    path = state_root() / "clusters" / name
+    """The cluster's state directory, created 0700 when missing (its secrets live here too)."""
+    path = cluster_path(name)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path

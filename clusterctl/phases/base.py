@@ -27,6 +27,7 @@ from clusterctl.commands.base import Cmd
 from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import Container, HostFacts
+from clusterctl.secrets import Secret
 
 
 class PlanError(Exception):
@@ -41,7 +42,8 @@ class PhaseError(Exception):
 class Inputs:
     """What a run brings from the operator's side: secrets and built artifacts."""
 
-    gossip_key: str | None = None
+    # Consul's gossip key, settled right after the probe (phases/gossip.py); never in a repr.
+    gossip_key: Secret | None = field(default=None, repr=False)
     # The microcontainer base image (BusyBox + the filebox's symlinks) consul runs from.
     base_image: str | None = None
     # The filebox container (created, never running) that microcontainers mount.
@@ -54,6 +56,10 @@ class Inputs:
     apps: Mapping[str, Any] = field(default_factory=dict)
     # The weave driver's encryption password (network.weave_password_env, else the state dir).
     weave_password: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.gossip_key is not None and not isinstance(self.gossip_key, Secret):
+            object.__setattr__(self, "gossip_key", Secret(self.gossip_key))
 
 
 @dataclass(frozen=True)

@@ -354,11 +354,17 @@ def execute(
     options: Options,
     progress: Progress | None = None,
     inputs: Inputs | None = None,
+    prepare: Callable[[Context], Inputs] | None = None,
 ) -> RunReport:
+    """`prepare`, when given, is an operator-side step right after the probe: it returns the
+    run's Inputs from what the probe found (e.g. the gossip key, made only when no host runs
+    Consul of the cluster), or raises a UserError to refuse the whole run, nothing sent yet."""
     t0 = time.monotonic()
     with Manager(cluster, endpoints, known_hosts, options, progress, inputs) as m:
         m.connect()
         m.probe()
+        if prepare is not None:
+            m.inputs = prepare(m.context())
         if m.preflight(phases):
             for i, phase in enumerate(phases):
                 m.run_phase(phase, more_phases_follow=i < len(phases) - 1)
