@@ -111,7 +111,7 @@ def _inputs(cluster, dry_run: bool):
 
 def _prepare(cluster, dry_run: bool):
     """The operator-side step right after the probe: the run's secrets, settled from what the
-    hosts run (a new gossip key only where no host runs Consul of the cluster), or a refusal
+    hosts run (a new gossip key or CA only where no host runs Consul of the cluster), or a refusal
     (SecretError, exit 2) before anything is sent. A dry run makes nothing on disk."""
     from clusterctl.phases.gossip import gossip_inputs
     from clusterctl.state import cluster_path
@@ -119,7 +119,13 @@ def _prepare(cluster, dry_run: bool):
     directory = cluster_path(cluster.name)
 
     def prepare(ctx):
-        return gossip_inputs(ctx, directory, dry_run)
+        from dataclasses import replace
+
+        from clusterctl.phases.consul_tls import tls_inputs
+
+        # The gossip key, then Consul's TLS CA and each host's certificate (phases/consul_tls.py).
+        ctx = replace(ctx, inputs=gossip_inputs(ctx, directory, dry_run))
+        return tls_inputs(ctx, directory, dry_run)
 
     return prepare
 

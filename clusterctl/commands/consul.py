@@ -19,6 +19,16 @@ GOSSIP_FILE = f"{CONFIG_DIR}/gossip.json"
 # Service definitions, one file per service replica on the host (phases/services.py).
 SERVICES_DIR = f"{CONFIG_DIR}/services"
 IN_CONTAINER_CONFIG = "/consul/config"
+# RPC TLS (clusterctl/pki.py makes the CA and each agent's certificate): these files sit in
+# CONFIG_DIR beside the gossip key, all 0600, written in one go from stdin (write_secrets).
+TLS_CONFIG = "tls.json"
+CA_CERT, AGENT_CERT, AGENT_KEY = "ca.pem", "agent.pem", "agent-key.pem"
+# A cluster moves to verified TLS in steps, each rolled over every agent, so agents of two
+# neighbouring steps always talk (Consul's own recipe for a running cluster):
+#   0 no TLS; 1 certificates, still plain (accepts TLS, speaks plain); 2 speaks TLS, checks the
+#   server's name (verify_outgoing, verify_server_hostname); 3 refuses plain (verify_incoming).
+# A new cluster starts at TLS_FINAL.
+TLS_FINAL = 3
 DNS_PORT = 53
 # Leader election ~4 s instead of ~7 s (the default is tuned for slow, shared production disks).
 RAFT_HCL = "performance { raft_multiplier = 1 }"
@@ -31,13 +41,17 @@ class AgentConfig:
     bootstrap_expect: int
     retry_join: tuple[str, ...]
     bind: str
-    # HTTP and DNS listen here only: loopback and the address containers use for DNS.
+    # The HTTP API listens on loopback only: the operator reaches it through SSH, containers never.
     client_addresses: tuple[str, ...]
+    # DNS listens here only: loopback and the address containers send DNS to (docker0).
+    dns_addresses: tuple[str, ...]
     datacenter: str
     recursors: tuple[str, ...]
     image: str
     filebox_container: str
     cluster: str
+    # The agent's TLS step (above); 0 for no TLS.
+    tls_stage: int = TLS_FINAL
 
     def args(self) -> tuple[str, ...]:
         argv = [
@@ -46,12 +60,14 @@ class AgentConfig:
             f"-datacenter={self.datacenter}",
             "-data-dir=/consul/data",
             f"-config-file={IN_CONTAINER_CONFIG}/gossip.json",
+            *([f"-config-file={IN_CONTAINER_CONFIG}/{TLS_CONFIG}"] if self.tls_stage else []),
             f"-config-dir={IN_CONTAINER_CONFIG}/services",
             f"-bind={self.bind}",
             f"-advertise={self.bind}",
             f"-client={' '.join(self.client_addresses)}",
             f"-dns-port={DNS_PORT}",
             "-hcl", RAFT_HCL,
+            "-hcl", f"addresses {{ dns = {json.dumps(' '.join(self.dns_addresses))} }}",
         ]  # fmt: skip
         if self.server:
             argv += ["-server", f"-bootstrap-expect={self.bootstrap_expect}", "-ui"]
@@ -59,14 +75,24 @@ class AgentConfig:
         argv += [f"-recursor={r}" for r in self.recursors]
         return tuple(argv)
 
-    def digest(self, gossip_sha256: str) -> str:
-        """Changes whenever the agent would run differently: argv, image, key."""
-        doc = {"args": self.args(), "image": self.image, "filebox": self.filebox_container, "gossip": gossip_sha256}
+    def digest(self, files_sha256: str) -> str:
+        """Changes whenever the agent would run differently: argv, image, its files (key, TLS)."""
+        doc = {"args": self.args(), "image": self.image, "filebox": self.filebox_container, "gossip": files_sha256}
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def gossip_file(key: str) -> bytes:
     return json.dumps({"encrypt": key}).encode()
+
+
+def tls_config(stage: int) -> bytes:
+    """The agent's TLS settings at a step (see TLS_FINAL); HTTP stays plain, on loopback only."""
+    where = IN_CONTAINER_CONFIG
+    doc = {
+        "ca_file": f"{where}/{CA_CERT}", "cert_file": f"{where}/{AGENT_CERT}", "key_file": f"{where}/{AGENT_KEY}",
+        "verify_outgoing": stage >= 2, "verify_server_hostname": stage >= 2, "verify_incoming": stage >= 3,
+    }  # fmt: skip
+    return json.dumps(doc, sort_keys=True).encode()
 
 
 def run_agent(cfg: AgentConfig, digest: str) -> Cmd:
@@ -81,6 +107,7 @@ def run_agent(cfg: AgentConfig, digest: str) -> Cmd:
             "--label", f"clusterctl.cluster={cfg.cluster}",
             "--label", "clusterctl.role=consul",
             "--label", f"clusterctl.consul.mode={role}",
+            "--label", f"clusterctl.consul.tls={cfg.tls_stage}",
             "--label", f"clusterctl.config={digest}",
             cfg.image, *cfg.args(),
         ),

@@ -23,3 +23,53 @@ def write_secret(path: str, content: bytes, mode: str = "0600", description: str
     """Content travels on stdin: never on a command line, never in a dry run's output."""
     cmd = sh_args(WRITE_STDIN, path, mode, description=description or f"write {path} (secret)")
     return Cmd(cmd.argv, cmd.description, cmd.check, stdin=content)
+
+
+# One stdin carries several secret files (a Script feeds stdin to one command): a tar unpacked in
+# a private temp dir beside the target, then each file renamed into place, 0600.
+WRITE_MANY = (
+    'umask 077; mkdir -p "$1" && t=$(mktemp -d "$1/.clusterctl.XXXXXX") && tar -x -o -C "$t" -f - && '
+    'for f in "$t"/*; do chmod 600 "$f" && mv -f "$f" "$1/"; done; rmdir "$t"'
+)
+
+
+def secrets_bundle(files: dict[str, bytes]) -> bytes:
+    """A tar of flat files (sorted, mode 0600, owner 0, mtime 0), for WRITE_MANY."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in sorted(files):
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"a secret file name must be flat: {name!r}")
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(files[name]), 0o600, 0
+            tar.addfile(info, io.BytesIO(files[name]))
+    return out.getvalue()
+
+
+class SecretFiles:
+    """stdin of write_secrets: the bundle, described without its content (dry runs, reports)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self._data = secrets_bundle(files)
+        self.names = tuple(sorted(files))
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"SecretFiles({', '.join(self.names)})"
+
+    def describe(self) -> str:
+        return f"{', '.join(self.names)} (not shown)"
+
+    def write_to(self, write) -> None:  # noqa: ANN001 - a bytes sink
+        write(self._data)
+
+
+def write_secrets(directory: str, files: dict[str, bytes], description: str = "") -> Cmd:
+    """Several files into `directory` from stdin (never on a command line or in a dry run)."""
+    cmd = sh_args(WRITE_MANY, directory, description=description or f"write {', '.join(sorted(files))} in {directory}")
+    return Cmd(cmd.argv, cmd.description, cmd.check, stdin=SecretFiles(files))

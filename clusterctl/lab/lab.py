@@ -44,6 +44,9 @@ DIND_FLAGS = (
     "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
     "--security-opt", "systempaths=unconfined", "--device-cgroup-rule", "a *:* rwm",
     "-v", "/var/lib/docker", "-v", "/var/lib/containerd",
+    # /run is a tmpfs, as on a real host: a restarted host must not find the pid files and
+    # sockets of its last boot (dockerd refuses to start over a stale pid that is now reused).
+    "--tmpfs", "/run",
 )  # fmt: skip
 
 
@@ -111,7 +114,7 @@ IMAGE_STORES = ("classic", "containerd")
 # plain: tini runs lab-init, which starts sshd and Docker's init script. systemd: systemd is PID 1
 # (as on real hosts), started the way kind's node images start it.
 INITS = ("plain", "systemd")
-SYSTEMD_FLAGS = ("-t", "--tmpfs", "/run", "--tmpfs", "/run/lock", "--cgroupns", "private")
+SYSTEMD_FLAGS = ("-t", "--tmpfs", "/run/lock", "--cgroupns", "private")
 # The systemd variants, built from the kind's bare image with the packages already in its apt
 # cache; policy-rc.d keeps the build from starting services (enabling them for boot still works).
 _NO_START = "printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d"

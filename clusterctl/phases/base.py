@@ -56,6 +56,9 @@ class Inputs:
     apps: Mapping[str, Any] = field(default_factory=dict)
     # The weave driver's encryption password (network.weave_password_env, else the state dir).
     weave_password: bytes | None = field(default=None, repr=False)
+    # Consul's RPC TLS: the CA's certificate and each host's own (phases/consul_tls.py), settled
+    # right after the probe.
+    tls: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.gossip_key is not None and not isinstance(self.gossip_key, Secret):

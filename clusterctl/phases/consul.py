@@ -6,7 +6,8 @@
 - bootstrap-expect is the number of servers; retry-join lists every server's cluster address
   known from the facts (or the file); joining any one member is enough.
 - bind/advertise: the host's cluster address, from its facts or the file; never guessed.
-- HTTP and DNS listen on loopback and on the docker0 address (where containers send DNS).
+- The HTTP API listens on loopback only; DNS on loopback and on the docker0 address (where
+  containers send DNS), nothing else.
 - Unchanged agents are left alone: the container's clusterctl.config label is the digest of
   everything that would make it run differently. A changed agent is replaced one host at a time
   (rolling), each waiting for a leader, so quorum holds. A server that becomes a client (its
@@ -20,11 +21,12 @@ from collections.abc import Mapping
 from clusterctl.commands import consul as build
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
-from clusterctl.commands.files import sha256, write_secret
+from clusterctl.commands.files import sha256, write_secrets
 from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.phases.base import Context, ContextMemo, PlanError
+from clusterctl.phases.consul_tls import target_stage
 from clusterctl.phases.engine import dns_address
 from clusterctl.schedule.servers import ServerChoice, choose_servers
 
@@ -110,13 +112,40 @@ def agent_config(ctx: Context, host: Host, facts: HostFacts) -> build.AgentConfi
         bootstrap_expect=len(servers),
         retry_join=tuple(joins),
         bind=bind,
-        client_addresses=("127.0.0.1", dns_address(facts)),
+        client_addresses=("127.0.0.1",),
+        dns_addresses=("127.0.0.1", dns_address(facts)),
         datacenter=spec.consul.datacenter,
         recursors=facts.nameservers,
         image=ctx.inputs.base_image,
         filebox_container=ctx.inputs.filebox_container,
         cluster=ctx.cluster.name,
+        tls_stage=tls_stage(ctx),
     )
+
+
+# Per Context: the step every agent moves to in this pass (phases/consul_tls.py).
+tls_stage = ContextMemo(target_stage)
+
+
+def agent_files(ctx: Context, host: Host, cfg: build.AgentConfig) -> dict[str, bytes]:
+    """The agent's files in CONFIG_DIR, all secret or private: gossip key, TLS settings, the
+    CA's certificate, its own certificate and key."""
+    key = ctx.inputs.gossip_key
+    if not key:
+        raise PlanError("no gossip key")
+    files = {"gossip.json": build.gossip_file(key)}
+    if cfg.tls_stage:
+        tls = ctx.inputs.tls
+        if tls is None or host.name not in tls.agents:
+            raise PlanError("no TLS certificate for this host (the operator's CA was not settled)")
+        mine = tls.agents[host.name]
+        files |= {build.TLS_CONFIG: build.tls_config(cfg.tls_stage), build.CA_CERT: tls.ca_cert,
+                  build.AGENT_CERT: mine.cert_pem, build.AGENT_KEY: mine.key_pem}  # fmt: skip
+    return files
+
+
+def files_digest(files: dict[str, bytes]) -> str:
+    return sha256("".join(f"{name}:{sha256(data)};" for name, data in sorted(files.items())))
 
 
 def config_digest(cfg: build.AgentConfig, gossip_sha: str) -> str:
@@ -130,20 +159,20 @@ def config_digest(cfg: build.AgentConfig, gossip_sha: str) -> str:
 class ConsulPhase:
     name = "consul"
     title = "Consul agents: servers joined into one cluster, clients on the rest"
+    # A running cluster moves to verified TLS one step a pass (phases/consul_tls.py); a pass
+    # with nothing to do ends the phase.
+    passes = 1 + build.TLS_FINAL
 
     def _state(self, ctx: Context, host: Host, facts: HostFacts):
-        key = ctx.inputs.gossip_key
-        if not key:
-            raise PlanError("no gossip key")
-        gossip = build.gossip_file(key)
         cfg = agent_config(ctx, host, facts)
-        digest = config_digest(cfg, sha256(gossip))
-        return gossip, cfg, digest, facts.container(build.CONTAINER)
+        files = agent_files(ctx, host, cfg)
+        digest = config_digest(cfg, files_digest(files))
+        return files, cfg, digest, facts.container(build.CONTAINER)
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
         if not ctx.cluster.spec.consul.enabled:
             return []
-        gossip, cfg, digest, current = self._state(ctx, host, facts)
+        files, cfg, digest, current = self._state(ctx, host, facts)
         own = _own_agent(ctx.cluster, facts)
         was_server = own is not None and own.labels.get("clusterctl.consul.mode") == "server"
         if cfg.server and not was_server and host.roles is None and ctx.outside and not _raft_known(ctx):
@@ -163,8 +192,9 @@ class ConsulPhase:
             else:
                 cmds.append(build.start_agent())
         else:
-            if facts.managed_files.get(build.GOSSIP_FILE) != sha256(gossip):
-                cmds.append(write_secret(build.GOSSIP_FILE, gossip, "0600", "write the gossip encryption key"))
+            if any(facts.managed_files.get(f"{build.CONFIG_DIR}/{name}") != sha256(data) for name, data in files.items()):
+                what = "the gossip encryption key" + (", TLS certificate and settings" if cfg.tls_stage else "")
+                cmds.append(write_secrets(build.CONFIG_DIR, files, f"write {what} (0600)"))
             if current is not None:
                 if was_server and not cfg.server and current.running:
                     # A server becoming a client leaves first, so raft drops it and the others

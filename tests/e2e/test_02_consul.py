@@ -4,6 +4,7 @@ from the filebox, gossip encryption, Consul DNS in every container, self-healing
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 import pytest
@@ -55,7 +56,7 @@ def test_three_servers_alive_one_leader_gossip_encrypted(cli, lab):
     keyring = _exec(cli, lab, "node1", "docker", "exec", "clusterctl-consul", "consul", "keyring", "-list").stdout
     assert "dc1 (LAN):" in keyring and "[3/3]" in keyring
     # The key lives on the operator's side, 0600, and is the one the cluster uses.
-    state_key = (lab.cluster_file.parent.parent.parent / "clusters" / f"lab-{lab.name}" / "gossip.key")
+    state_key = _state_dir(lab) / "gossip.key"
     assert state_key.stat().st_mode & 0o777 == 0o600
     assert state_key.read_text().strip() in keyring
 
@@ -81,17 +82,75 @@ def test_names_outside_consul_resolve_as_on_the_host(cli, lab):
     assert _addresses(lab)[0] in out, out
 
 
-def test_http_and_dns_are_not_on_every_interface(cli, lab):
-    # Only loopback and docker0: not the host's cluster address.
+def test_http_on_loopback_only_and_dns_not_on_every_interface(cli, lab):
+    # The HTTP API: loopback only, neither the cluster address nor docker0 (from a plain container
+    # it gave the gossip key, service registration and KV writes to anyone).
     addr = _addresses(lab)[0]
-    proc = _exec(cli, lab, "node1", "sh", "-c", f"timeout 3 curl -s http://{addr}:8500/v1/status/leader", ok=False)
-    assert proc.returncode != 0
+    for where in (addr, "172.17.0.1"):
+        proc = _exec(cli, lab, "node1", "sh", "-c", f"timeout 3 curl -s http://{where}:8500/v1/status/leader", ok=False)
+        assert proc.returncode != 0, where
     assert '"' in _exec(cli, lab, "node1", "curl", "-s", "http://127.0.0.1:8500/v1/status/leader").stdout
+    probe = ("timeout 3 wget -qO- http://172.17.0.1:8500/v1/operator/keyring && echo OPEN; "
+             "nslookup consul.service.consul >/dev/null && echo DNS")  # fmt: skip
+    proc = _exec(cli, lab, "node2", "sh", "-c", 'docker run --rm --entrypoint busybox "$(docker images clusterctl/base -q | head -n 1)" sh -c "$0"', probe)
+    assert proc.stdout.split() == ["DNS"], proc.stdout
+    # DNS is not on the cluster address.
+    proc = _exec(cli, lab, "node1", "sh", "-c", f"timeout 3 dig +short +tries=1 +time=2 @{addr} consul.service.consul", ok=False)
+    assert proc.returncode != 0 or not proc.stdout.strip()
+
+
+def _state_dir(lab):
+    return lab.cluster_file.parent.parent.parent / "clusters" / f"lab-{lab.name}"
+
+
+def test_rpc_is_tls_and_an_agent_without_a_certificate_cannot_use_the_cluster(cli, lab):
+    """Every agent runs at the last TLS step (verify_incoming, verify_outgoing,
+    verify_server_hostname). An agent started by hand on node1 with the gossip key joins the
+    gossip but cannot make an RPC to the servers; the same agent with a client certificate from
+    the cluster's CA can (the control, so the test can fail)."""
+    from clusterctl.pki import CA, _split, issue
+
+    labels = _exec(cli, lab, "node1", "docker", "inspect", "-f", '{{index .Config.Labels "clusterctl.consul.tls"}}', "clusterctl-consul").stdout
+    assert labels.strip() == "3"
+    state = _state_dir(lab)
+    ca = CA(*_split((state / "tls" / "ca.pem").read_bytes(), state / "tls" / "ca.pem"))
+    client = issue(ca, "client", "dc1")
+    key = (state / "gossip.key").read_text().strip()
+    addr = {h["name"]: h["address"] for h in yaml.safe_load(lab.cluster_file.read_text())["hosts"]}
+    tls_json = json.dumps({"ca_file": "/intr/ca.pem", "cert_file": "/intr/c.pem", "key_file": "/intr/k.pem",
+                           "verify_outgoing": True, "verify_server_hostname": True})  # fmt: skip
+    files = {"ca.pem": ca.cert_pem.decode(), "c.pem": client.cert_pem.decode(), "k.pem": client.key_pem.decode(), "tls.json": tls_json}
+    write = " && ".join(f"printf '%s' {shlex.quote(v)} > /tmp/intr/{n}" for n, v in files.items())
+    start = (
+        'fb=$(docker ps -a --filter label=clusterctl.role=filebox -q | head -n 1); img=$(docker images clusterctl/base -q | head -n 1); '
+        'docker run -d --name "$1" --net host --volumes-from "$fb" -v /tmp/intr:/intr:ro "$img" consul agent -node "$1" '
+        '-bind "$2" -advertise "$2" -data-dir /tmp/d -encrypt "$3" -retry-join "$4:8301" -serf-lan-port 18301 -serf-wan-port -1 '
+        '-server-port 18300 -http-port 18500 -dns-port -1 "${@:5}" >/dev/null'
+    ).replace('"${@:5}"', "$5")
+    ask = 'docker exec "$1" timeout 3 wget -qO- http://127.0.0.1:18500/v1/catalog/services'
+    try:
+        _exec(cli, lab, "node1", "sh", "-c", f"mkdir -p /tmp/intr && {write}")
+        for name, extra in (("intruder", ""), ("certified", "-config-file=/intr/tls.json")):
+            _exec(cli, lab, "node1", "bash", "-c", start, "sh", name, addr["node1"], key, addr["node2"], extra)
+            answered = _wait_for(lambda: _exec(cli, lab, "node1", "sh", "-c", ask, "sh", name, ok=False).returncode == 0, timeout=15)
+            logs = _exec(cli, lab, "node1", "docker", "logs", name, ok=False).stdout
+            # Both use the same ports: the first goes before the second starts.
+            _exec(cli, lab, "node1", "docker", "rm", "-f", name, ok=False)
+            if name == "intruder":
+                assert not answered, logs[-2000:]
+            else:
+                assert answered, logs[-2000:]
+    finally:
+        _exec(cli, lab, "node1", "sh", "-c", "docker rm -f intruder certified >/dev/null 2>&1; rm -rf /tmp/intr", ok=False)
+        # The hand-started agents joined the gossip: make the cluster forget them.
+        _exec(cli, lab, "node2", "sh", "-c", "docker exec clusterctl-consul consul force-leave -prune intruder; "
+              "docker exec clusterctl-consul consul force-leave -prune certified", ok=False)  # fmt: skip
 
 
 def test_second_up_changes_nothing(cli, lab):
     report = _up(cli, lab.cluster_file)
-    assert report["changed"] is False
+    changed = [(h["name"], p["phase"], p["message"]) for h in report["hosts"] for p in h["phases"] if p["changed"]]
+    assert report["changed"] is False, changed
     assert all(h["round_trips"] == 1 for h in report["hosts"])
 
 

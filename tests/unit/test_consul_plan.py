@@ -11,12 +11,36 @@ from clusterctl.commands.files import sha256, write_file, write_secret
 from clusterctl.config.loader import load_text
 from clusterctl.facts.parser import parse_probe_output
 from clusterctl.phases.base import Context, Inputs, PlanError
-from clusterctl.phases.consul import ConsulPhase, agent_config, config_digest
+from clusterctl.phases.consul import ConsulPhase, agent_config, agent_files, config_digest, files_digest
+from clusterctl.phases.consul_tls import TLSMaterial
+from clusterctl.pki import issue, make_ca
 from clusterctl.phases.engine import EnginePhase, desired_daemon_config
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "probe-docker-running.json"
 KEY = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
-INPUTS = Inputs(gossip_key=KEY, base_image="clusterctl/base:abc", filebox_container="clusterctl-filebox-abc")
+CA = make_ca("c1")
+
+
+class _EveryHost(dict):
+    """Test TLS material: a certificate for any host name asked for (made once a name)."""
+
+    def __contains__(self, name):
+        return True
+
+    def __missing__(self, name):
+        self[name] = issue(CA, "server", "dc1")
+        return self[name]
+
+
+INPUTS = Inputs(gossip_key=KEY, base_image="clusterctl/base:abc", filebox_container="clusterctl-filebox-abc",
+                tls=TLSMaterial(CA.cert_pem, _EveryHost()))  # fmt: skip
+
+
+def converged(ctx, host, cfg):
+    """The clusterctl.config digest and the managed files of an agent that `up` started."""
+    files = agent_files(ctx, host, cfg)
+    managed = {f"{build.CONFIG_DIR}/{n}": sha256(d) for n, d in files.items()}
+    return config_digest(cfg, files_digest(files)), managed
 FILE = """
 name: c1
 hosts:
@@ -56,8 +80,10 @@ def test_agent_argv_for_a_server():
     assert "-server" in argv and "-bootstrap-expect=3" in argv
     assert "-bind=10.0.0.1" in argv and "-advertise=10.0.0.1" in argv
     assert [a for a in argv if a.startswith("-retry-join=")] == ["-retry-join=10.0.0.2", "-retry-join=10.0.0.3"]
-    # HTTP/DNS on loopback and docker0 only, never 0.0.0.0.
-    assert "-client=127.0.0.1 172.17.0.1" in argv and "-dns-port=53" in argv
+    # The HTTP API on loopback only (containers could read the keyring, register services, write
+    # KV); DNS on loopback and docker0 only, never 0.0.0.0.
+    assert "-client=127.0.0.1" in argv and "-dns-port=53" in argv
+    assert argv[argv.index('addresses { dns = "127.0.0.1 172.17.0.1" }') - 1] == "-hcl"
     assert "-recursor=127.0.0.11" in argv and "-recursor=192.0.2.53" in argv
     assert not any("encrypt" in a for a in argv)  # the key is in a 0600 file, not on the command line
 
@@ -83,8 +109,10 @@ def test_run_agent_renders_as_one_quoted_docker_run():
 def test_fresh_host_plan_writes_key_secretly_then_runs_and_waits():
     ctx = ctx_for()
     cmds = ConsulPhase().plan(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
-    assert [c.description for c in cmds][0] == "write the gossip encryption key"
-    assert cmds[0].stdin == build.gossip_file(KEY) and KEY not in cmds[0].display()
+    assert [c.description for c in cmds][0] == "write the gossip encryption key, TLS certificate and settings (0600)"
+    assert cmds[0].stdin.names == ("agent-key.pem", "agent.pem", "ca.pem", "gossip.json", "tls.json")
+    assert KEY not in cmds[0].display() and "PRIVATE" not in cmds[0].display()
+    assert "-config-file=/consul/config/tls.json" in cmds[-2].argv and "clusterctl.consul.tls=3" in cmds[-2].argv
     assert cmds[-2].argv[:2] == ("docker", "run") and "leader" in cmds[-1].description
     assert not ConsulPhase().rolling(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
 
@@ -96,13 +124,13 @@ def _raft(**voters):
 def _converged_facts(ctx, name, running=True, digest=None, raft=None):
     host = ctx.cluster.spec.host(name)
     cfg = agent_config(ctx, host, ctx.facts[name])
-    gossip_sha = sha256(build.gossip_file(KEY))
-    digest = digest or config_digest(cfg, gossip_sha)
+    good, managed = converged(ctx, host, cfg)
+    digest = digest or good
     container = {"ID": "x", "Names": build.CONTAINER, "Image": "i", "State": "running" if running else "exited",
-                 "Labels": f"clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.config={digest}"}
+                 "Labels": f"clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.consul.tls=3,clusterctl.config={digest}"}
     if raft is None and running:
         raft = _raft(n1=True, n2=True, n3=True)
-    return facts_for(host.address, [container], {build.GOSSIP_FILE: gossip_sha}, raft=raft)
+    return facts_for(host.address, [container], managed, raft=raft)
 
 
 def test_converged_agent_plans_nothing_and_a_stopped_one_is_started():
@@ -198,12 +226,12 @@ def _running_agent(ctx, name, raft=None):
     """Facts of a host whose agent runs as `up` would have started it for ctx's file."""
     host = ctx.cluster.spec.host(name)
     cfg = agent_config(ctx, host, ctx.facts[name])
-    gossip_sha = sha256(build.gossip_file(KEY))
+    digest, managed = converged(ctx, host, cfg)
     mode = "server" if cfg.server else "client"
     container = {"ID": "x", "Names": build.CONTAINER, "Image": "i", "State": "running",
                  "Labels": f"clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.consul.mode={mode},"
-                           f"clusterctl.config={config_digest(cfg, gossip_sha)}"}  # fmt: skip
-    return facts_for(host.address, [container], {build.GOSSIP_FILE: gossip_sha}, raft=raft)
+                           f"clusterctl.consul.tls=3,clusterctl.config={digest}"}  # fmt: skip
+    return facts_for(host.address, [container], managed, raft=raft)
 
 
 def _roles(ctx):

@@ -1,0 +1,87 @@
+"""End to end on the shared lab (Consul running after test_02): a cluster of agents from before
+TLS (no certificates, no `clusterctl.consul.tls` label, plain RPC) is moved to verified TLS by
+one `up`, in steps rolled one host at a time; a poll every 0.5 s during that `up` finds, every
+time, a leader and a DNS answer for consul.service.consul on at least two of the three hosts
+(the host whose agent is being replaced cannot answer for that moment)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+from clusterctl.lab import lab as lab_mod
+
+pytestmark = pytest.mark.e2e
+
+HOSTS = ("node1", "node2", "node3")
+TLS_FILES = "/etc/clusterctl/consul/tls.json /etc/clusterctl/consul/ca.pem /etc/clusterctl/consul/agent.pem /etc/clusterctl/consul/agent-key.pem"
+
+
+def _inspect(lab, host: str) -> dict:
+    out = lab.docker("exec", lab.container(host), "docker", "inspect", "clusterctl-consul").stdout
+    return json.loads(out)[0]
+
+
+def _as_before_tls(lab, host: str) -> None:
+    """Replace the host's agent with the one an earlier clusterctl ran: the same container
+    without the TLS file and label (same data volume, image, filebox, key)."""
+    c = _inspect(lab, host)
+    args = [a for a in c["Config"]["Cmd"] if not a.endswith("/tls.json")]
+    labels = {k: v for k, v in c["Config"]["Labels"].items() if k.startswith("clusterctl.") and k != "clusterctl.consul.tls"}
+    labels["clusterctl.config"] = "before-tls"
+    run = ["docker", "run", "-d", "--name", "clusterctl-consul", "--net", "host", "--restart", "unless-stopped"]
+    run += [x for vf in c["HostConfig"]["VolumesFrom"] or [] for x in ("--volumes-from", vf)]
+    run += [x for b in c["HostConfig"]["Binds"] or [] for x in ("-v", b)]
+    run += [x for k, v in sorted(labels.items()) for x in ("--label", f"{k}={v}")]
+    run += [c["Config"]["Image"], *args]
+    script = f'docker rm -f clusterctl-consul >/dev/null && rm -f {TLS_FILES} && "$@" >/dev/null'
+    lab.docker("exec", lab.container(host), "sh", "-c", script, "sh", *run)
+
+
+def _leader_and_dns(lab, host: str = "node2") -> tuple[bool, bool]:
+    script = (
+        "l=$(timeout 2 wget -qO- http://127.0.0.1:8500/v1/status/leader 2>/dev/null); "
+        'case "$l" in *:*) echo leader;; esac; '
+        "timeout 2 nslookup consul.service.consul 127.0.0.1 >/dev/null 2>&1 && echo dns"
+    )
+    proc = subprocess.run([lab_mod.docker_cli(), "exec", lab.container(host), "docker", "exec", "clusterctl-consul", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=10)  # fmt: skip
+    words = proc.stdout.split()
+    return "leader" in words, "dns" in words
+
+
+def test_a_cluster_from_before_tls_is_secured_by_one_up_keeping_a_leader_and_dns(cli, lab):
+    code, report = cli.json("up", "-f", str(lab.cluster_file))
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    for host in HOSTS:  # all at once: agents of step 0 and step 3 do not talk
+        _as_before_tls(lab, host)
+    deadline = time.monotonic() + 60
+    while _leader_and_dns(lab) != (True, True):
+        assert time.monotonic() < deadline, "the agents from before TLS found no leader"
+        time.sleep(0.5)
+    assert all("clusterctl.consul.tls" not in _inspect(lab, h)["Config"]["Labels"] for h in HOSTS)
+
+    seen: list[int] = []  # at each poll: how many hosts see a leader and answer DNS
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            seen.append(sum(_leader_and_dns(lab, h) == (True, True) for h in HOSTS))
+            time.sleep(0.5)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        code, report = cli.json("up", "-f", str(lab.cluster_file), timeout=900)
+    finally:
+        stop.set()
+        poller.join(15)
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    assert all(_inspect(lab, h)["Config"]["Labels"].get("clusterctl.consul.tls") == "3" for h in HOSTS)
+    assert len(seen) > 5 and min(seen) >= 2, seen  # each poll asks all three hosts: about 2 s
+    code, again = cli.json("up", "-f", str(lab.cluster_file))
+    assert code == 0 and again["changed"] is False
