@@ -10,6 +10,7 @@ import shlex
 from dataclasses import dataclass
 
 from clusterctl.commands.base import Cmd
+from clusterctl.facts.parser import HostFacts
 from clusterctl.images.archive import ImageSpec, layers_to_omit
 from clusterctl.phases.base import Context
 from clusterctl.shipping.stream import ArchiveStream, load_cmd, missing_images, present_chain_ids
@@ -78,7 +79,7 @@ def relay_plan(ctx: Context) -> Relay | None:
     return Relay(seed, images, omit, archive, f"http://{addr}:{spec.relay_port}/{archive}", False)
 
 
-def relay_seed_cmds(ctx: Context, relay: Relay, addr_port: str, facts, extra: tuple[ImageSpec, ...] = ()) -> list[Cmd]:  # noqa: ANN001
+def relay_seed_cmds(ctx: Context, relay: Relay, addr_port: str, facts: HostFacts, extra: tuple[ImageSpec, ...] = ()) -> list[Cmd]:
     """`extra`: the small images the seed lacks too, in the same stream (one stdin a script)."""
     stream = ArchiveStream(extra + relay.images, relay.omit)
     partial = f"{RELAY_DIR}/{relay.archive}.partial"
@@ -101,7 +102,7 @@ def relay_seed_cmds(ctx: Context, relay: Relay, addr_port: str, facts, extra: tu
     ]  # fmt: skip
 
 
-def relay_fetch_cmd(ctx: Context, relay: Relay, facts) -> Cmd:  # noqa: ANN001
+def relay_fetch_cmd(ctx: Context, relay: Relay, facts: HostFacts) -> Cmd:
     fetch = shlex.join(("docker", "run", "--rm", "--net", "host", "--entrypoint", "busybox", ctx.inputs.base_image, "wget", "-qO-", relay.url))
     return load_cmd(
         relay.images, facts,

@@ -48,7 +48,6 @@ def test_a_host_run_never_outruns_the_hosts_left_out():
 
 def test_an_old_agent_is_rolled_onto_certificates_still_speaking_plain():
     ctx = _ctx({"n1": None, "n2": None, "n3": None})
-    ctx = Context(ctx.cluster, ctx.facts, INPUTS, outside=ctx.outside)
     cmds = ConsulPhase().plan(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
     run = next(c for c in cmds if c.argv[:2] == ("docker", "run"))
     assert "clusterctl.consul.tls=1" in run.argv
