@@ -1,8 +1,9 @@
 """End to end on the shared lab (Consul running after test_02): a cluster of agents from before
 TLS (no certificates, no `clusterctl.consul.tls` label, plain RPC) is moved to verified TLS by
-one `up`, in steps rolled one host at a time; a poll every 0.5 s during that `up` finds, every
-time, a leader and a DNS answer for consul.service.consul on at least two of the three hosts
-(the host whose agent is being replaced cannot answer for that moment)."""
+one `up`, in steps rolled one host at a time; a poll every 0.5 s during that `up` finds a DNS
+answer for consul.service.consul on at least two of the three hosts every time (the host whose
+agent is being replaced cannot answer for that moment), and a leader every time but for the one
+election that replacing the leader itself costs (at most two polls in a row)."""
 
 from __future__ import annotations
 
@@ -65,12 +66,13 @@ def test_a_cluster_from_before_tls_is_secured_by_one_up_keeping_a_leader_and_dns
         time.sleep(0.5)
     assert all("clusterctl.consul.tls" not in _inspect(lab, h)["Config"]["Labels"] for h in HOSTS)
 
-    seen: list[int] = []  # at each poll: how many hosts see a leader and answer DNS
+    seen: list[tuple[int, int]] = []  # at each poll: how many hosts see a leader, how many answer DNS
     stop = threading.Event()
 
     def poll() -> None:
         while not stop.is_set():
-            seen.append(sum(_leader_and_dns(lab, h) == (True, True) for h in HOSTS))
+            answers = [_leader_and_dns(lab, h) for h in HOSTS]
+            seen.append((sum(a[0] for a in answers), sum(a[1] for a in answers)))
             time.sleep(0.5)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -82,6 +84,11 @@ def test_a_cluster_from_before_tls_is_secured_by_one_up_keeping_a_leader_and_dns
         poller.join(15)
     assert code == 0, json.dumps(report, indent=1)[-3000:]
     assert all(_inspect(lab, h)["Config"]["Labels"].get("clusterctl.consul.tls") == "3" for h in HOSTS)
-    assert len(seen) > 5 and min(seen) >= 2, seen  # each poll asks all three hosts: about 2 s
+    # Each poll asks all three hosts (about 2 s). DNS answers on two hosts at every poll. Replacing
+    # the leader itself costs one election (Consul 1.8 cannot hand leadership over): no host sees a
+    # leader for at most two polls in a row, once a step.
+    assert len(seen) > 5 and min(d for _, d in seen) >= 2, seen
+    gaps = "".join("x" if leaders == 0 else "." for leaders, _ in seen)
+    assert "xxx" not in gaps and gaps.count("x") <= 2 * 3, seen
     code, again = cli.json("up", "-f", str(lab.cluster_file))
     assert code == 0 and again["changed"] is False
