@@ -118,16 +118,56 @@ def _prepare(cluster, dry_run: bool):
 
     directory = cluster_path(cluster.name)
 
-    def prepare(ctx):
+    from clusterctl.phases.consul_acl import acl_inputs, settle
+
+    def prepare(ctx, consul_api):
         from dataclasses import replace
 
         from clusterctl.phases.consul_tls import tls_inputs
 
-        # The gossip key, then Consul's TLS CA and each host's certificate (phases/consul_tls.py).
+        # The gossip key, then Consul's TLS CA and each host's certificate (phases/consul_tls.py),
+        # then the ACL tokens, checked with Consul when the cluster runs ACLs already, so that a
+        # refusal comes before anything is sent (phases/consul_acl.py).
         ctx = replace(ctx, inputs=gossip_inputs(ctx, directory, dry_run))
-        return tls_inputs(ctx, directory, dry_run)
+        ctx = replace(ctx, inputs=tls_inputs(ctx, directory, dry_run))
+        ctx = replace(ctx, inputs=acl_inputs(ctx, directory, dry_run))
+        return settle(ctx, consul_api, directory, dry_run)
 
-    return prepare
+    def settle_consul(ctx, consul_api):
+        return settle(ctx, consul_api, directory, dry_run)
+
+    return prepare, {"consul": settle_consul}
+
+
+def _cluster_lock_in_consul(cluster, holder: str, wait: float):
+    """The lock held by the cluster itself once it runs Consul with ACLs (a session lock in KV,
+    lock.py), beside the operator's flock, which alone covers the time before Consul exists."""
+
+    def hold(ctx, consul_api):
+        from contextlib import nullcontext
+
+        from clusterctl.lock import consul_lock
+        from clusterctl.phases.consul_acl import MANAGEMENT_TOKEN, agent_acl_stage
+        from clusterctl.phases.base import cluster_containers
+        from clusterctl.secrets import read_secret
+        from clusterctl.state import cluster_path
+
+        acl = ctx.inputs.acl
+        token = acl.management if acl is not None else None
+        if token is None:
+            value = read_secret(cluster_path(cluster.name), MANAGEMENT_TOKEN)
+            token = value.decode() if value else None
+        hosts = [
+            n for n, f in ctx.facts.items()
+            if (agents := cluster_containers(ctx, f, "consul")) and agents[0].running and (agent_acl_stage(ctx, n) or 0) >= 1
+        ]  # fmt: skip
+        # Servers first: a session lives in raft, and a server answers without forwarding.
+        hosts.sort(key=lambda n: cluster_containers(ctx, ctx.facts[n], "consul")[0].labels.get("clusterctl.consul.mode") != "server")
+        if not token or not hosts or not cluster.spec.consul.enabled:
+            return nullcontext()
+        return consul_lock(cluster.name, hosts, consul_api, token, holder, wait)
+
+    return hold
 
 
 def _service_apps(cluster, base) -> dict:
@@ -168,7 +208,7 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     only = _select(cluster, hosts)
     endpoints = resolve_endpoints(cluster)
     known = _known_hosts(cluster, accept_new)
-    prepare = None
+    prepare, settle = None, None
     if down:
         from clusterctl.phases.base import Inputs
         from clusterctl.phases.down import DOWN_PHASES as phases
@@ -179,7 +219,7 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
         from clusterctl.phases.network import network_inputs
 
         inputs = network_inputs(cluster, _inputs(cluster, dry_run), dry_run)
-        prepare = _prepare(cluster, dry_run)
+        prepare, settle = _prepare(cluster, dry_run)
     console = _err_console()
     options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)
 
@@ -189,11 +229,12 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     verb = ("down --dry-run" if down else "plan") if dry_run else ("down" if down else "up")
     console.print(f"[bold]{verb}[/bold] cluster [bold]{cluster.name}[/bold] ({len(endpoints)} hosts, {cluster.path})")
     if dry_run:
-        report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare)
+        report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle)
     else:
         holder = f"clusterctl {'down' if down else 'up'} -f {cluster.path}"
+        lock = _cluster_lock_in_consul(cluster, holder, lock_wait)
         with cluster_lock(cluster_dir(cluster.name), cluster.name, holder, wait=lock_wait):
-            report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare)
+            report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle, lock)
     if output == Output.json:
         print(report_json(report))
     else:
@@ -409,7 +450,13 @@ def status(
     from clusterctl.transport.ssh import resolve_endpoints
 
     cluster = load(_resolve_file(file, create_lab=False))
-    report = cluster_status(cluster, resolve_endpoints(cluster), _known_hosts(cluster, accept_new_host_keys), workers)
+    from clusterctl.phases.consul_acl import MANAGEMENT_TOKEN
+    from clusterctl.secrets import read_secret
+    from clusterctl.state import cluster_path
+
+    token = read_secret(cluster_path(cluster.name), MANAGEMENT_TOKEN)
+    known = _known_hosts(cluster, accept_new_host_keys)
+    report = cluster_status(cluster, resolve_endpoints(cluster), known, workers, token.decode() if token else None)
     if output == Output.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

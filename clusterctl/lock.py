@@ -51,3 +51,86 @@ def _holder(path: Path) -> str:
         return f"'{h['what']}' holds it (pid {h['pid']} on {h['host']}, since {h['since']})"
     except (OSError, ValueError, KeyError):
         return "another clusterctl run holds its lock"
+
+
+# --- the cluster's own lock: a Consul session lock in KV --------------------------------------
+# Two operators (a laptop and CI) with copies of the same state do not share an flock; once the
+# cluster runs Consul, the lock lives in the cluster. The session has a TTL and no node checks
+# (an agent restarted by this very run must not drop it), renewed through any agent; an operator
+# that dies loses it within two TTLs. lock_delay 0: a released lock is free at once.
+
+LOCK_KEY = "clusterctl/lock"
+SESSION_TTL = 30
+RENEW_EVERY = 10.0
+
+
+def holder_doc(what: str) -> dict:
+    import pwd
+
+    try:
+        user = os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    return {"pid": os.getpid(), "host": socket.gethostname(), "user": user,
+            "what": what, "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+
+
+def _describe(doc: dict | None) -> str:
+    if not doc:
+        return "another clusterctl run holds its lock"
+    return f"'{doc.get('what', '?')}' holds it ({doc.get('user', '?')} on {doc.get('host', '?')}, pid {doc.get('pid', '?')}, since {doc.get('since', '?')})"
+
+
+@contextmanager
+def consul_lock(cluster: str, hosts: list[str], open_api, token: str, what: str, wait: float):
+    """Hold the cluster's KV lock for the block. `open_api(host, token)` gives a py-consul
+    client on that host's agent (through SSH); `hosts` are tried in turn for every call.
+    LockHeld (one line naming the holder) when another run holds it for longer than `wait`."""
+    import threading
+
+    def call(fn):
+        last: Exception | None = None
+        for host in hosts:
+            try:
+                with open_api(host, token) as api:
+                    return fn(api)
+            except Exception as exc:  # noqa: BLE001 - the next agent may answer
+                last = exc
+        raise LockHeld(f"cluster {cluster!r}: its lock in Consul cannot be taken: no agent answered ({last})")
+
+    me = holder_doc(what)
+    session = call(lambda api: api.session.create(name=f"clusterctl {what}", checks=[], ttl=SESSION_TTL, lock_delay=0, behavior="release"))
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            if call(lambda api: api.kv.put(LOCK_KEY, json.dumps(me), acquire=session)):
+                break
+            if time.monotonic() >= deadline:
+                _, entry = call(lambda api: api.kv.get(LOCK_KEY))
+                try:
+                    doc = json.loads(entry["Value"]) if entry and entry.get("Value") else None
+                except ValueError:
+                    doc = None
+                raise LockHeld(f"cluster {cluster!r} is busy: {_describe(doc)}; try again when it ends")
+            time.sleep(1.0)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(RENEW_EVERY):
+                try:
+                    call(lambda api: api.session.renew(session))
+                except LockHeld:
+                    pass  # the next renewal may reach an agent; the TTL leaves room for two misses
+
+        renewer = threading.Thread(target=renew, daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join(2)
+    finally:
+        try:
+            call(lambda api: api.session.destroy(session))  # releases the key
+        except LockHeld:
+            pass  # e.g. `down` removed every agent: the session went with the cluster

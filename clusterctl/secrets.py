@@ -102,6 +102,19 @@ def _cert_and_key_malformed(value: bytes) -> str | None:
     return None
 
 
+def _new_uuid() -> bytes:
+    import uuid
+
+    return str(uuid.uuid4()).encode()
+
+
+_UUID_RE = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _uuid_malformed(value: bytes) -> str | None:
+    return None if _UUID_RE.fullmatch(value) else "not a Consul ACL token (a UUID)"
+
+
 SECRETS: dict[str, SecretKind] = {
     k.name: k
     for k in (
@@ -111,6 +124,11 @@ SECRETS: dict[str, SecretKind] = {
         # operator's run renews nothing.
         SecretKind("tls/ca.pem", "Consul TLS CA certificate and key", _cert_and_key_malformed),
         SecretKind("tls/agent-*.pem", "Consul agent TLS certificate and key", _cert_and_key_malformed),
+        # Consul's ACLs (phases/consul_acl.py): the management token from the bootstrap, and the
+        # tokens made here first, then created in Consul with these secrets.
+        SecretKind("acl/management.token", "Consul ACL management token", _uuid_malformed),
+        SecretKind("acl/agent-*.token", "Consul agent ACL token", _uuid_malformed, _new_uuid),
+        SecretKind("acl/service-*.token", "Consul service ACL token", _uuid_malformed, _new_uuid),
     )
 }
 
@@ -166,7 +184,8 @@ def ensure_secret(directory: Path, name: str) -> bytes:
     value = read_secret(directory, name)
     if value is not None:
         return value
-    make = SECRETS[name].make
+    kind = kind_of(name)
+    make = kind.make if kind is not None else None
     assert make is not None, f"{name} is made by its own module"
     install(directory / name, make())
     value = read_secret(directory, name)

@@ -15,7 +15,7 @@ from clusterctl.config.loader import Cluster
 from clusterctl.phases.consul import server_choice
 from clusterctl.phases.manager import Manager, Options
 from clusterctl.transport.ssh import Endpoint, KnownHosts
-from clusterctl.transport.tunnel import forward
+from clusterctl.transport.tunnel import consul_api
 
 MEMBER_STATUS = {0: "none", 1: "alive", 2: "leaving", 3: "left", 4: "failed"}
 
@@ -74,14 +74,11 @@ class ConsulView:
     error: str = ""
 
 
-def _consul_view(manager: Manager, candidates: list[str]) -> ConsulView:
-    import consul
-
+def _consul_view(manager: Manager, candidates: list[str], token: str | None) -> ConsulView:
     last_error = "no running consul agent found"
     for name in candidates:
         try:
-            with forward(manager.sessions[name], "127.0.0.1", 8500) as port:
-                api = consul.Consul(host="127.0.0.1", port=port, connections_timeout=5)
+            with consul_api(manager.sessions[name], token) as api:
                 leader = api.status.leader() or None
                 members = {m["Name"]: MEMBER_STATUS.get(m.get("Status", 0), "?") for m in api.agent.members()}
                 voters: dict[str, bool] = {}
@@ -95,7 +92,10 @@ def _consul_view(manager: Manager, candidates: list[str]) -> ConsulView:
     return ConsulView(error=last_error)
 
 
-def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: KnownHosts, workers: int) -> ClusterStatus:
+def cluster_status(
+    cluster: Cluster, endpoints: dict[str, Endpoint], known: KnownHosts, workers: int, token: str | None = None
+) -> ClusterStatus:
+    """`token`: the cluster's ACL management token (phases/consul_acl.py), for raft and health."""
     with Manager(cluster, endpoints, known, Options(workers=workers)) as m:
         m.connect()
         m.probe()
@@ -129,7 +129,7 @@ def cluster_status(cluster: Cluster, endpoints: dict[str, Endpoint], known: Know
         if cluster.spec.consul.enabled:
             # Servers first: their view of membership is authoritative.
             order = sorted(with_agent, key=lambda n: not choice.is_server(n))
-            view = _consul_view(m, order)
+            view = _consul_view(m, order, token)
             leader, members, voters, consul_error = view.leader, view.members, view.voters, view.error
             for row in rows:
                 for svc, state in row.services.items():

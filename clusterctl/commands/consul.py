@@ -29,6 +29,14 @@ CA_CERT, AGENT_CERT, AGENT_KEY = "ca.pem", "agent.pem", "agent-key.pem"
 #   server's name (verify_outgoing, verify_server_hostname); 3 refuses plain (verify_incoming).
 # A new cluster starts at TLS_FINAL.
 TLS_FINAL = 3
+# ACLs (phases/consul_acl.py makes the tokens): acl.json holds the agent's ACL settings and its
+# own token, agent.token the same token alone, for the consul CLI run in the container
+# (CONSUL_HTTP_TOKEN_FILE: a path, never the token, on a command line). Both 0600, beside the key.
+ACL_CONFIG, AGENT_TOKEN = "acl.json", "agent.token"
+# Like TLS, a running cluster gets ACLs in steps: 0 none; 1 on, default allow (the ACL system
+# exists and is bootstrapped, nothing is refused yet); 2 default deny, each agent with its token
+# (made between the two). A new cluster starts at ACL_FINAL.
+ACL_FINAL = 2
 DNS_PORT = 53
 # Leader election ~4 s instead of ~7 s (the default is tuned for slow, shared production disks).
 RAFT_HCL = "performance { raft_multiplier = 1 }"
@@ -52,6 +60,8 @@ class AgentConfig:
     cluster: str
     # The agent's TLS step (above); 0 for no TLS.
     tls_stage: int = TLS_FINAL
+    # The agent's ACL step (above); 0 for no ACLs.
+    acl_stage: int = ACL_FINAL
 
     def args(self) -> tuple[str, ...]:
         argv = [
@@ -61,6 +71,7 @@ class AgentConfig:
             "-data-dir=/consul/data",
             f"-config-file={IN_CONTAINER_CONFIG}/gossip.json",
             *([f"-config-file={IN_CONTAINER_CONFIG}/{TLS_CONFIG}"] if self.tls_stage else []),
+            *([f"-config-file={IN_CONTAINER_CONFIG}/{ACL_CONFIG}"] if self.acl_stage else []),
             f"-config-dir={IN_CONTAINER_CONFIG}/services",
             f"-bind={self.bind}",
             f"-advertise={self.bind}",
@@ -95,6 +106,22 @@ def tls_config(stage: int) -> bytes:
     return json.dumps(doc, sort_keys=True).encode()
 
 
+def acl_config(stage: int, agent_token: str | None) -> bytes:
+    """The agent's ACL settings at a step (see ACL_FINAL); the token only at the final one."""
+    acl: dict[str, object] = {
+        "enabled": True,
+        "default_policy": "deny" if stage >= ACL_FINAL else "allow",
+        # Servers unreachable: keep answering from cached policies rather than refusing all.
+        "down_policy": "extend-cache",
+        "enable_token_persistence": True,
+    }
+    if stage >= ACL_FINAL:
+        if not agent_token:
+            raise ValueError("the final ACL step needs the agent's token")
+        acl["tokens"] = {"agent": agent_token}
+    return json.dumps({"acl": acl}, sort_keys=True).encode()
+
+
 def run_agent(cfg: AgentConfig, digest: str) -> Cmd:
     role = "server" if cfg.server else "client"
     return Cmd(
@@ -108,6 +135,7 @@ def run_agent(cfg: AgentConfig, digest: str) -> Cmd:
             "--label", "clusterctl.role=consul",
             "--label", f"clusterctl.consul.mode={role}",
             "--label", f"clusterctl.consul.tls={cfg.tls_stage}",
+            "--label", f"clusterctl.consul.acl={cfg.acl_stage}",
             "--label", f"clusterctl.config={digest}",
             cfg.image, *cfg.args(),
         ),
@@ -128,8 +156,25 @@ def leave_agent() -> list[Cmd]:
     the others' quorum shrinks with it) without the restart policy bringing it back meanwhile."""
     return [
         Cmd(("docker", "update", "--restart", "no", CONTAINER), "keep the consul server from restarting while it leaves"),
-        Cmd(("docker", "exec", CONTAINER, "consul", "leave"), "leave the cluster gracefully, so raft drops this server"),
+        consul_cli("leave", description="leave the cluster gracefully, so raft drops this server"),
     ]
+
+
+# In the agent's container: the consul CLI with the agent's own token when it has one (a file:
+# the token stays off every command line), else none (no ACLs, or ACLs still on allow).
+WITH_AGENT_TOKEN = (
+    f'if [ -f {IN_CONTAINER_CONFIG}/{AGENT_TOKEN} ]; then '
+    f'export CONSUL_HTTP_TOKEN_FILE={IN_CONTAINER_CONFIG}/{AGENT_TOKEN}; fi; '
+)
+
+
+def consul_cli(*args: str, description: str, check: bool = True) -> Cmd:
+    """`consul ARGS` in the agent's container, with the agent's token (WITH_AGENT_TOKEN)."""
+    return Cmd(
+        ("docker", "exec", CONTAINER, "sh", "-c", WITH_AGENT_TOKEN + 'exec consul "$@"', "consul", *args),
+        description=description,
+        check=check,
+    )
 
 
 def remove_data_volume() -> Cmd:
@@ -154,8 +199,12 @@ def wait_for_leader(timeout: float, voter: str | None = None) -> Cmd:
     return sh_args(
         'i=0; while :; do l=$(docker exec "$1" timeout 3 wget -qO- http://127.0.0.1:8500/v1/status/leader 2>/dev/null); '
         'case "$l" in *:*) '
-        '  if [ -z "$4" ] || docker exec "$1" consul operator raft list-peers 2>/dev/null | '
-        '     awk -v n="$4" \'$1 == n && $5 == "true" { f = 1 } END { exit !f }\'; then exit 0; fi ;; esac; '
+        '  if [ -z "$4" ]; then exit 0; fi; '
+        '  p=$(docker exec "$1" sh -c "$5"\'exec consul operator raft list-peers\' 2>&1) || '
+        # The agent's token is made once the cluster first has a leader (phases/consul_acl.py):
+        # until then raft cannot be read, and a leader is all a first start waits for.
+        '    case "$p" in *"ACL not found"*) exit 0 ;; esac; '
+        '  if printf "%s\\n" "$p" | awk -v n="$4" \'$1 == n && $5 == "true" { f = 1 } END { exit !f }\'; then exit 0; fi ;; esac; '
         'i=$((i+1)); '
         'if [ "$i" -ge "$2" ]; then echo "consul on this host has no leader (or is not a voter) after $3s" >&2; docker logs --tail 5 "$1" >&2; exit 1; fi; '
         "sleep 0.5; done",
@@ -163,5 +212,6 @@ def wait_for_leader(timeout: float, voter: str | None = None) -> Cmd:
         str(max(1, int(timeout * 2))),
         f"{timeout:g}",
         voter or "",
+        WITH_AGENT_TOKEN,
         description="wait until consul sees a leader" + (" and counts this server as a voter" if voter else ""),
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from clusterctl.commands.base import Cmd, sh_args
 from clusterctl.commands.consul import CONTAINER as CONSUL_CONTAINER
-from clusterctl.commands.consul import SERVICES_DIR
+from clusterctl.commands.consul import SERVICES_DIR, consul_cli
 
 CONTAINER_PREFIX = "clusterctl-svc-"
 ROLE = "service"
@@ -85,8 +85,10 @@ class Replica:
         where = f" on {self.address}:{self.port}" if self.port else ""
         return Cmd(tuple(argv), f"start {self.service}{where}")
 
-    def definition(self) -> str:
-        """The agent's service definition (JSON; Consul reads it from its -config-dir)."""
+    def definition(self, token: str | None = None) -> str:
+        """The agent's service definition (JSON; Consul reads it from its -config-dir), with the
+        service's ACL token (it may write this service only) when Consul runs ACLs: the file is
+        then a secret, written 0600 from stdin."""
         target = f"{_host_part(self.address)}:{self.port}"
         check: dict[str, object] = {
             "id": f"{self.service}-alive",
@@ -109,6 +111,8 @@ class Replica:
                 "check": check,
             }
         }
+        if token:
+            doc["service"]["token"] = token
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
@@ -138,7 +142,7 @@ def remove_definition(service: str) -> Cmd:
 
 
 def reload_agent() -> Cmd:
-    return Cmd(("docker", "exec", CONSUL_CONTAINER, "consul", "reload"), "reload consul's service definitions")
+    return consul_cli("reload", description="reload consul's service definitions")
 
 
 def wait_healthy(service: str, timeout: float) -> Cmd:

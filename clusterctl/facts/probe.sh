@@ -61,12 +61,17 @@ images_facts() {
 	fi
 }
 consul_facts() {
-	# The local clusterctl Consul agent's view, read through its own BusyBox wget (hosts may lack
-	# curl), in one exec: raft (?stale answers without a leader) and this agent's checks. A server
-	# that restarted on its own is a non-voter until autopilot promotes it, and a replica that came
-	# back with its host is critical until its check runs: `up` waits for both, never a no-op.
-	c_out=$($SUDO docker exec clusterctl-consul sh -c 'timeout 3 wget -qO- "$0"; echo; timeout 3 wget -qO- "$1"; echo' \
-		'http://127.0.0.1:8500/v1/operator/raft/configuration?stale' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
+	# The local clusterctl Consul agent's view, in one exec: raft's servers (the consul CLI, with
+	# the agent's own token from its file when ACLs deny, -stale answers without a leader; printed
+	# as {"Servers":[{"Node":..,"Voter":..}]}) and this agent's checks (BusyBox wget: hosts may
+	# lack curl; anonymous may read them). A server that restarted on its own is a non-voter until
+	# autopilot promotes it, and a replica that came back with its host is critical until its
+	# check runs: `up` waits for both, never a no-op. Raft is asked twice before it counts as
+	# unknown (a busy host's CLI can miss one timeout), since unknown means a wait.
+	c_out=$($SUDO docker exec clusterctl-consul sh -c 'if [ -f /consul/config/agent.token ]; then export CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token; fi
+		p=$(timeout 5 consul operator raft list-peers -stale 2>/dev/null) || p=$(timeout 5 consul operator raft list-peers -stale 2>/dev/null) || p=""
+		printf "%s\n" "$p" | awk '"'"'NR > 1 && NF >= 5 { printf "%s{\"Node\":\"%s\",\"Voter\":%s}", (n++ ? "," : "{\"Servers\":["), $1, ($5 == "true" ? "true" : "false") } END { if (n) print "]}"; else print "" }'"'"'
+		timeout 3 wget -qO- "$0"; echo' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
 	for c_key in consul_raft consul_checks; do
 		c_line=$(printf '%s\n' "$c_out" | sed -n 1p); c_out=$(printf '%s\n' "$c_out" | sed 1d)
 		printf ',"%s":' "$c_key"

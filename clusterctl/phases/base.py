@@ -59,6 +59,10 @@ class Inputs:
     # Consul's RPC TLS: the CA's certificate and each host's own (phases/consul_tls.py), settled
     # right after the probe.
     tls: Any = field(default=None, repr=False)
+    # Consul's ACL tokens (phases/consul_acl.py), settled right after the probe.
+    acl: Any = field(default=None, repr=False)
+    # What the operator-side steps changed in the cluster beyond the hosts, one line each.
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.gossip_key is not None and not isinstance(self.gossip_key, Secret):

@@ -26,6 +26,7 @@ from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.phases.base import Context, ContextMemo, PlanError
+from clusterctl.phases.consul_acl import target_acl_stage
 from clusterctl.phases.consul_tls import target_stage
 from clusterctl.phases.engine import dns_address
 from clusterctl.schedule.servers import ServerChoice, choose_servers
@@ -120,16 +121,19 @@ def agent_config(ctx: Context, host: Host, facts: HostFacts) -> build.AgentConfi
         filebox_container=ctx.inputs.filebox_container,
         cluster=ctx.cluster.name,
         tls_stage=tls_stage(ctx),
+        acl_stage=acl_stage(ctx),
     )
 
 
 # Per Context: the step every agent moves to in this pass (phases/consul_tls.py).
 tls_stage = ContextMemo(target_stage)
+# And the ACL step (phases/consul_acl.py).
+acl_stage = ContextMemo(target_acl_stage)
 
 
 def agent_files(ctx: Context, host: Host, cfg: build.AgentConfig) -> dict[str, bytes]:
     """The agent's files in CONFIG_DIR, all secret or private: gossip key, TLS settings, the
-    CA's certificate, its own certificate and key."""
+    CA's certificate, its own certificate and key, ACL settings and its own token."""
     key = ctx.inputs.gossip_key
     if not key:
         raise PlanError("no gossip key")
@@ -141,6 +145,15 @@ def agent_files(ctx: Context, host: Host, cfg: build.AgentConfig) -> dict[str, b
         mine = tls.agents[host.name]
         files |= {build.TLS_CONFIG: build.tls_config(cfg.tls_stage), build.CA_CERT: tls.ca_cert,
                   build.AGENT_CERT: mine.cert_pem, build.AGENT_KEY: mine.key_pem}  # fmt: skip
+    if cfg.acl_stage:
+        token = None
+        if cfg.acl_stage >= build.ACL_FINAL:
+            acl = ctx.inputs.acl
+            if acl is None or host.name not in acl.agents:
+                raise PlanError("no ACL token for this host's agent (the operator's tokens were not settled)")
+            token = acl.agents[host.name]
+            files[build.AGENT_TOKEN] = token.encode()
+        files[build.ACL_CONFIG] = build.acl_config(cfg.acl_stage, token)
     return files
 
 
@@ -194,6 +207,7 @@ class ConsulPhase:
         else:
             if any(facts.managed_files.get(f"{build.CONFIG_DIR}/{name}") != sha256(data) for name, data in files.items()):
                 what = "the gossip encryption key" + (", TLS certificate and settings" if cfg.tls_stage else "")
+                what += ", ACL settings" + (" and token" if cfg.acl_stage >= build.ACL_FINAL else "") if cfg.acl_stage else ""
                 cmds.append(write_secrets(build.CONFIG_DIR, files, f"write {what} (0600)"))
             if current is not None:
                 if was_server and not cfg.server and current.running:

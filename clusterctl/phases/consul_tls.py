@@ -34,16 +34,22 @@ class TLSMaterial:
     agents: Mapping[str, AgentCert] = field(default_factory=dict, repr=False)
 
 
-def agent_stage(ctx: Context, name: str) -> int | None:
-    """The TLS step of the host's agent of this cluster (0 for an agent from before TLS), or None."""
+def agent_step(ctx: Context, name: str, label: str) -> int | None:
+    """A step label of the host's agent of this cluster (0 for an agent from before the label),
+    or None for a host without one."""
     facts = ctx.facts.get(name)
     agents = cluster_containers(ctx, facts, "consul") if facts else []
     if not agents:
         return None
     try:
-        return int(agents[0].labels.get("clusterctl.consul.tls", "0"))
+        return int(agents[0].labels.get(label, "0"))
     except ValueError:
         return 0
+
+
+def agent_stage(ctx: Context, name: str) -> int | None:
+    """The TLS step of the host's agent of this cluster (0 for an agent from before TLS), or None."""
+    return agent_step(ctx, name, "clusterctl.consul.tls")
 
 
 def target_stage(ctx: Context) -> int:
@@ -68,6 +74,10 @@ def tls_inputs(ctx: Context, directory: Path, dry_run: bool) -> Inputs:
 
     pki = ClusterPKI(directory, cluster.name, (lambda path, data, replace_: True) if dry_run else install)
     ca: CA | None = pki.ca(create=False)
+    if ca is not None:
+        from clusterctl.phases.gossip import refuse_foreign
+
+        refuse_foreign(ctx, CA_FILE_ON_HOST, ca.cert_pem, pki.ca_path, "TLS CA")
     if ca is None:
         running = [h.name for h in cluster.hosts if h.name in ctx.facts and CA_FILE_ON_HOST in ctx.facts[h.name].managed_files]
         if running:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from clusterctl.commands.consul import GOSSIP_FILE
+from clusterctl.commands.consul import GOSSIP_FILE, gossip_file
+from clusterctl.commands.files import sha256
 from clusterctl.phases.base import Context, Inputs, cluster_containers
 from clusterctl.secrets import GOSSIP_KEY, PLACEHOLDER, Secret, SecretError, gossip_key, read_secret
 
@@ -33,6 +34,19 @@ def consul_hosts(ctx: Context) -> list[str]:
     ]
 
 
+def refuse_foreign(ctx: Context, host_file: str, expected: bytes, path: Path, what: str) -> None:
+    """Refuse (SecretError) when the hosts that hold `host_file` for this cluster all hold another
+    one than this state dir's secret would write: a state dir from another cluster would roll
+    every agent onto its secret and cut them off from each other."""
+    held = {name: f.managed_files[host_file] for name, f in ctx.facts.items() if host_file in f.managed_files and cluster_containers(ctx, f, "consul")}
+    if held and sha256(expected) not in held.values():
+        raise SecretError(
+            f"{path}: not the {what} that cluster {ctx.cluster.name!r} runs on {', '.join(sorted(held))} "
+            "(a state dir from another cluster?): get this cluster's from the operator that made it "
+            "(`clusterctl secrets export -o FILE` there, `clusterctl secrets import FILE --force` here)"
+        )
+
+
 def gossip_inputs(ctx: Context, directory: Path, dry_run: bool) -> Inputs:
     """ctx.inputs with the run's gossip key (see the module docstring); SecretError to refuse."""
     cluster = ctx.cluster
@@ -40,6 +54,7 @@ def gossip_inputs(ctx: Context, directory: Path, dry_run: bool) -> Inputs:
         return ctx.inputs
     key = read_secret(directory, GOSSIP_KEY)
     if key is not None:
+        refuse_foreign(ctx, GOSSIP_FILE, gossip_file(key.decode()), directory / GOSSIP_KEY, "gossip key")
         return replace(ctx.inputs, gossip_key=Secret(key.decode()))
     path = directory / GOSSIP_KEY
     fetch = "get it from the operator that made the cluster (`clusterctl secrets export -o FILE` there, `clusterctl secrets import FILE` here)"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from clusterctl.commands.base import Cmd, Script
 from clusterctl.config.loader import Cluster
+from clusterctl.errors import UserError
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
 from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, rolling, wave
 from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
@@ -64,6 +66,8 @@ class RunReport:
     errors: list[str] = field(default_factory=list)
     # Phases refused for the whole cluster (PhaseError), with their one-line reason.
     refused: dict[str, str] = field(default_factory=dict)
+    # What operator-side steps changed beyond the hosts (e.g. Consul's ACLs), one line each.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failed_hosts(self) -> list[HostReport]:
@@ -115,6 +119,14 @@ class Manager:
         hosts = [h for h in cluster.hosts if options.only is None or h.name in options.only]
         self.reports = {h.name: HostReport(h.name, h.address) for h in hosts}
         self.refused: dict[str, str] = {}
+        # Per phase name: an operator-side step run before each of its passes (see execute).
+        self.settle: dict[str, Callable[[Context, Callable], Inputs]] = {}
+
+    def consul_api(self, name: str, token: str | None = None):
+        """A py-consul client on the host's Consul agent, through its SSH session."""
+        from clusterctl.transport.tunnel import consul_api
+
+        return consul_api(self.sessions[name], token)
 
     def __enter__(self) -> Manager:
         return self
@@ -235,7 +247,18 @@ class Manager:
         recorded: set[str] = set()
         waiting: list[str] = []
         timeout = self.cluster.spec.ssh.command_timeout
+        settle = self.settle.get(phase.name)
         for n in range(passes):
+            if settle is not None:
+                # The phase's operator-side step before each pass (consul: its ACLs), from the
+                # latest facts; a refusal stops the phase, one line.
+                try:
+                    self.inputs = settle(self.context(), self.consul_api)
+                except UserError as exc:
+                    self.refused[phase.name] = str(exc)
+                    for name in self._alive():
+                        steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, str(exc)))
+                    break
             why = self.check(phase)
             if why is not None:
                 self.refused[phase.name] = why
@@ -354,20 +377,28 @@ def execute(
     options: Options,
     progress: Progress | None = None,
     inputs: Inputs | None = None,
-    prepare: Callable[[Context], Inputs] | None = None,
+    prepare: Callable[[Context, Callable], Inputs] | None = None,
+    settle: Mapping[str, Callable[[Context, Callable], Inputs]] | None = None,
+    lock: Callable[[Context, Callable], AbstractContextManager] | None = None,
 ) -> RunReport:
     """`prepare`, when given, is an operator-side step right after the probe: it returns the
     run's Inputs from what the probe found (e.g. the gossip key, made only when no host runs
-    Consul of the cluster), or raises a UserError to refuse the whole run, nothing sent yet."""
+    Consul of the cluster), or raises a UserError to refuse the whole run, nothing sent yet.
+    `settle` maps a phase name to such a step run before each pass of that phase. Both get the
+    context and `consul_api(host)`, a py-consul client on that host's agent through SSH.
+    `lock`, when given, is held from right after `prepare` to the end of the phases (the
+    cluster's own lock in Consul; it raises LockHeld to refuse)."""
     t0 = time.monotonic()
     with Manager(cluster, endpoints, known_hosts, options, progress, inputs) as m:
         m.connect()
         m.probe()
+        m.settle = dict(settle or {})
         if prepare is not None:
-            m.inputs = prepare(m.context())
-        if m.preflight(phases):
-            for i, phase in enumerate(phases):
-                m.run_phase(phase, more_phases_follow=i < len(phases) - 1)
+            m.inputs = prepare(m.context(), m.consul_api)
+        with lock(m.context(), m.consul_api) if lock is not None else nullcontext():
+            if m.preflight(phases):
+                for i, phase in enumerate(phases):
+                    m.run_phase(phase, more_phases_follow=i < len(phases) - 1)
         return RunReport(
             cluster=cluster.name,
             dry_run=options.dry_run,
@@ -376,4 +407,5 @@ def execute(
             seconds=time.monotonic() - t0,
             errors=list(m.errors),
             refused=dict(m.refused),
+            notes=list(m.inputs.notes),
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 from clusterctl.commands import service as build
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
-from clusterctl.commands.files import sha256, write_file
+from clusterctl.commands.files import sha256, write_secrets
 from clusterctl.config.models import Host, Service, duration_seconds
 from clusterctl.facts.parser import Container, HostFacts
 from clusterctl.phases.base import Context, ContextMemo, PhaseError, PlanError, cluster_containers
@@ -78,9 +78,23 @@ def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.R
     )
 
 
+def service_token(ctx: Context, service: str) -> str | None:
+    """The service's ACL token (phases/consul_acl.py), put in its definition."""
+    acl = ctx.inputs.acl
+    if not ctx.cluster.spec.consul.enabled or acl is None:
+        return None
+    token = acl.services.get(service)
+    if token is None:
+        raise PlanError(f"services.{service}: no ACL token (the operator's tokens were not settled)")
+    return token
+
+
 class ServicesPhase:
     name = "services"
     title = "Service replicas placed, started and registered in Consul"
+    # A host that lacks an app image gets it in a pass of its own (one stdin a script: the
+    # image stream, or the definitions, which carry the services' tokens).
+    passes = 2
 
     def __init__(self) -> None:
         self._placement = ContextMemo(placement)
@@ -126,11 +140,16 @@ class ServicesPhase:
         # registered again once it runs: its check starts critical, so the wait below sees a
         # fresh check pass, never the old replica's last result.
         drain = sorted(registered - (set(registering) - {r.service for r in start}))
+        definitions = {name: r.definition(service_token(ctx, name)) for name, r in registering.items()}
         write = [
             r
             for name, r in registering.items()
-            if name in drain or facts.managed_files.get(build.definition_path(name)) != sha256(r.definition())
+            if name in drain or facts.managed_files.get(build.definition_path(name)) != sha256(definitions[name])
         ]
+        apps = tuple(app for r in wanted if (app := ctx.inputs.apps.get(r.service)) is not None)
+        loads = [load] if apps and (load := load_missing_images(apps, facts)) is not None else []
+        if loads and write:  # images first, in a pass of their own; the rest once they are there
+            return [as_root(c, facts.sudo) for c in loads]
         cmds: list[Cmd] = [build.remove_definition(name) for name in drain]
         if drain:
             cmds.append(build.reload_agent())
@@ -138,11 +157,8 @@ class ServicesPhase:
         for name in sorted(set(current) - {r.service for r in wanted}):
             # Gone from this host (frees its port first); a service gone from the file stops at once.
             cmds.append(build.remove(name, grace.get(name, 0) if current[name].running else 0))
+        cmds += loads
         for r in wanted:
-            app = ctx.inputs.apps.get(r.service)
-            load = load_missing_images((app,), facts) if app is not None else None
-            if load is not None:
-                cmds.append(load)
             if r in start:
                 c = current.get(r.service)
                 if c is not None and c.labels.get("clusterctl.config") == r.digest():
@@ -151,9 +167,10 @@ class ServicesPhase:
                     if c is not None:
                         cmds.append(build.remove(r.service, grace[r.service] if c.running else 0))
                     cmds.append(r.run())
-        for r in write:
-            cmds.append(write_file(build.definition_path(r.service), r.definition(), "0644", f"register {r.service} with consul"))
         if write:
+            names = ", ".join(r.service for r in write)
+            files = {f"{r.service}.json": definitions[r.service].encode() for r in write}
+            cmds.append(write_secrets(build.SERVICES_DIR, files, f"register {names} with consul (0600: with their tokens)"))
             cmds.append(build.reload_agent())
         checks = facts.docker.consul_checks
         for r in wanted:

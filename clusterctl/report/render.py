@@ -20,6 +20,7 @@ def report_dict(report: RunReport) -> dict[str, Any]:
         "failed_hosts": [h.name for h in report.failed_hosts],
         "errors": report.errors,
         "refused": dict(report.refused),
+        "notes": list(report.notes),
         "hosts": [
             {
                 "name": h.name,
@@ -83,6 +84,8 @@ def print_table(report: RunReport, console, verb: str = "") -> None:  # noqa: AN
         detail = failed.message if failed else ("converged" if not changed else f"{len(changed)} phase(s) {'planned' if report.dry_run else 'changed'}")
         table.add_row(h.name, *cells, _escape(detail))
     console.print(table)
+    for note in report.notes:
+        console.print(f"[bold]note:[/bold] {_escape(note)}", soft_wrap=True)
     if report.dry_run:
         for h in report.hosts:
             for s in h.steps:

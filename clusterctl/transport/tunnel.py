@@ -68,3 +68,20 @@ def forward(session: Session, remote_host: str, remote_port: int):
         stop.set()
         thread.join(1)
         server.close()
+
+
+@contextmanager
+def consul_api(session: Session, token: str | None = None, port: int = 8500):
+    """A py-consul client on the host's agent (its HTTP API on the host's loopback), through SSH."""
+    import consul
+
+    with forward(session, "127.0.0.1", port) as local:
+        api = consul.Consul(host="127.0.0.1", port=local, token=token, connections_timeout=10)
+        # py-consul leaves the token out of some calls (members, raft): send it with every one.
+        api.http.session.headers.pop("X-Consul-Token", None)
+        if token:
+            api.http.session.headers["X-Consul-Token"] = token
+        try:
+            yield api
+        finally:
+            api.http.session.close()

@@ -10,6 +10,8 @@ import time
 import pytest
 import yaml
 
+from tests.e2e.consul_helpers import as_operator, state_dir_of
+
 pytestmark = pytest.mark.e2e
 
 
@@ -53,7 +55,7 @@ def test_three_servers_alive_one_leader_gossip_encrypted(cli, lab):
     assert [h["voter"] for h in st["hosts"]] == [True] * 3
     assert sum(h["leader"] for h in st["hosts"]) == 1 and st["leader"] in _addresses(lab)
     assert len({h["filebox"] for h in st["hosts"]}) == 1 and st["hosts"][0]["filebox"] != "-"
-    keyring = _exec(cli, lab, "node1", "docker", "exec", "clusterctl-consul", "consul", "keyring", "-list").stdout
+    keyring = as_operator(lab, "node1", "keyring", "-list")
     assert "dc1 (LAN):" in keyring and "[3/3]" in keyring
     # The key lives on the operator's side, 0600, and is the one the cluster uses.
     state_key = _state_dir(lab) / "gossip.key"
@@ -100,7 +102,7 @@ def test_http_on_loopback_only_and_dns_not_on_every_interface(cli, lab):
 
 
 def _state_dir(lab):
-    return lab.cluster_file.parent.parent.parent / "clusters" / f"lab-{lab.name}"
+    return state_dir_of(lab)
 
 
 def test_rpc_is_tls_and_an_agent_without_a_certificate_cannot_use_the_cluster(cli, lab):
@@ -143,8 +145,8 @@ def test_rpc_is_tls_and_an_agent_without_a_certificate_cannot_use_the_cluster(cl
     finally:
         _exec(cli, lab, "node1", "sh", "-c", "docker rm -f intruder certified >/dev/null 2>&1; rm -rf /tmp/intr", ok=False)
         # The hand-started agents joined the gossip: make the cluster forget them.
-        _exec(cli, lab, "node2", "sh", "-c", "docker exec clusterctl-consul consul force-leave -prune intruder; "
-              "docker exec clusterctl-consul consul force-leave -prune certified", ok=False)  # fmt: skip
+        for name in ("intruder", "certified"):
+            as_operator(lab, "node2", "force-leave", "-prune", name)
 
 
 def test_second_up_changes_nothing(cli, lab):
@@ -155,7 +157,7 @@ def test_second_up_changes_nothing(cli, lab):
 
 
 def _voters(cli, lab, via="node2") -> int:
-    out = _exec(cli, lab, via, "docker", "exec", "clusterctl-consul", "consul", "operator", "raft", "list-peers", ok=False).stdout
+    out = as_operator(lab, via, "operator", "raft", "list-peers")
     return sum(1 for line in out.splitlines()[1:] if len(line.split()) >= 5 and line.split()[4] == "true")
 
 

@@ -9,6 +9,8 @@ import json
 import pytest
 import yaml
 
+from clusterctl.commands.consul import consul_cli
+
 pytestmark = pytest.mark.e2e
 
 
@@ -39,7 +41,7 @@ def test_hosts_without_roles_keep_their_servers_and_a_demoted_one_would_leave_fi
     assert steps["node3"]["commands"][0].endswith("(not shown)") and "client" not in steps["node3"]["commands"][0]
     assert steps["node3"]["commands"][1:4] == [
         "docker update --restart no clusterctl-consul",
-        "docker exec clusterctl-consul consul leave",
+        consul_cli("leave", description="").render(),
         "docker rm -f clusterctl-consul || true",
     ]  # fmt: skip
     assert any("consul.mode=client" in c for c in steps["node3"]["commands"])

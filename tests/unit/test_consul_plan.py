@@ -12,7 +12,9 @@ from clusterctl.config.loader import load_text
 from clusterctl.facts.parser import parse_probe_output
 from clusterctl.phases.base import Context, Inputs, PlanError
 from clusterctl.phases.consul import ConsulPhase, agent_config, agent_files, config_digest, files_digest
+from clusterctl.phases.consul_acl import ACLMaterial
 from clusterctl.phases.consul_tls import TLSMaterial
+from clusterctl.secrets import Secret
 from clusterctl.pki import issue, make_ca
 from clusterctl.phases.engine import EnginePhase, desired_daemon_config
 
@@ -32,8 +34,21 @@ class _EveryHost(dict):
         return self[name]
 
 
+class _EveryAgent(dict):
+    """Test ACL tokens: one for any host name asked for."""
+
+    def __contains__(self, name):
+        return True
+
+    def __missing__(self, name):
+        import uuid
+
+        self[name] = Secret(str(uuid.uuid4()))
+        return self[name]
+
+
 INPUTS = Inputs(gossip_key=KEY, base_image="clusterctl/base:abc", filebox_container="clusterctl-filebox-abc",
-                tls=TLSMaterial(CA.cert_pem, _EveryHost()))  # fmt: skip
+                tls=TLSMaterial(CA.cert_pem, _EveryHost()), acl=ACLMaterial(_EveryAgent()))  # fmt: skip
 
 
 def converged(ctx, host, cfg):
@@ -109,10 +124,16 @@ def test_run_agent_renders_as_one_quoted_docker_run():
 def test_fresh_host_plan_writes_key_secretly_then_runs_and_waits():
     ctx = ctx_for()
     cmds = ConsulPhase().plan(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
-    assert [c.description for c in cmds][0] == "write the gossip encryption key, TLS certificate and settings (0600)"
-    assert cmds[0].stdin.names == ("agent-key.pem", "agent.pem", "ca.pem", "gossip.json", "tls.json")
-    assert KEY not in cmds[0].display() and "PRIVATE" not in cmds[0].display()
+    assert [c.description for c in cmds][0] == "write the gossip encryption key, TLS certificate and settings, ACL settings and token (0600)"
+    assert cmds[0].stdin.names == ("acl.json", "agent-key.pem", "agent.pem", "agent.token", "ca.pem", "gossip.json", "tls.json")
+    token = INPUTS.acl.agents["n1"]
+    assert KEY not in cmds[0].display() and "PRIVATE" not in cmds[0].display() and token not in cmds[0].display()
+    assert not any(token in c.render() for c in cmds)
+    acl = json.loads(agent_files(ctx, ctx.cluster.hosts[0], agent_config(ctx, ctx.cluster.hosts[0], ctx.facts["n1"]))["acl.json"])
+    assert acl == {"acl": {"enabled": True, "default_policy": "deny", "down_policy": "extend-cache",
+                           "enable_token_persistence": True, "tokens": {"agent": token}}}  # fmt: skip
     assert "-config-file=/consul/config/tls.json" in cmds[-2].argv and "clusterctl.consul.tls=3" in cmds[-2].argv
+    assert "-config-file=/consul/config/acl.json" in cmds[-2].argv and "clusterctl.consul.acl=2" in cmds[-2].argv
     assert cmds[-2].argv[:2] == ("docker", "run") and "leader" in cmds[-1].description
     assert not ConsulPhase().rolling(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
 
@@ -127,7 +148,7 @@ def _converged_facts(ctx, name, running=True, digest=None, raft=None):
     good, managed = converged(ctx, host, cfg)
     digest = digest or good
     container = {"ID": "x", "Names": build.CONTAINER, "Image": "i", "State": "running" if running else "exited",
-                 "Labels": f"clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.consul.tls=3,clusterctl.config={digest}"}
+                 "Labels": f"clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.consul.tls=3,clusterctl.consul.acl=2,clusterctl.config={digest}"}
     if raft is None and running:
         raft = _raft(n1=True, n2=True, n3=True)
     return facts_for(host.address, [container], managed, raft=raft)
@@ -230,7 +251,7 @@ def _running_agent(ctx, name, raft=None):
     mode = "server" if cfg.server else "client"
     container = {"ID": "x", "Names": build.CONTAINER, "Image": "i", "State": "running",
                  "Labels": f"clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.consul.mode={mode},"
-                           f"clusterctl.consul.tls=3,clusterctl.config={digest}"}  # fmt: skip
+                           f"clusterctl.consul.tls=3,clusterctl.consul.acl=2,clusterctl.config={digest}"}  # fmt: skip
     return facts_for(host.address, [container], managed, raft=raft)
 
 
@@ -302,7 +323,7 @@ def test_a_server_made_a_client_leaves_gracefully_first():
     ctx = ctx_for(FILE, **running)  # w1's roles now say client; n1-n3 have none (and run servers)
     w1 = ctx.cluster.spec.host("w1")
     cmds = [c.render() for c in ConsulPhase().plan(ctx, w1, ctx.facts["w1"])]
-    assert cmds[:3] == ["docker update --restart no clusterctl-consul", "docker exec clusterctl-consul consul leave",
+    assert cmds[:3] == ["docker update --restart no clusterctl-consul", build.consul_cli("leave", description="").render(),
                         "docker rm -f clusterctl-consul || true"]  # fmt: skip
     assert "-server" not in cmds[4] and "consul.mode=client" in cmds[4]
     assert ConsulPhase().rolling(ctx, w1, ctx.facts["w1"])

@@ -26,6 +26,8 @@ from clusterctl.phases.manager import Manager, Options, execute
 from clusterctl.report.render import report_json
 from clusterctl.secrets import GOSSIP_KEY, WEAVE_PASSWORD, Secret, SecretError
 from clusterctl.transport.ssh import RunResult
+from clusterctl.commands.files import sha256
+from clusterctl.facts.parser import parse_probe_output
 from tests.conftest import CLI
 from tests.unit.test_consul_plan import FIXTURE, INPUTS, KEY, facts_for
 
@@ -190,10 +192,12 @@ def test_a_secret_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
 
 def test_every_registered_secret_made_here_is_valid_and_made_once(tmp_path):
     made = [k for k in secrets.SECRETS.values() if k.make is not None]
-    assert {k.name for k in made} == {GOSSIP_KEY, WEAVE_PASSWORD}
+    assert {k.name for k in made} == {GOSSIP_KEY, WEAVE_PASSWORD, "acl/agent-*.token", "acl/service-*.token"}
     for kind in made:
-        assert secrets.check_value(kind.name, kind.make()) is None
-        assert secrets.ensure_secret(tmp_path, kind.name) == secrets.ensure_secret(tmp_path, kind.name)
+        name = kind.name.replace("*", "n1")
+        assert secrets.check_value(name, kind.make()) is None
+        assert secrets.ensure_secret(tmp_path, name) == secrets.ensure_secret(tmp_path, name)
+    assert secrets.ensure_secret(tmp_path, "acl/agent-n1.token") != secrets.ensure_secret(tmp_path, "acl/agent-n2.token")
 
 
 PEM = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n"
@@ -312,7 +316,7 @@ def _run(file, dry_run=False, only=None, phases=PHASES):
 
     cluster = load_text(file, "c.yaml")
     options = Options(dry_run=dry_run, only=frozenset(only) if only else None)
-    return execute(cluster, phases, {}, None, options, None, INPUTS, _prepare(cluster, dry_run))  # type: ignore[arg-type]
+    return execute(cluster, phases, {}, None, options, None, INPUTS, *_prepare(cluster, dry_run))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
@@ -549,3 +553,26 @@ def test_import_of_bad_input_is_one_line_exit_2_and_writes_nothing(op, tmp_path,
         src.write_text(content)
     _one_line_exit_2(op.b("secrets", "import", str(src), "-f", str(op.file)), str(src), needle)
     assert not op.b_dir.exists()
+
+
+def test_a_state_dir_from_another_cluster_is_refused_not_rolled_out(tmp_path):
+    """Its gossip key (or CA) is valid but not the one the hosts run: one line, never a roll."""
+    from clusterctl.phases.consul_tls import CA_FILE_ON_HOST, tls_inputs
+    from clusterctl.pki import ClusterPKI
+
+    cluster = load_text(FILE, "c.yaml")
+    secrets.install(tmp_path / GOSSIP_KEY, KEY.encode())
+    theirs = {consul_build.GOSSIP_FILE: sha256(consul_build.gossip_file(secrets._new_gossip_key().decode()))}
+    ours = {consul_build.GOSSIP_FILE: sha256(consul_build.gossip_file(KEY))}
+
+    def ctx(managed):
+        return Context(cluster, {"node1": parse_probe_output(probe_json("10.0.0.1", [consul_container()], managed))}, INPUTS)
+
+    with pytest.raises(SecretError, match=r"gossip.key: not the gossip key that cluster 'prod' runs on node1 \(a state dir from another cluster\?\)"):
+        gossip_inputs(ctx(theirs), tmp_path, dry_run=False)
+    assert gossip_inputs(ctx(ours), tmp_path, dry_run=False).gossip_key == KEY
+    pki = ClusterPKI(tmp_path, "prod", secrets.install)
+    ca = pki.ca(create=True)
+    with pytest.raises(SecretError, match=r"tls/ca.pem: not the TLS CA that cluster 'prod' runs on node1"):
+        tls_inputs(ctx(ours | {CA_FILE_ON_HOST: "ab" * 32}), tmp_path, dry_run=False)
+    assert tls_inputs(ctx(ours | {CA_FILE_ON_HOST: sha256(ca.cert_pem)}), tmp_path, dry_run=False).tls is not None

@@ -12,9 +12,13 @@ from clusterctl.config.loader import load_text
 from clusterctl.facts.parser import parse_probe_output
 from clusterctl.phases.base import Context, Inputs, PhaseError
 from clusterctl.phases.services import ServicesPhase, replica
+from clusterctl.phases.consul_acl import ACLMaterial
+from clusterctl.secrets import Secret
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "probe-docker-running.json"
-INPUTS = Inputs(gossip_key="k", base_image="clusterctl/base:abc", filebox_container="clusterctl-filebox-abc")
+WEB_TOKEN = "6c1a3b52-1f0e-4d33-9a4e-2b7f3f6de111"
+INPUTS = Inputs(gossip_key="k", base_image="clusterctl/base:abc", filebox_container="clusterctl-filebox-abc",
+                acl=ACLMaterial(services={"web": Secret(WEB_TOKEN)}))  # fmt: skip
 FILE = """
 name: c1
 hosts:
@@ -58,7 +62,7 @@ def container(service, digest, state="running", cluster="c1"):
 def converged(ctx, name, status="passing"):
     host = ctx.cluster.spec.host(name)
     r = replica(ctx, ctx.cluster.spec.services[0], host, ctx.facts[name])
-    return facts_for(host.address, [container("web", r.digest())], {build.definition_path("web"): sha256(r.definition())},
+    return facts_for(host.address, [container("web", r.digest())], {build.definition_path("web"): sha256(r.definition(WEB_TOKEN))},
                      {"web": status})  # fmt: skip
 
 
@@ -77,8 +81,12 @@ def test_replicas_spread_over_providers_and_start_registered_and_waited_for():
     assert ["--volumes-from", "clusterctl-filebox-abc:ro"] == run[run.index("--volumes-from") :][:2]
     assert ["--network", "clusterctl"] == run[run.index("--network") :][:2]
     assert run[-1] == "nginx:1.25"
-    assert "register web" in cmds[1].description and build.definition_path("web") in cmds[1].render()
-    assert cmds[2].argv == ("docker", "exec", "clusterctl-consul", "consul", "reload")
+    # The definition carries the service's token: written 0600 from stdin, shown nowhere.
+    assert "register web" in cmds[1].description and cmds[1].argv[-1] == build.SERVICES_DIR
+    assert cmds[1].stdin.names == ("web.json",) and WEB_TOKEN.encode() in cmds[1].stdin._data
+    assert not any(WEB_TOKEN in c.display() or WEB_TOKEN in repr(c) for c in cmds)
+    assert cmds[2].argv[:3] == ("docker", "exec", "clusterctl-consul") and cmds[2].argv[-1] == "reload"
+    assert "CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token" in cmds[2].render()
     assert "healthy" in cmds[3].description and len(cmds) == 4
 
 
@@ -89,7 +97,8 @@ def test_definition_registers_the_host_address_with_an_http_check():
     assert (doc["name"], doc["address"], doc["port"]) == ("web", "10.0.0.3", 8080)
     assert doc["check"]["http"] == "http://10.0.0.3:8080/healthz" and doc["check"]["interval"] == "5s"
     assert doc["meta"] == {"host": "n3", "container": "clusterctl-svc-web"}
-    assert "GREETING" not in r.definition()
+    assert "GREETING" not in r.definition() and "token" not in doc
+    assert json.loads(r.definition(WEB_TOKEN))["service"]["token"] == WEB_TOKEN
 
 
 def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited_for():
@@ -106,7 +115,7 @@ def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited
         "deregister web from this host's consul agent",
         "reload consul's service definitions",
         "start the stopped web container",
-        "register web with consul",
+        "register web with consul (0600: with their tokens)",
         "reload consul's service definitions",
         "wait until consul reports web healthy",
     ]
@@ -146,7 +155,7 @@ def test_running_replica_stays_and_a_surplus_one_is_removed_and_deregistered():
     assert plan(ctx, "n1") == []
     assert [c.render() for c in plan(ctx, "n2")] == [
         f"rm -f {build.definition_path('web')}",
-        "docker exec clusterctl-consul consul reload",
+        build.reload_agent().render(),
         """sh -c 'docker stop -t "$2" "$1" >/dev/null 2>&1; docker rm -f "$1" >/dev/null' sh clusterctl-svc-web 10 || true""",
     ]
     assert plan(ctx, "n3")[0].argv[:2] == ("docker", "run")

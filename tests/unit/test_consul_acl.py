@@ -1,0 +1,136 @@
+"""Consul's ACLs on the operator's side (phases/consul_acl.py): the step agents move to, the
+agent's ACL settings, the tokens made once, and a settled cluster costing no call to Consul."""
+
+import json
+import stat
+from contextlib import contextmanager
+
+import pytest
+
+from clusterctl.commands import consul as build
+from clusterctl.config.loader import load_text
+from clusterctl.facts.parser import parse_probe_output
+from clusterctl.phases.base import Context, Inputs
+from clusterctl.phases.consul_acl import (
+    MANAGEMENT_TOKEN,
+    RECORD,
+    ACLMaterial,
+    _record,
+    acl_inputs,
+    settle,
+    target_acl_stage,
+)
+from clusterctl.secrets import SecretError
+from tests.unit.test_consul_plan import FIXTURE
+
+FILE = """
+name: c1
+hosts:
+  - {name: n1, address: 10.0.0.1}
+  - {name: n2, address: 10.0.0.2}
+services:
+  - {name: web, image: nginx:1.25, port: 8080}
+"""
+
+
+def facts(acl=None, running=True, cid="c0ffee"):
+    data = json.loads(FIXTURE.read_text())
+    if acl is not False:
+        labels = "clusterctl.cluster=c1,clusterctl.role=consul,clusterctl.consul.mode=server"
+        labels += "" if acl is None else f",clusterctl.consul.acl={acl}"
+        data["docker"]["containers"] = [{"ID": cid, "Names": build.CONTAINER, "Image": "x", "State": "running" if running else "exited",
+                                         "Labels": labels}]  # fmt: skip
+    else:
+        data["docker"]["containers"] = []
+    return parse_probe_output(json.dumps(data))
+
+
+def ctx_for(inputs=None, outside=frozenset(), **by_host):
+    cluster = load_text(FILE, "c.yaml")
+    return Context(cluster, {n: f for n, f in by_host.items()}, inputs or Inputs(), outside=outside)
+
+
+@pytest.mark.parametrize(
+    "stages,settled,expected",
+    [
+        ((False, False), False, build.ACL_FINAL),  # a new cluster starts at deny
+        ((None, None), False, 1),  # agents from before ACLs: turn them on at allow first
+        ((0, 1), True, 1),  # one step a pass
+        ((1, 1), False, 1),  # deny only once Consul holds every token
+        ((1, 1), True, build.ACL_FINAL),
+        ((1, 2), True, build.ACL_FINAL),
+        ((2, 2), False, build.ACL_FINAL),
+    ],
+)
+def test_the_step_agents_move_to(stages, settled, expected):
+    inputs = Inputs(acl=ACLMaterial(settled=settled))
+    ctx = ctx_for(inputs, n1=facts(stages[0]), n2=facts(stages[1]))
+    assert target_acl_stage(ctx) == expected
+
+
+def test_a_host_run_never_outruns_the_hosts_left_out():
+    ctx = ctx_for(Inputs(acl=ACLMaterial(settled=True)), outside=frozenset({"n2"}), n1=facts(1))
+    assert target_acl_stage(ctx) == 1
+
+
+def test_acl_settings_by_step():
+    allow = json.loads(build.acl_config(1, None))["acl"]
+    assert allow["enabled"] and allow["default_policy"] == "allow" and "tokens" not in allow
+    deny = json.loads(build.acl_config(2, "t0k"))["acl"]
+    assert deny["default_policy"] == "deny" and deny["down_policy"] == "extend-cache"
+    assert deny["enable_token_persistence"] and deny["tokens"] == {"agent": "t0k"}
+    with pytest.raises(ValueError):
+        build.acl_config(2, None)
+
+
+def test_tokens_are_made_once_0600_and_a_dry_run_makes_none(tmp_path):
+    ctx = ctx_for(n1=facts(False), n2=facts(False))
+    dry = acl_inputs(ctx, tmp_path / "dry", dry_run=True)
+    assert not (tmp_path / "dry").exists() and dry.acl.settled
+    first = acl_inputs(ctx, tmp_path, dry_run=False).acl
+    again = acl_inputs(ctx, tmp_path, dry_run=False).acl
+    assert set(first.agents) == {"n1", "n2"} and set(first.services) == {"web"}
+    assert dict(first.agents) == dict(again.agents) and first.agents["n1"] != first.agents["n2"]
+    assert first.management is None and not first.settled
+    path = tmp_path / "acl" / "agent-n1.token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text().strip() == first.agents["n1"]
+    assert first.agents["n1"] not in repr(first) and first.services["web"] not in repr(Inputs(acl=first))
+
+
+def test_a_malformed_token_file_is_one_line(tmp_path):
+    (tmp_path / "acl").mkdir(mode=0o700)
+    (tmp_path / MANAGEMENT_TOKEN).write_text("hunter2\n")
+    ctx = ctx_for(n1=facts(2), n2=facts(2))
+    with pytest.raises(SecretError, match=r"acl/management.token: not a Consul ACL token \(a UUID\)"):
+        acl_inputs(ctx, tmp_path, dry_run=False)
+
+
+def _never(name):
+    raise AssertionError(f"Consul was asked (via {name}) though nothing needed settling")
+
+
+def test_a_settled_cluster_is_not_asked_again_and_any_change_asks(tmp_path):
+    ctx = ctx_for(n1=facts(2), n2=facts(2))
+    ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False), outside=ctx.outside)
+    (tmp_path / RECORD).write_text(_record(ctx, ctx.inputs.acl))
+    assert settle(ctx, _never, tmp_path, dry_run=False).acl.settled
+    # An agent replaced (another container) or a dry run: asked again / never asked.
+    restarted = Context(ctx.cluster, {"n1": facts(2, cid="0ther"), "n2": ctx.facts["n2"]}, ctx.inputs)
+    assert settle(restarted, _never, tmp_path, dry_run=True) is restarted.inputs
+    asked = []
+
+    @contextmanager
+    def unreachable(name):
+        asked.append(name)
+        raise ConnectionError("no route")
+        yield
+
+    with pytest.raises(SecretError, match="could not reach any agent of cluster 'c1'"):
+        settle(restarted, unreachable, tmp_path, dry_run=False)
+    assert asked == ["n1", "n2"]
+
+
+def test_agents_without_acls_are_not_settled_yet(tmp_path):
+    ctx = ctx_for(n1=facts(None), n2=facts(False))
+    ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
+    assert settle(ctx, _never, tmp_path, dry_run=False) is ctx.inputs
