@@ -81,7 +81,7 @@ def variant(base: Path, directory: Path, driver: str) -> Path:
 
 def reset(env: dict, f: Path) -> None:
     for host in ("node3", "node2", "node1"):  # the swarm's leader last
-        clusterctl(env, "exec", "-f", str(f), "--host", host, "--", *teardown(CIDR).argv)
+        clusterctl(env, "exec", "-f", str(f), "--host", host, "--", *teardown(yaml.safe_load(f.read_text())["name"], CIDR, leave_swarm=True).argv)
 
 
 def measure(network: str, server_addr: str | None, port: int, transfers: int, requests: int) -> tuple[float, float, float]:

@@ -620,7 +620,20 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _quiet_libraries() -> None:
+    """paramiko logs a failed handshake ("Error reading SSH protocol banner") with a traceback,
+    which Python's last-resort handler prints to the terminal: the failure is already a host's
+    one-line result, so library loggers say nothing to the user."""
+    import logging
+
+    for name in ("paramiko", "invoke", "fabric", "urllib3", "docker"):
+        log = logging.getLogger(name)
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
+
+
 def main() -> None:
+    _quiet_libraries()
     try:
         app()
     except UserError as exc:

@@ -27,3 +27,9 @@ class ConfigError(UserError):
 
 class LockHeld(UserError):
     exit_code = EXIT_LOCKED
+
+
+def printable(text: str) -> str:
+    """Text from a host, safe for the operator's terminal: control characters (escape sequences
+    included) shown as \\xNN instead of acted on."""
+    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)

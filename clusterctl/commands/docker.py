@@ -28,21 +28,27 @@ def install_package() -> Cmd:
         [*APT_ENV, "apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_KEEP_CONFIG, "docker.io"]
     )
     with_cli = 'if apt-cache show docker-cli >/dev/null 2>&1; then set -- docker-cli; else set --; fi; '
+    # The log goes to a private temp dir (mktemp -d, 0700), never to a fixed name under /tmp
+    # that another local user could have made first.
     return sh(
-        f"{with_cli}{install} \"$@\" >/tmp/clusterctl-apt.log 2>&1 || "
-        f"{{ env DEBIAN_FRONTEND=noninteractive apt-get update -q >>/tmp/clusterctl-apt.log 2>&1 && "
-        f"{with_cli}{install} \"$@\" >>/tmp/clusterctl-apt.log 2>&1; }} || {{ tail -n 5 /tmp/clusterctl-apt.log >&2; exit 1; }}",
+        f't=$(mktemp -d) && trap \'rm -rf "$t"\' EXIT && {{ {with_cli}{install} "$@" >"$t/apt.log" 2>&1 || '
+        f"{{ env DEBIAN_FRONTEND=noninteractive apt-get update -q >>\"$t/apt.log\" 2>&1 && "
+        f'{with_cli}{install} "$@" >>"$t/apt.log" 2>&1; }} || {{ tail -n 5 "$t/apt.log" >&2; exit 1; }}; }}',
         description="install docker.io (and docker-cli where it is a package of its own) from the distribution's packages",
     )
 
 
-def install_upstream_script(url: str = UPSTREAM_SCRIPT_URL) -> Cmd:
+def install_upstream_script(url: str = UPSTREAM_SCRIPT_URL, sha256: str | None = None) -> Cmd:
+    """The upstream script, fetched into a private temp dir; with `sha256`, checked before it
+    runs and refused when it differs."""
     return sh_args(
-        'curl -fsSL "$1" -o /tmp/get-docker.sh && sh /tmp/get-docker.sh >/tmp/clusterctl-get-docker.log 2>&1 '
-        '|| { tail -n 5 /tmp/clusterctl-get-docker.log >&2; exit 1; }',
-        url,
-        description="install Docker with the upstream script",
-    )
+        't=$(mktemp -d) && trap \'rm -rf "$t"\' EXIT && curl -fsSL "$1" -o "$t/get-docker.sh" && '
+        'if [ -n "$2" ] && ! printf "%s  %s\\n" "$2" "$t/get-docker.sh" | sha256sum -c --status; then '
+        'echo "the install script from $1 is not the pinned one (docker.install_script_sha256): not run" >&2; exit 1; fi && '
+        '{ sh "$t/get-docker.sh" >"$t/get-docker.log" 2>&1 || { tail -n 5 "$t/get-docker.log" >&2; exit 1; }; }',
+        url, sha256 or "",
+        description="install Docker with the upstream script" + (" (checked against its pinned sha256)" if sha256 else ""),
+    )  # fmt: skip
 
 
 def start_engine(systemd: bool) -> Cmd:
@@ -54,9 +60,9 @@ def start_engine(systemd: bool) -> Cmd:
 def wait_for_engine(timeout: float) -> Cmd:
     """Poll `docker info` until the engine answers; fail with its last error."""
     return sh_args(
-        'i=0; while ! docker info >/dev/null 2>/tmp/clusterctl-docker-info.err; do '
+        'i=0; while ! err=$(docker info 2>&1 >/dev/null); do '
         'i=$((i+1)); if [ "$i" -ge "$1" ]; then echo "docker did not answer within $2s:" >&2; '
-        'tail -n 2 /tmp/clusterctl-docker-info.err >&2; exit 1; fi; sleep 0.5; done',
+        'printf "%s\\n" "$err" | tail -n 2 >&2; exit 1; fi; sleep 0.5; done',
         str(max(1, int(timeout * 2))),
         f"{timeout:g}",
         description="wait until `docker info` answers",

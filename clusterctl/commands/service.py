@@ -145,6 +145,18 @@ def reload_agent() -> Cmd:
     return consul_cli("reload", description="reload consul's service definitions")
 
 
+def wait_deregistered(service: str, node: str, timeout: float = 15.0) -> Cmd:
+    """Until the catalog (asked through the host's agent, so the leader answers) no longer lists
+    the service on this node: the agent syncs a removal to the servers on its own time, and a
+    replica stopped before that is still handed out by DNS."""
+    return sh_args(
+        'i=0; while docker exec "$1" timeout 3 wget -qO- "http://127.0.0.1:8500/v1/catalog/service/$2" 2>/dev/null | grep -qF "\\"Node\\":\\"$3\\""; do '
+        'i=$((i+1)); if [ "$i" -ge "$4" ]; then echo "the catalog still lists $2 on $3 after $5s" >&2; exit 1; fi; sleep 0.2; done',
+        CONSUL_CONTAINER, service, node, str(max(1, int(timeout * 5))), f"{timeout:g}",
+        description=f"wait until the catalog no longer hands out {service} here",
+    )  # fmt: skip
+
+
 def wait_healthy(service: str, timeout: float) -> Cmd:
     """Until the host's agent reports the replica's checks passing (the endpoint answers 200
     only then; BusyBox wget fails on its 503)."""

@@ -9,10 +9,10 @@ A plan comes in waves that run in order (the steps of one wave may run in parall
   wave 1, on the others: leave (when stuck) and join.
 Joins need join tokens, which exist only once a swarm does. `plan_swarm` takes them as an
 argument and never from the probe (they are secrets: a manager token is the keys to the whole
-cluster). A join reads its token on stdin, so it is never in the script text, a report or a dry
-run; only the `docker swarm join` process itself holds it in its argv for the seconds the join
-takes (docker's CLI has no other way; docker-py's swarm.join would avoid even that). Without
-tokens, a join's stdin is a placeholder that a dry run shows as `<worker token of node1>` and
+cluster). A join reads its token on stdin and hands it to the Engine API (POST /swarm/join)
+through `docker system dial-stdio`, the request built by the shell's printf builtin: it is in no
+process's argv (`docker swarm join --token` would show it to `ps` on the host), the script text,
+a report or a dry run. Without tokens, a join's stdin is a placeholder that a dry run shows as `<worker token of node1>` and
 that refuses to be sent. A real run:
   1. plan; if wave 0 is not empty and tokens are needed: run wave 0, probe again, plan again;
   2. if plan.needs_tokens: run read_join_tokens() on plan.leader, parse_join_tokens(), plan again;
@@ -102,11 +102,19 @@ class TokenInput:
         write(self.token.encode() + b"\n")
 
 
-JOIN = 'read -r token && exec docker swarm join --token "$token" "$@"'
+# Arguments as `docker swarm join` takes them: --advertise-addr A --listen-addr L MANAGER. All
+# three are addresses the builder formatted (no quotes to escape); the token matches TOKEN_RE.
+JOIN = (
+    'read -r token && case "$token" in ""|*[!A-Za-z0-9-]*) echo "not a swarm join token" >&2; exit 1 ;; esac && '
+    'body=$(printf \'{"AdvertiseAddr":"%s","ListenAddr":"%s","RemoteAddrs":["%s"],"JoinToken":"%s"}\' "$2" "$4" "$5" "$token") && '
+    'resp=$(printf \'POST /swarm/join HTTP/1.1\\r\\nHost: docker\\r\\nContent-Type: application/json\\r\\n'
+    'Content-Length: %s\\r\\nConnection: close\\r\\n\\r\\n%s\' "${#body}" "$body" | docker system dial-stdio) && '
+    'case "$resp" in "HTTP/1.1 200"*) ;; *) echo "swarm join refused: $(printf "%s" "$resp" | tail -n 1)" >&2; exit 1 ;; esac'
+)
 
 
 def join(token: str | TokenInput, manager_addr: str, advertise_addr: str, role: Role = "worker") -> Cmd:
-    """`docker swarm join`, the token read from stdin; the token decides the role."""
+    """Join the swarm through the Engine API, the token read from stdin; the token decides the role."""
     stdin = token if isinstance(token, TokenInput) else TokenInput(f"{role} token", token)
     cmd = sh_args(
         JOIN,

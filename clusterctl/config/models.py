@@ -87,7 +87,7 @@ class SSHDefaults(Strict):
     config_file: str = "~/.ssh/config"
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
     # Per-host time limit for one phase's commands.
-    command_timeout: float = Field(default=600.0, gt=0)
+    command_timeout: float = Field(default=600.0, gt=0, le=86400)
     # known_hosts kept for this cluster; default: in the cluster's state directory.
     known_hosts: str | None = None
 
@@ -197,7 +197,10 @@ class DockerSection(Strict):
     # internet on the host); none: require Docker to be there already.
     install: Literal["package", "script", "none"] = "package"
     # Seconds to wait for `docker info` after starting the engine.
-    start_timeout: float = Field(default=60.0, gt=0)
+    start_timeout: float = Field(default=60.0, gt=0, le=3600)
+    # With install: script, the sha256 the downloaded script must have (it is refused, and not
+    # run, when it differs); without it the script runs unchecked, as get.docker.com suggests.
+    install_script_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
@@ -313,9 +316,14 @@ def check_service_name(value: str) -> str:
     return value
 
 
+MAX_DURATION_SECONDS = 86400.0
+
+
 def check_duration(value: str) -> str:
     if not DURATION_RE.match(value):
         raise ValueError(f"invalid duration {value!r}: a number with ms, s or m, e.g. 5s")
+    if duration_seconds(value) > MAX_DURATION_SECONDS:
+        raise ValueError(f"invalid duration {value!r}: at most 24h (1440m)")
     return value
 
 

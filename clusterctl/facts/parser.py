@@ -238,6 +238,21 @@ def worst_checks(checks: Iterable[tuple[Any, Any]]) -> dict[Any, str]:
     return out
 
 
+def _nameservers(entries: Any) -> tuple[str, ...]:
+    """resolv.conf's nameserver addresses; a line that is not an address is skipped, as the
+    resolver itself skips it."""
+    import ipaddress
+
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        value = entry.get("ip") if isinstance(entry, dict) else None
+        try:
+            out.append(str(ipaddress.ip_address(value))) if isinstance(value, str) else None
+        except ValueError:
+            continue
+    return tuple(out)
+
+
 def _consul_checks(checks: Any) -> dict[str, str] | None:
     """The agent's /v1/agent/checks -> service ID -> worst status (node checks left out)."""
     if not isinstance(checks, dict):
@@ -279,7 +294,7 @@ def parse_probe_output(text: str) -> HostFacts:
         addresses=_parse_addresses(data.get("addresses") or []),
         default_ifname=_default_ifname(data.get("routes") or []),
         docker=_docker(data.get("docker") or {}),
-        nameservers=tuple(n["ip"] for n in data.get("nameservers") or [] if n.get("ip")),
+        nameservers=_nameservers(data.get("nameservers")),
         daemon_json=data.get("daemon_json") or "",
         managed_files={f["path"]: f["sha256"] for f in data.get("managed_files") or [] if "path" in f},
         network=parse_network_probe(

@@ -81,8 +81,23 @@ def labs_root() -> Path:
     return state_root() / "labs"
 
 
+def check_lab_name(name: str) -> None:
+    """A lab name names a directory under the labs root: only what a cluster name may be (no
+    `..`, no `/`, not empty), or `lab down` could remove far more than the lab."""
+    from clusterctl.config.models import check_name
+
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise UserError(f"lab name: {exc}") from None
+
+
 def lab_dir(name: str) -> Path:
-    return labs_root() / name
+    check_lab_name(name)
+    path = labs_root() / name
+    if path.parent != labs_root():
+        raise UserError(f"lab name: {name!r} is not one directory name")
+    return path
 
 
 def _asset(name: str) -> Path:
@@ -371,12 +386,7 @@ def up(
         raise UserError(f"--hosts must be between 1 and 50, got {hosts}")
     if bastion and hosts < 2:
         raise UserError("--bastion needs at least 2 hosts (node1 is the bastion)")
-    from clusterctl.config.models import check_name
-
-    try:
-        check_name(name)
-    except ValueError as exc:
-        raise UserError(f"lab name: {exc}") from None
+    check_lab_name(name)
     kinds = parse_os_list(oses)
     if image_store not in IMAGE_STORES:
         raise UserError(f"--image-store: choose {' or '.join(IMAGE_STORES)}, not {image_store!r}")
@@ -477,6 +487,7 @@ def _host_entry(h: LabHost, first: LabHost) -> dict:
 
 def down(name: str) -> list[str]:
     """Remove the lab's containers (with their volumes), networks, route and files; returns what went."""
+    check_lab_name(name)
     removed: list[str] = []
     ids = _docker("ps", "-aq", "--filter", f"label={LABEL}={name}").stdout.decode().split()
     if ids:
@@ -514,6 +525,6 @@ def ls() -> list[LabInfo]:
     out = []
     for n in sorted(names):
         states = _docker("ps", "-a", "--filter", f"label={LABEL}={n}", "--format", "{{.State}}").stdout.decode().split()
-        f = lab_dir(n) / "cluster.yaml"
+        f = labs_root() / n / "cluster.yaml"
         out.append(LabInfo(n, len(states), states.count("running"), str(f) if f.exists() else None))
     return out

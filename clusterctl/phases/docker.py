@@ -36,7 +36,7 @@ class DockerPhase:
                     )
                 cmds.append(build.install_package())
             else:
-                cmds.append(build.install_upstream_script())
+                cmds.append(build.install_upstream_script(sha256=section.install_script_sha256))
         cmds.append(build.start_engine(facts.systemd))
         cmds.append(build.wait_for_engine(section.start_timeout))
         return [build.as_root(c, facts.sudo) for c in cmds]

@@ -15,7 +15,7 @@ from clusterctl.commands import service as service_build
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root, restart_engine, wait_for_engine
 from clusterctl.commands.files import write_file
-from clusterctl.commands.swarm import SwarmNode, SwarmState
+from clusterctl.commands.swarm import LABEL_HOST, SwarmNode, SwarmState
 from clusterctl.commands.teardown import teardown
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
@@ -92,10 +92,35 @@ class NetworkDown:
     def _swarm(self, facts: HostFacts) -> SwarmState:
         return SwarmState.from_info(facts.docker.info or {})
 
-    def _has_network(self, ctx: Context, facts: HostFacts) -> bool:
+    def _manager_ours(self, ctx: Context, facts: HostFacts) -> bool:
+        """A manager's swarm is this cluster's when this cluster's overlay network is in it, or
+        (once an earlier host removed that network) when its own node carries the host label
+        `up` gave it with one of this cluster's host names."""
+        if any(n.driver == "overlay" and n.labels.get(LABEL_CLUSTER) == ctx.cluster.name for n in facts.network.networks):
+            return True
+        me = self._swarm(facts).node_id
+        names = {h.name for h in ctx.cluster.hosts}
+        nodes = map(SwarmNode.from_inspect, facts.network.swarm_nodes or ())
+        return any(n.id == me and n.labels.get(LABEL_HOST) in names for n in nodes)
+
+    def _our_swarm(self, ctx: Context, facts: HostFacts) -> bool:
+        """Whether the host is in this cluster's swarm: a manager by itself (above); a worker
+        when a manager it names is one of this cluster's managers (node ID or address)."""
         swarm = self._swarm(facts)
-        labelled = any(n.labels.get(LABEL_CLUSTER) == ctx.cluster.name for n in facts.network.networks)
-        return labelled or swarm.local_node_state != "inactive" or facts.network.weave_router != "absent"
+        if swarm.local_node_state == "inactive":
+            return False
+        if swarm.is_manager:
+            return self._manager_ours(ctx, facts)
+        ours = [f for f in ctx.facts.values() if self._swarm(f).is_manager and self._manager_ours(ctx, f)]
+        ids = {self._swarm(f).node_id for f in ours}
+        addrs = {a for f in ours if (a := f.cluster_address())}
+        return any(m.node_id in ids or m.host in addrs for m in swarm.remote_managers)
+
+    def _ours(self, ctx: Context, facts: HostFacts) -> tuple[bool, bool, bool]:
+        """(a network of this cluster is here, the host's swarm is this cluster's, this
+        cluster's Weave network is here): only these are taken away."""
+        mine = [n for n in facts.network.networks if n.labels.get(LABEL_CLUSTER) == ctx.cluster.name]
+        return bool(mine), self._our_swarm(ctx, facts), any(n.driver == "weavemesh" for n in mine)
 
     def wave(self, ctx: Context, host: Host, facts: HostFacts) -> int:
         return 1 if _swarm_leader(facts, self._swarm(facts)) else 0
@@ -104,9 +129,12 @@ class NetworkDown:
         return self._swarm(facts).is_manager
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
-        if not facts.docker.running or not self._has_network(ctx, facts):
+        if not facts.docker.running:
             return []
-        return _root([teardown()], facts)
+        networks, swarm, weave = self._ours(ctx, facts)
+        if not (networks or swarm or weave):
+            return []
+        return _root([teardown(ctx.cluster.name, leave_swarm=swarm, reset_weave=weave)], facts)
 
 
 class EngineDown:

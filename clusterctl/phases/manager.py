@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from clusterctl.commands.base import Cmd, Script
 from clusterctl.config.loader import Cluster
-from clusterctl.errors import UserError
+from clusterctl.errors import UserError, printable
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
 from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, rolling, wave
 from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
@@ -282,6 +282,10 @@ class Manager:
                     # Recorded now: a failed host is skipped by the rest of the run.
                     self._record(name, _merge(steps.get(name), Step(phase.name, FAILED, str(exc))))
                     recorded.add(name)
+                except Exception as exc:  # noqa: BLE001 - one host's odd facts never stop the others
+                    why = one_line(f"could not plan this host ({type(exc).__name__}: {exc})")
+                    self._record(name, _merge(steps.get(name), Step(phase.name, FAILED, why)))
+                    recorded.add(name)
             todo = [n for n, cmds in plans.items() if cmds]
             for name in plans:
                 if name not in todo and name not in steps and name not in recorded:
@@ -346,6 +350,13 @@ class Manager:
         # Hosts failed in this phase are not alive any more; their failure is already noted.
         if names:
             self.probe(names, label=f"{phase.name}:reprobe")
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """Text from a host or an exception, safe for a terminal: one line, control characters
+    escaped, bounded."""
+    safe = printable(" ".join(text.split()))
+    return safe if len(safe) <= limit else safe[: limit - 1] + "…"
 
 
 def _merge(old: Step | None, new: Step) -> Step:

@@ -153,6 +153,7 @@ class ServicesPhase:
         cmds: list[Cmd] = [build.remove_definition(name) for name in drain]
         if drain:
             cmds.append(build.reload_agent())
+            cmds += [build.wait_deregistered(name, host.name) for name in drain]
         grace = {s.name: duration_seconds(s.stop_grace) for s in ctx.cluster.spec.services}
         for name in sorted(set(current) - {r.service for r in wanted}):
             # Gone from this host (frees its port first); a service gone from the file stops at once.

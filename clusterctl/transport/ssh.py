@@ -289,8 +289,10 @@ class RunResult:
         return self.exit_code == 0
 
     def tail(self, lines: int = 1) -> str:
+        from clusterctl.errors import printable
+
         text = (self.stderr.strip() or self.stdout.strip()).splitlines()
-        return " | ".join(text[-lines:]) if text else f"exit code {self.exit_code}"
+        return printable(" | ".join(text[-lines:])) if text else f"exit code {self.exit_code}"
 
 
 @dataclass

@@ -35,12 +35,32 @@ def test_plan_sends_nothing_that_changes(cli, lab):
     assert proc.returncode == 0 and proc.stdout.count("absent") == 3, proc.stdout
 
 
-def test_up_installs_and_starts_docker_on_bare_hosts(cli, lab):
+def test_up_installs_and_starts_docker_on_bare_hosts(cli, lab, state_dir):
     """Each host's own archive: Debian 12's docker.io (client inside), Debian 13's and sid's
     docker.io plus docker-cli (only Recommended there). daemon.json is written before the
-    engine's first start, so the engine phase has nothing left to change (no restart)."""
-    code, report = cli.json("up", "-f", str(lab.cluster_file))
+    engine's first start, so the engine phase has nothing left to change (no restart). The
+    swarm is formed in this run: a poll of every host's process list all along never shows a
+    join token, nor the gossip key or a TLS private key."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            for host in ("node1", "node2", "node3"):
+                seen.append(lab.docker("exec", lab.container(host), "ps", "-eo", "args", check=False).stdout)
+            time.sleep(0.1)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        code, report = cli.json("up", "-f", str(lab.cluster_file))
+    finally:
+        stop.set()
+        poller.join(10)
     assert code == 0, report
+    key = (state_dir / "clusters" / f"lab-{lab.name}" / "gossip.key").read_text().strip()
+    assert len(seen) > 30 and any("consul agent" in s for s in seen)
+    assert not any("SWMTKN" in s or key in s or "PRIVATE KEY" in s for s in seen)
     assert all(s["docker"] == "changed" and s["engine"] == "ok" for s in _statuses(report).values())
     fmt = "{{.ServerVersion}} {{json .DriverStatus}}"
     for host, (version, store) in MIXED_STACKS.items():

@@ -53,7 +53,7 @@ def _teardown(cli, lab) -> None:
     for host in ("node1", "node3"):
         _host_docker(lab, host, "rm", "-f", WEB, check=False)
     for host in ("node3", "node2", "node1"):  # one at a time, the swarm's leader last
-        proc = cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", *teardown(str(CIDR)).argv)
+        proc = cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", *teardown(f"lab-{lab.name}", str(CIDR), leave_swarm=True).argv)
         assert proc.returncode == 0, proc.stderr
     out = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "sh", "-c",
               "docker info --format '{{.Swarm.LocalNodeState}}'; docker network ls -q --filter label=clusterctl.cluster; "

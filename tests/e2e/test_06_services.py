@@ -108,7 +108,8 @@ def test_replicas_spread_over_providers_and_pass_their_checks(cli, lab, svc):
         assert steps[host]["status"] == "changed" and "register hello" in steps[host]["message"]
         assert "wait until consul reports hello healthy" in steps[host]["message"]
     addr = _addresses(lab)
-    assert _passing(cli, lab.cluster_file) == sorted([addr["node1"], addr["node3"]])
+    logs = lab.docker("exec", lab.container("node3"), "docker", "logs", "--tail", "20", "clusterctl-consul", check=False)
+    assert _passing(cli, lab.cluster_file) == sorted([addr["node1"], addr["node3"]]), (logs.stdout + logs.stderr)[-4000:]
 
 
 def test_any_container_finds_hello_by_name(lab, svc):

@@ -39,9 +39,24 @@ def test_down_needs_yes_off_a_terminal_and_dry_run_changes_nothing(cli, lab):
     assert _per_host(cli, lab.cluster_file) == before
 
 
+FOREIGN = (
+    "docker network create --label clusterctl.cluster=other --label clusterctl.cidr=10.77.0.0/24 "
+    "--subnet 10.77.0.0/24 othernet >/dev/null && "
+    "docker network create --subnet 10.78.0.0/24 plainnet >/dev/null && "
+    'docker run -d --name foreign --network othernet --entrypoint busybox "$(docker images clusterctl/base -q | head -n 1)" sleep 600 >/dev/null'
+)
+
+
 def test_down_removes_everything_but_docker_and_a_second_down_changes_nothing(cli, lab):
+    # node2 also carries another cluster's network with a container on it, and a plain network.
+    assert cli("exec", "-f", str(lab.cluster_file), "--host", "node2", "--", "sh", "-c", FOREIGN).returncode == 0
     code, report = cli.json("down", "-f", str(lab.cluster_file), "--yes")
     assert code == 0, json.dumps(report, indent=1)[-3000:]
+    left = cli("exec", "-f", str(lab.cluster_file), "--host", "node2", "--", "sh", "-c",
+               "docker inspect -f '{{.State.Running}}' foreign; docker network ls --format '{{.Name}}' | grep -c -e othernet -e plainnet")  # fmt: skip
+    assert left.stdout.split()[-2:] == ["true", "2"], left.stdout + left.stderr
+    cleanup = "docker rm -f foreign >/dev/null; docker network rm othernet plainnet >/dev/null; docker image prune -af --filter label=clusterctl.role >/dev/null"
+    assert cli("exec", "-f", str(lab.cluster_file), "--host", "node2", "--", "sh", "-c", cleanup).returncode == 0
     assert _per_host(cli, lab.cluster_file) == ["0 0 0 inactive 0 0"] * 3
     code, report = cli.json("down", "-f", str(lab.cluster_file), "--yes")
     assert code == 0 and report["changed"] is False and [h["round_trips"] for h in report["hosts"]] == [1, 1, 1]

@@ -646,3 +646,18 @@ def test_bastion_bare_ip_address_is_an_address_not_a_host_name():
 def test_bastion_bare_dns_name_must_be_a_host():
     err = refused("hosts:\n  - {name: web1, address: 10.0.0.1, bastion: gw.example.com}\n")
     expect(err, "hosts[0].bastion", 2, "not a host in this file", "user@address")
+
+
+@pytest.mark.parametrize(
+    ("extra", "key_path", "fragment"),
+    [
+        ("docker: {start_timeout: .inf}\n", "docker.start_timeout", "less than or equal to 3600"),
+        ("ssh: {command_timeout: 1e9}\n", "ssh.command_timeout", "less than or equal to 86400"),
+        ("docker: {install: script, install_script_sha256: abc}\n", "docker.install_script_sha256", "should match"),
+        ("services:\n  - {name: web, image: x, port: 80, check: {deadline: 999999m}}\n", "services[0].check.deadline", "at most 24h"),
+    ],
+)
+def test_every_duration_and_timeout_is_bounded(extra, key_path, fragment):
+    """`.inf` passed validation and then raised OverflowError deep in a plan."""
+    err = refused(TWO_HOSTS + extra)
+    assert err.key_path == key_path and fragment in err.message, str(err)

@@ -363,7 +363,7 @@ def test_swarm_managers_are_the_chosen_servers():
 
     ctx = ctx_for(SEVEN)
     plan = plan_network(ctx)
-    joins = {n: next((c for c in cmds if "docker swarm join" in c.render()), None) for n, cmds in plan.cmds.items()}
+    joins = {n: next((c for c in cmds if "POST /swarm/join" in c.render()), None) for n, cmds in plan.cmds.items()}
     assert plan.cmds["h1"][0].argv[:3] == ("docker", "swarm", "init")
     managers = {n for n, c in joins.items() if c is not None and "manager token" in c.display()}
     workers = {n for n, c in joins.items() if c is not None and "worker token" in c.display()}

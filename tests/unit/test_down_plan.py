@@ -84,14 +84,36 @@ def test_filebox_containers_and_labelled_images():
 
 def test_network_leader_goes_last_and_managers_one_at_a_time():
     swarm = {"NodeID": "me", "LocalNodeState": "active", "ControlAvailable": True}
-    leader = facts(swarm=swarm, nodes=[{"ID": "me", "ManagerStatus": {"Leader": True}, "Spec": {"Role": "manager"}}])
+    ours = {"clusterctl.host": "n1"}
+    leader = facts(swarm=swarm, nodes=[{"ID": "me", "ManagerStatus": {"Leader": True}, "Spec": {"Role": "manager", "Labels": ours}}])
     follower = facts(swarm=swarm, nodes=[{"ID": "me", "ManagerStatus": {"Reachability": "reachable"}, "Spec": {"Role": "manager"}}])
     cluster = load_text(FILE, "c.yaml")
     ctx = Context(cluster, {"n1": leader, "n2": follower})
     phase = NetworkDown()
     assert phase.wave(ctx, cluster.hosts[0], leader) == 1 and phase.wave(ctx, cluster.hosts[1], follower) == 0
     assert phase.rolling(ctx, cluster.hosts[0], leader)
-    assert "docker swarm leave --force" in plan(phase, leader)[0]
+    assert "docker swarm leave --force" in plan(phase, leader)[0] and plan(phase, leader)[0].endswith(" sh c1 swarm - || true")
+
+
+def test_down_leaves_another_clusters_network_and_swarm_alone():
+    swarm = {"NodeID": "me", "LocalNodeState": "active", "ControlAvailable": True}
+    foreign_node = [{"ID": "me", "ManagerStatus": {"Leader": True}, "Spec": {"Role": "manager", "Labels": {"team": "x"}}}]
+    other_net = {"Name": "othernet", "Driver": "overlay", "Scope": "swarm", "Labels": {"clusterctl.cluster": "other"}}
+    # Someone else's swarm, with another cluster's overlay: nothing to do here.
+    assert plan(NetworkDown(), facts(swarm=swarm, nodes=foreign_node, networks=[other_net])) == []
+    # This cluster's network on a host in someone else's swarm: the network goes, the swarm stays.
+    mine = {"Name": "clusterctl", "Driver": "bridge", "Scope": "local", "Labels": {"clusterctl.cluster": "c1"}}
+    cmds = plan(NetworkDown(), facts(swarm=swarm, nodes=foreign_node, networks=[other_net, mine]))
+    assert len(cmds) == 1 and cmds[0].endswith(" sh c1 - - || true")
+    # A worker whose managers are this cluster's managers (another host of the file): ours.
+    worker = facts(swarm={"NodeID": "w", "LocalNodeState": "active", "ControlAvailable": False,
+                          "RemoteManagers": [{"NodeID": "me", "Addr": "10.0.0.9:2377"}]})  # fmt: skip
+    cluster = load_text(FILE, "c.yaml")
+    manager = facts(swarm=swarm, nodes=[{"ID": "me", "ManagerStatus": {"Leader": True}, "Spec": {"Role": "manager", "Labels": {"clusterctl.host": "n2"}}}])
+    ctx = Context(cluster, {"n1": worker, "n2": manager})
+    assert "swarm" in NetworkDown().plan(ctx, cluster.hosts[0], worker)[0].argv
+    ctx = Context(cluster, {"n1": worker, "n2": facts(swarm=swarm, nodes=foreign_node)})
+    assert NetworkDown().plan(ctx, cluster.hosts[0], worker) == []
 
 
 def test_engine_dns_taken_out_keeping_other_keys_and_files_removed():

@@ -37,3 +37,55 @@ def test_bad_lab_options_are_refused_before_anything_is_made(kw, message):
     with pytest.raises(UserError, match=message):
         lab.up("unitbad", 1, **kw)
     assert not lab.lab_dir("unitbad").exists()
+
+
+@pytest.mark.parametrize("name", ["", "..", ".", "../x", "a/b", "-x"])
+def test_lab_down_refuses_a_name_that_is_not_one_lab_directory(tmp_path, name):
+    """`lab down --name ..` once removed the whole state root (every cluster's keys)."""
+    import os
+
+    from tests.conftest import CLI
+
+    root = tmp_path / "state"
+    (root / "clusters" / "prod").mkdir(parents=True)
+    (root / "clusters" / "prod" / "gossip.key").write_text("k")
+    proc = CLI(dict(os.environ, CLUSTERCTL_STATE_DIR=str(root)))("lab", "down", "--name", name)
+    assert proc.returncode == 2, proc.stderr
+    assert "lab name:" in proc.stderr and "Traceback" not in proc.stderr
+    assert (root / "clusters" / "prod" / "gossip.key").exists()
+
+
+def test_a_host_that_is_not_ssh_is_one_line_without_a_traceback(tmp_path):
+    """A port that answers with something else than SSH: paramiko logs "Error reading SSH
+    protocol banner" with a traceback; the user sees only the host's one-line failure."""
+    import os
+    import socket
+    import threading
+
+    from tests.conftest import CLI
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n" * 50)
+            conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    f = tmp_path / "c.yaml"
+    f.write_text(f"name: notssh\nssh: {{user: root, port: {port}, known_hosts: {tmp_path}/kh, connect_timeout: 3}}\n"
+                 "hosts:\n  - {name: web1, address: 127.0.0.1}\n")
+    try:
+        proc = CLI(dict(os.environ, CLUSTERCTL_STATE_DIR=str(tmp_path / "state")))("plan", "-f", str(f), timeout=60)
+    finally:
+        server.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "protocol banner" not in proc.stderr.split("web1", 1)[0], proc.stderr
+    assert "web1" in proc.stderr

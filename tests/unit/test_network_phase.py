@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from clusterctl.commands import routed
+from clusterctl.commands import swarm as swarm_build
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.commands.teardown import teardown
@@ -132,7 +133,7 @@ class World:
                 labels = {k: v for k, v in (argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--label")}
                 self.overlay = {"Name": argv[-1], "Driver": "overlay", "Scope": "swarm", "Labels": labels,
                                 "IPAM": {"Driver": "default", "Config": [{"Subnet": subnet}]}}  # fmt: skip
-            elif argv[:2] == ["sh", "-c"] and "docker swarm join --token" in argv[2]:
+            elif argv[:2] == ["sh", "-c"] and "POST /swarm/join" in argv[2]:
                 token = stdin.decode().strip()
                 role = {v: k for k, v in TOKENS.items()}.get(token)
                 if role is None or not self.cluster_id:
@@ -211,7 +212,7 @@ def test_dry_run_shows_init_and_joins_with_placeholders_and_sends_only_the_probe
     s = steps(report)
     assert s["node1"].status == "planned" and s["node1"].commands[0].startswith("docker swarm init --advertise-addr 10.77.0.11")
     assert s["node3"].commands == [
-        "sh -c 'read -r token && exec docker swarm join --token \"$token\" \"$@\"' sh --advertise-addr 10.77.0.13 "
+        shlex.join(["sh", "-c", swarm_build.JOIN, "sh"]) + " --advertise-addr 10.77.0.13 "
         "--listen-addr 10.77.0.13:2377 10.77.0.11:2377  # stdin: <manager token of node1>"
     ]
 
@@ -403,11 +404,14 @@ def test_as_root_keeps_stdin():
 
 
 def test_teardown_takes_cidrs_as_data():
-    cmd = teardown("10.240.0.0/16")
-    assert cmd.argv[:2] == ("sh", "-c") and cmd.argv[-2:] == ("sh", "10.240.0.0/16") and "10.240" not in cmd.argv[2]
+    cmd = teardown("c1", "10.240.0.0/16")
+    assert cmd.argv[:2] == ("sh", "-c") and cmd.argv[-5:] == ("sh", "c1", "-", "-", "10.240.0.0/16") and "10.240" not in cmd.argv[2]
     assert cmd.render().endswith("|| true")
+    assert teardown("c1", leave_swarm=True, reset_weave=True).argv[-3:] == ("c1", "swarm", "weave")
     with pytest.raises(ValueError):
-        teardown("10.240.0.0/16; reboot")
+        teardown("c1", "10.240.0.0/16; reboot")
+    with pytest.raises(ValueError):
+        teardown("c1; reboot")
 
 
 def test_busybox_rootfs_has_the_binary_applets_and_files():

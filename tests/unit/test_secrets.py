@@ -576,3 +576,29 @@ def test_a_state_dir_from_another_cluster_is_refused_not_rolled_out(tmp_path):
     with pytest.raises(SecretError, match=r"tls/ca.pem: not the TLS CA that cluster 'prod' runs on node1"):
         tls_inputs(ctx(ours | {CA_FILE_ON_HOST: "ab" * 32}), tmp_path, dry_run=False)
     assert tls_inputs(ctx(ours | {CA_FILE_ON_HOST: sha256(ca.cert_pem)}), tmp_path, dry_run=False).tls is not None
+
+
+def test_one_hosts_odd_facts_fail_that_host_only(d, fake_ssh):
+    """A nameserver line that is not an address is skipped (as the resolver skips it); any
+    exception while planning one host is that host's one-line failure, the others go on."""
+
+    class Odd:
+        name = "odd"
+        title = "a phase that cannot plan node2"
+
+        def plan(self, ctx, host, facts):
+            if host.name == "node2":
+                raise OverflowError("cannot convert float infinity\nto integer \x1b[31m")
+            return []
+
+    probes = {n: probe_json(f"10.0.0.{i}") for i, n in enumerate(["node1", "node2", "node3"], 1)}
+    data = json.loads(probes["node3"])
+    data["nameservers"] = [{"ip": "bogus!"}, {"ip": "10.0.0.53"}, {"ip": None}, "x"]
+    probes["node3"] = json.dumps(data)
+    fake_ssh(Hosts(probes))
+    report = _run(FILE, phases=(Odd(),))
+    steps = {h.name: {s.phase: s for s in h.steps} for h in report.hosts}
+    assert [h.name for h in report.failed_hosts] == ["node2"]
+    why = steps["node2"]["odd"].message
+    assert why == "could not plan this host (OverflowError: cannot convert float infinity to integer \\x1b[31m)"
+    assert report.hosts[2].facts.nameservers == ("10.0.0.53",)

@@ -114,6 +114,7 @@ def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited
     assert [c.description for c in cmds] == [
         "deregister web from this host's consul agent",
         "reload consul's service definitions",
+        "wait until the catalog no longer hands out web here",
         "start the stopped web container",
         "register web with consul (0600: with their tokens)",
         "reload consul's service definitions",
@@ -140,7 +141,8 @@ def test_changed_setting_replaces_the_replica_one_host_at_a_time():
     registered = facts_for("10.0.0.1", [container("web", "0ld")], {build.definition_path("web"): "x"})
     ctx = ctx_for(n1=registered)
     descriptions = [c.description for c in phase.plan(ctx, ctx.cluster.spec.host("n1"), registered)]
-    assert descriptions[:4] == ["deregister web from this host's consul agent", "reload consul's service definitions",
+    assert descriptions[:5] == ["deregister web from this host's consul agent", "reload consul's service definitions",
+                                "wait until the catalog no longer hands out web here",
                                 "remove the web container (stopped first: up to 10s for in-flight requests)",
                                 "start web on 10.0.0.1:8080"]  # fmt: skip
     assert phase.rolling(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
@@ -156,6 +158,7 @@ def test_running_replica_stays_and_a_surplus_one_is_removed_and_deregistered():
     assert [c.render() for c in plan(ctx, "n2")] == [
         f"rm -f {build.definition_path('web')}",
         build.reload_agent().render(),
+        build.wait_deregistered("web", "n2").render(),
         """sh -c 'docker stop -t "$2" "$1" >/dev/null 2>&1; docker rm -f "$1" >/dev/null' sh clusterctl-svc-web 10 || true""",
     ]
     assert plan(ctx, "n3")[0].argv[:2] == ("docker", "run")

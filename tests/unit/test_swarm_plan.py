@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import json
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -31,7 +32,7 @@ HOSTS = (
     SwarmHost("node2", "10.77.0.12", is_server=True),
     SwarmHost("node3", "10.77.0.13", is_server=False, labels={"zone": "a"}),
 )
-JOIN = "sh -c 'read -r token && exec docker swarm join --token \"$token\" \"$@\"' sh"
+JOIN = shlex.join(["sh", "-c", swarm.JOIN, "sh"])
 OVERLAY = DockerNetwork(name="clusterctl", driver="overlay", scope="swarm", subnets=(SUBNET,))
 
 
@@ -349,3 +350,15 @@ def test_second_run_after_applying_is_idempotent():
     assert not first.empty
     second = plan_swarm(HOSTS, converged(), SETTINGS, tokens=TOKENS)
     assert second.empty
+
+
+def test_a_join_keeps_the_token_off_every_command_line():
+    """The token goes from stdin to the Engine API through printf (a shell builtin) and
+    `docker system dial-stdio`: no exec'd process gets it in its argv (`ps` on the host)."""
+    cmd = swarm.join(swarm.TokenInput("worker token", "SWMTKN-1-abc-def"), "10.77.0.11", "10.77.0.12")
+    assert "docker swarm join" not in swarm.JOIN and "docker system dial-stdio" in swarm.JOIN
+    assert "SWMTKN-1-abc" not in cmd.render() and "SWMTKN-1-abc" not in cmd.display()
+    # Every use of $token is an argument of the printf builtin, never of a program.
+    before_each = swarm.JOIN.split('"$token"')[:-1]
+    assert len(before_each) == 2
+    assert before_each[0].endswith("case ") and before_each[1].rsplit("$(", 1)[1].startswith("printf ")
