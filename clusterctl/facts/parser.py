@@ -68,6 +68,8 @@ class DockerFacts:
     # The local agent's service checks: service ID -> its worst status (critical, warning,
     # passing); None when no agent answered.
     consul_checks: dict[str, str] | None = None
+    # The agent's own ACL token is unknown to Consul ("ACL not found"): settle makes it again.
+    consul_token_missing: bool = False
 
     @property
     def installed(self) -> bool:
@@ -221,6 +223,7 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
         images=images,
         consul_voters=_consul_voters(d.get("consul_raft")),
         consul_checks=_consul_checks(d.get("consul_checks")),
+        consul_token_missing=d.get("consul_token_missing") is True,
     )
 
 

@@ -69,9 +69,11 @@ consul_facts() {
 	# check runs: `up` waits for both, never a no-op. Raft is asked twice before it counts as
 	# unknown (a busy host's CLI can miss one timeout), since unknown means a wait.
 	c_out=$($SUDO docker exec clusterctl-consul sh -c 'if [ -f /consul/config/agent.token ]; then export CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token; fi
-		p=$(timeout 5 consul operator raft list-peers -stale 2>/dev/null) || p=$(timeout 5 consul operator raft list-peers -stale 2>/dev/null) || p=""
+		p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || { case "$p" in *"ACL not found"*) echo "{\"TokenMissing\":true}"; p="" ;; *) p="" ;; esac; }
 		printf "%s\n" "$p" | awk '"'"'NR > 1 && NF >= 5 { printf "%s{\"Node\":\"%s\",\"Voter\":%s}", (n++ ? "," : "{\"Servers\":["), $1, ($5 == "true" ? "true" : "false") } END { if (n) print "]}"; else print "" }'"'"'
 		timeout 3 wget -qO- "$0"; echo' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
+	# The agent's own token unknown to Consul: a line before raft's (see the parser).
+	case "$c_out" in '{"TokenMissing":true}'*) printf ',"consul_token_missing":true'; c_out=$(printf '%s\n' "$c_out" | sed 1d) ;; esac
 	for c_key in consul_raft consul_checks; do
 		c_line=$(printf '%s\n' "$c_out" | sed -n 1p); c_out=$(printf '%s\n' "$c_out" | sed 1d)
 		printf ',"%s":' "$c_key"

@@ -152,8 +152,10 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
         return ctx.inputs
     record = _record(ctx, acl)
     path = directory / RECORD
+    # An agent whose probe found its own token unknown (e.g. made over by hand) is made again.
+    healthy = not any(ctx.facts[n].docker.consul_token_missing for n in with_acl)
     try:
-        if path.read_text().strip() == record:
+        if healthy and path.read_text().strip() == record:
             return replace(ctx.inputs, acl=replace(acl, settled=True))
     except OSError:
         pass

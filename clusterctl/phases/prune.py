@@ -24,6 +24,16 @@ def wanted_image_ids(ctx: Context, facts: HostFacts) -> set[str]:
     return {store.image_id(i) for i in images}
 
 
+def _in_use(image_id: str, tags: tuple[str, ...], used: set[str]) -> bool:
+    """Whether a container's image (as `docker ps` names it: a tag, a full ID, or the short
+    ID of a container created by ID, e.g. someone else's `docker run $(docker images -q ...)`)
+    is this image."""
+    if used & set(tags) or image_id in used:
+        return True
+    digest = image_id.removeprefix("sha256:")
+    return any(len(u) >= 12 and digest.startswith(u.removeprefix("sha256:")) for u in used if all(c in "0123456789abcdef:sha" for c in u))
+
+
 class PrunePhase:
     name = "prune"
     title = "Old filebox containers and unused clusterctl images removed"
@@ -39,7 +49,7 @@ class PrunePhase:
         old = [
             i
             for i in facts.docker.images
-            if i.labels.get("clusterctl.role") and i.id not in keep and i.id not in used and not used & set(i.repo_tags)
+            if i.labels.get("clusterctl.role") and i.id not in keep and not _in_use(i.id, i.repo_tags, used)
         ]
         # By tag (an image goes with its last tag; by ID, docker refuses one with several tags).
         old_images = sorted({ref for i in old for ref in (i.repo_tags or (i.id,))})

@@ -105,6 +105,18 @@ def test_a_malformed_token_file_is_one_line(tmp_path):
         acl_inputs(ctx, tmp_path, dry_run=False)
 
 
+def _unreachable(asked: list[str]):
+    """An open_api whose every agent is unreachable, noting whom it was asked for."""
+
+    @contextmanager
+    def open_api(name):
+        asked.append(name)
+        raise ConnectionError("no route")
+        yield
+
+    return open_api
+
+
 def _never(name):
     raise AssertionError(f"Consul was asked (via {name}) though nothing needed settling")
 
@@ -117,14 +129,8 @@ def test_a_settled_cluster_is_not_asked_again_and_any_change_asks(tmp_path):
     # An agent replaced (another container) or a dry run: asked again / never asked.
     restarted = Context(ctx.cluster, {"n1": facts(2, cid="0ther"), "n2": ctx.facts["n2"]}, ctx.inputs)
     assert settle(restarted, _never, tmp_path, dry_run=True) is restarted.inputs
-    asked = []
-
-    @contextmanager
-    def unreachable(name):
-        asked.append(name)
-        raise ConnectionError("no route")
-        yield
-
+    asked: list[str] = []
+    unreachable = _unreachable(asked)
     with pytest.raises(SecretError, match="could not reach any agent of cluster 'c1'"):
         settle(restarted, unreachable, tmp_path, dry_run=False)
     assert asked == ["n1", "n2"]
@@ -134,3 +140,18 @@ def test_agents_without_acls_are_not_settled_yet(tmp_path):
     ctx = ctx_for(n1=facts(None), n2=facts(False))
     ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
     assert settle(ctx, _never, tmp_path, dry_run=False) is ctx.inputs
+
+
+def test_an_agent_whose_token_consul_lost_is_settled_again(tmp_path):
+    ctx = ctx_for(n1=facts(2), n2=facts(2))
+    ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
+    (tmp_path / RECORD).write_text(_record(ctx, ctx.inputs.acl))
+    from dataclasses import replace
+
+    lost = replace(ctx.facts["n2"], docker=replace(ctx.facts["n2"].docker, consul_token_missing=True))
+    ctx = Context(ctx.cluster, {"n1": ctx.facts["n1"], "n2": lost}, ctx.inputs)
+    asked: list[str] = []
+    unreachable = _unreachable(asked)
+    with pytest.raises(SecretError):
+        settle(ctx, unreachable, tmp_path, dry_run=False)
+    assert asked

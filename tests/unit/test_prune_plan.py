@@ -56,3 +56,15 @@ def test_converged_host_and_a_run_that_shipped_nothing_plan_nothing():
     assert plan(f) == []
     old = facts([("clusterctl-filebox-old", "clusterctl/filebox:old", "clusterctl.cluster=c1,clusterctl.role=filebox")], [])
     assert plan(old, Inputs()) == []
+
+
+def test_an_image_someone_else_runs_by_its_short_id_stays():
+    """`docker run $(docker images clusterctl/base -q)`: docker ps names the image by short ID."""
+    digest = "dd8700886674" + "0" * 52
+    f = facts(
+        containers=[("clusterctl-filebox-new", "clusterctl/filebox:new", "clusterctl.cluster=c1,clusterctl.role=filebox"),
+                    ("foreign", "dd8700886674", "")],
+        images=[(NEW.image_id, ["clusterctl/filebox:new"], "filebox"), (f"sha256:{digest}", ["clusterctl/base:old"], "base"),
+                ("sha256:" + "ab" * 32, ["clusterctl/base:older"], "base")],
+    )  # fmt: skip
+    assert plan(f) == ["docker image rm clusterctl/base:older"]
