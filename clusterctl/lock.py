@@ -87,15 +87,32 @@ def consul_lock(cluster: str, hosts: list[str], open_api, token: str, what: str,
     client on that host's agent (through SSH); `hosts` are tried in turn for every call.
     LockHeld (one line naming the holder) when another run holds it for longer than `wait`."""
     import threading
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    clients: list = []  # the one client in use, kept open for the run (one tunnel, not one a call)
 
     def call(fn):
         last: Exception | None = None
-        for host in hosts:
+        if clients:
             try:
-                with open_api(host, token) as api:
-                    return fn(api)
-            except Exception as exc:  # noqa: BLE001 - the next agent may answer
+                return fn(clients[0])
+            except Exception as exc:  # noqa: BLE001 - that agent went away: try the others
                 last = exc
+                stack.close()
+                clients.clear()
+        for host in hosts:
+            inner = ExitStack()
+            try:
+                api = inner.enter_context(open_api(host, token))
+                value = fn(api)
+            except Exception as exc:  # noqa: BLE001 - the next agent may answer
+                inner.close()
+                last = exc
+                continue
+            stack.push(inner)
+            clients.append(api)
+            return value
         raise LockHeld(f"cluster {cluster!r}: its lock in Consul cannot be taken: no agent answered ({last})")
 
     me = holder_doc(what)
@@ -134,3 +151,5 @@ def consul_lock(cluster: str, hosts: list[str], open_api, token: str, what: str,
             call(lambda api: api.session.destroy(session))  # releases the key
         except LockHeld:
             pass  # e.g. `down` removed every agent: the session went with the cluster
+        finally:
+            stack.close()

@@ -67,11 +67,13 @@ consul_facts() {
 	# lack curl; anonymous may read them). A server that restarted on its own is a non-voter until
 	# autopilot promotes it, and a replica that came back with its host is critical until its
 	# check runs: `up` waits for both, never a no-op. Raft is asked twice before it counts as
-	# unknown (a busy host's CLI can miss one timeout), since unknown means a wait.
+	# unknown (a busy host's CLI can miss one timeout), since unknown means a wait. The checks are
+	# read meanwhile (in the background, into the agent container's own /tmp).
 	c_out=$($SUDO docker exec clusterctl-consul sh -c 'if [ -f /consul/config/agent.token ]; then export CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token; fi
+		rm -f /tmp/.clusterctl-checks; timeout 3 wget -qO /tmp/.clusterctl-checks "$0" 2>/dev/null &
 		p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || { case "$p" in *"ACL not found"*) echo "{\"TokenMissing\":true}"; p="" ;; *) p="" ;; esac; }
 		printf "%s\n" "$p" | awk '"'"'NR > 1 && NF >= 5 { printf "%s{\"Node\":\"%s\",\"Voter\":%s}", (n++ ? "," : "{\"Servers\":["), $1, ($5 == "true" ? "true" : "false") } END { if (n) print "]}"; else print "" }'"'"'
-		timeout 3 wget -qO- "$0"; echo' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
+		wait; cat /tmp/.clusterctl-checks 2>/dev/null; echo' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
 	# The agent's own token unknown to Consul: a line before raft's (see the parser).
 	case "$c_out" in '{"TokenMissing":true}'*) printf ',"consul_token_missing":true'; c_out=$(printf '%s\n' "$c_out" | sed 1d) ;; esac
 	for c_key in consul_raft consul_checks; do

@@ -66,8 +66,12 @@ def forward(session: Session, remote_host: str, remote_port: int):
         yield server.getsockname()[1]
     finally:
         stop.set()
-        thread.join(1)
+        try:  # wakes the accept loop at once rather than at its next timeout
+            server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         server.close()
+        thread.join(1)
 
 
 @contextmanager
