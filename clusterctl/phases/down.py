@@ -21,6 +21,7 @@ from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.network.facts import LABEL_CLUSTER
 from clusterctl.phases.base import Context, cluster_containers
+from clusterctl.phases.prune import in_use
 from clusterctl.phases.engine import DAEMON_JSON, _daemon_config, dns_address
 from clusterctl.shipping.relay import RELAY_CONTAINER, RELAY_DIR
 
@@ -64,7 +65,10 @@ class FileboxDown:
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
         containers = [c.name for role in ("filebox", "relay") for c in cluster_containers(ctx, facts, role)]
-        images = sorted(i.id for i in facts.docker.images if i.labels.get("clusterctl.role"))
+        # Images a container that stays still runs stay: Docker's containerd store does not
+        # always refuse to remove them, and the container could not start again.
+        used = {c.image for c in facts.docker.containers if c.name not in containers}
+        images = sorted(i.id for i in facts.docker.images if i.labels.get("clusterctl.role") and not in_use(i.id, i.repo_tags, used))
         cmds = []
         if containers:
             cmds.append(Cmd(("docker", "rm", "-f", *containers), f"remove {', '.join(containers)}"))

@@ -24,7 +24,7 @@ def wanted_image_ids(ctx: Context, facts: HostFacts) -> set[str]:
     return {store.image_id(i) for i in images}
 
 
-def _in_use(image_id: str, tags: tuple[str, ...], used: set[str]) -> bool:
+def in_use(image_id: str, tags: tuple[str, ...], used: set[str]) -> bool:
     """Whether a container's image (as `docker ps` names it: a tag, a full ID, or the short
     ID of a container created by ID, e.g. someone else's `docker run $(docker images -q ...)`)
     is this image."""
@@ -49,7 +49,7 @@ class PrunePhase:
         old = [
             i
             for i in facts.docker.images
-            if i.labels.get("clusterctl.role") and i.id not in keep and not _in_use(i.id, i.repo_tags, used)
+            if i.labels.get("clusterctl.role") and i.id not in keep and not in_use(i.id, i.repo_tags, used)
         ]
         # By tag (an image goes with its last tag; by ID, docker refuses one with several tags).
         old_images = sorted({ref for i in old for ref in (i.repo_tags or (i.id,))})

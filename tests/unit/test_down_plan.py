@@ -125,3 +125,14 @@ def test_engine_dns_taken_out_keeping_other_keys_and_files_removed():
     assert only_ours[0] == "rm -f /etc/docker/daemon.json"
     # A dns the operator set (not the docker0 address) is not ours: left alone.
     assert plan(EngineDown(), facts(daemon_json=json.dumps({"dns": ["192.0.2.53"]}))) == []
+
+
+def test_an_image_a_foreign_container_runs_stays():
+    """Someone's container created from a clusterctl image by its short ID: the image stays (the
+    containerd store may not refuse its removal, and the container could not start again)."""
+    data = json.loads(FIXTURE.read_text())
+    data["docker"]["containers"] = [{"ID": "f", "Names": "foreign", "Image": "abcdef012345", "State": "running", "Labels": ""}]
+    data["docker"]["images"] = [{"Id": "sha256:abcdef012345" + "0" * 52, "RepoTags": ["clusterctl/base:x"], "Labels": {"clusterctl.role": "base"}, "Layers": []},
+                                {"Id": "sha256:" + "1" * 64, "RepoTags": [], "Labels": {"clusterctl.role": "app"}, "Layers": []}]  # fmt: skip
+    cmds = plan(FileboxDown(), parse_probe_output(json.dumps(data)))
+    assert len(cmds) == 1 and cmds[0].endswith("sh sha256:" + "1" * 64 + " || true")
