@@ -147,22 +147,13 @@ def _cluster_lock_in_consul(cluster, holder: str, wait: float):
         from contextlib import nullcontext
 
         from clusterctl.lock import consul_lock
-        from clusterctl.phases.consul_acl import MANAGEMENT_TOKEN, agent_acl_stage
-        from clusterctl.phases.base import cluster_containers
-        from clusterctl.secrets import read_secret
+        from clusterctl.phases.consul_acl import acl_agents, management_token
         from clusterctl.state import cluster_path
 
         acl = ctx.inputs.acl
         token = acl.management if acl is not None else None
-        if token is None:
-            value = read_secret(cluster_path(cluster.name), MANAGEMENT_TOKEN)
-            token = value.decode() if value else None
-        hosts = [
-            n for n, f in ctx.facts.items()
-            if (agents := cluster_containers(ctx, f, "consul")) and agents[0].running and (agent_acl_stage(ctx, n) or 0) >= 1
-        ]  # fmt: skip
-        # Servers first: a session lives in raft, and a server answers without forwarding.
-        hosts.sort(key=lambda n: cluster_containers(ctx, ctx.facts[n], "consul")[0].labels.get("clusterctl.consul.mode") != "server")
+        token = token or management_token(cluster_path(cluster.name))
+        hosts = acl_agents(ctx)
         if not token or not hosts or not cluster.spec.consul.enabled:
             return nullcontext()
         return consul_lock(cluster.name, hosts, consul_api, token, holder, wait)
@@ -450,13 +441,11 @@ def status(
     from clusterctl.transport.ssh import resolve_endpoints
 
     cluster = load(_resolve_file(file, create_lab=False))
-    from clusterctl.phases.consul_acl import MANAGEMENT_TOKEN
-    from clusterctl.secrets import read_secret
+    from clusterctl.phases.consul_acl import management_token
     from clusterctl.state import cluster_path
 
-    token = read_secret(cluster_path(cluster.name), MANAGEMENT_TOKEN)
     known = _known_hosts(cluster, accept_new_host_keys)
-    report = cluster_status(cluster, resolve_endpoints(cluster), known, workers, token.decode() if token else None)
+    report = cluster_status(cluster, resolve_endpoints(cluster), known, workers, management_token(cluster_path(cluster.name)))
     if output == Output.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

@@ -116,8 +116,7 @@ def acl_inputs(ctx: Context, directory: Path, dry_run: bool) -> Inputs:
 
     agents = {name: token(agent_token_file(name)) for name in ctx.facts}
     services = {s.name: token(service_token_file(s.name)) for s in cluster.spec.services}
-    management = read_secret(directory, MANAGEMENT_TOKEN)
-    material = ACLMaterial(agents, services, Secret(management.decode()) if management else None, settled=dry_run)
+    material = ACLMaterial(agents, services, management_token(directory), settled=dry_run)
     return replace(ctx.inputs, acl=material)
 
 
@@ -147,7 +146,7 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
     acl: ACLMaterial | None = ctx.inputs.acl
     if acl is None or dry_run or not ctx.cluster.spec.consul.enabled:
         return ctx.inputs
-    with_acl = [n for n in ctx.facts if (agent_acl_stage(ctx, n) or 0) >= 1 and _running_agent(ctx, n)]
+    with_acl = acl_agents(ctx)
     if not with_acl:
         return ctx.inputs
     record = _record(ctx, acl)
@@ -159,9 +158,8 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
             return replace(ctx.inputs, acl=replace(acl, settled=True))
     except OSError:
         pass
-    servers = [n for n in with_acl if _is_server(ctx, n)]
     last: Exception | None = None
-    for name in servers + [n for n in with_acl if n not in servers]:
+    for name in with_acl:
         made: list[str] = []
         try:
             with open_api(name) as api:
@@ -177,14 +175,22 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
     raise SecretError(f"consul ACLs: could not reach any agent of cluster {ctx.cluster.name!r} to set them up: {last}")
 
 
-def _running_agent(ctx: Context, name: str) -> bool:
-    agents = cluster_containers(ctx, ctx.facts[name], "consul")
-    return bool(agents) and agents[0].running
+def acl_agents(ctx: Context) -> list[str]:
+    """Probed hosts whose agent of this cluster runs with ACLs on (step >= 1), servers first (a
+    server answers ACL and session calls without forwarding them)."""
+
+    def agent(name: str):
+        agents = cluster_containers(ctx, ctx.facts[name], "consul")
+        return agents[0] if agents else None
+
+    running = [n for n in ctx.facts if (a := agent(n)) is not None and a.running and (agent_acl_stage(ctx, n) or 0) >= 1]
+    return sorted(running, key=lambda n: agent(n).labels.get("clusterctl.consul.mode") != "server")
 
 
-def _is_server(ctx: Context, name: str) -> bool:
-    agents = cluster_containers(ctx, ctx.facts[name], "consul")
-    return bool(agents) and agents[0].labels.get("clusterctl.consul.mode") == "server"
+def management_token(directory: Path) -> Secret | None:
+    """The cluster's management token from the state dir (None before the bootstrap)."""
+    value = read_secret(directory, MANAGEMENT_TOKEN)
+    return Secret(value.decode()) if value else None
 
 
 def _settle_via(ctx: Context, api: Any, acl: ACLMaterial, directory: Path, made: list[str]) -> ACLMaterial:
