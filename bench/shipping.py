@@ -71,12 +71,12 @@ def remove_on_hosts(doc, tags: list[str]) -> None:
 def ours(cluster, images, filebox=None, relay_base=None) -> tuple[int, float]:
     """clusterctl's filebox phase: bytes the operator sent to all hosts together, seconds.
 
-    relay_base: the base image tag, which the relay needs (it serves and fetches with BusyBox);
+    relay_base: the base image, which the relay needs (it serves and fetches with BusyBox);
     without it every host gets everything over SSH."""
     inputs = Inputs(images=tuple(images), base_image=relay_base)
     if filebox is not None:
         inputs = Inputs(images=tuple(images), filebox_container=filebox_container_name(filebox.version),
-                        filebox_tag=filebox.tag, filebox_version=filebox.version, base_image=relay_base)  # fmt: skip
+                        filebox_image=filebox.image, filebox_version=filebox.version, base_image=relay_base)  # fmt: skip
     known = KnownHosts(cluster.resolve_path(cluster.spec.ssh.known_hosts), False)
     t0 = time.perf_counter()
     report = execute(cluster, [FileboxPhase()], resolve_endpoints(cluster), known, Options(), None, inputs)
@@ -123,7 +123,7 @@ def main() -> None:
         rows.append(("(a) filebox + base, over SSH", n_bytes, n_time, o_bytes, o_time))
         for host in doc["hosts"]:  # start again from nothing on the hosts
             subprocess.run([*ssh_argv(doc, host), "sh", "-c", "docker rm -f $(docker ps -aq) >/dev/null 2>&1; docker rmi -f $(docker images -q) >/dev/null 2>&1"], capture_output=True)
-        o_bytes, o_time = ours(cluster, [box.image, base.image], box, relay_base=base.image.tag)
+        o_bytes, o_time = ours(cluster, [box.image, base.image], box, relay_base=base.image)
         rows.append(("(a) filebox + base, relayed", n_bytes, n_time, o_bytes, o_time))
 
         # (b) the app: first ship, then the unchanged app again.

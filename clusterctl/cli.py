@@ -101,10 +101,10 @@ def _inputs(cluster, dry_run: bool):
     apps = _service_apps(cluster, base)
     return Inputs(
         apps=apps,
-        base_image=base.image.tag,
+        base_image=base.image,
         filebox_container=filebox_container_name(box.version),
         images=(box.image, base.image),
-        filebox_tag=box.tag,
+        filebox_image=box.image,
         filebox_version=box.version,
     )
 

@@ -70,6 +70,9 @@ class DockerFacts:
     consul_checks: dict[str, str] | None = None
     # The agent's own ACL token is unknown to Consul ("ACL not found"): settle makes it again.
     consul_token_missing: bool = False
+    # Images of the host's other containers (none of clusterctl's labels), as `docker ps` names
+    # them: a tag, an ID or a short ID. Never removed by clusterctl.
+    foreign_images: tuple[str, ...] = ()
 
     @property
     def installed(self) -> bool:
@@ -224,6 +227,7 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
         consul_voters=_consul_voters(d.get("consul_raft")),
         consul_checks=_consul_checks(d.get("consul_checks")),
         consul_token_missing=d.get("consul_token_missing") is True,
+        foreign_images=tuple(i for i in d.get("foreign_images") or () if isinstance(i, str)),
     )
 
 

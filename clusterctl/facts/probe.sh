@@ -48,6 +48,9 @@ fi
 containers_facts() {
 	printf ',"containers":'
 	$SUDO docker ps -a --no-trunc --filter label=clusterctl.cluster --format '{{json .}}' 2>/dev/null | jsonl
+	# The images other containers (no clusterctl label) were made from: prune and down keep them.
+	printf ',"foreign_images":'
+	$SUDO docker ps -a --no-trunc --format '{{if not (.Label "clusterctl.cluster")}}{{json .Image}}{{end}}' 2>/dev/null | grep -v '^$' | sort -u | jsonl
 }
 images_facts() {
 	printf ',"images":'

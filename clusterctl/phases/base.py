@@ -44,13 +44,14 @@ class Inputs:
 
     # Consul's gossip key, settled right after the probe (phases/gossip.py); never in a repr.
     gossip_key: Secret | None = field(default=None, repr=False)
-    # The microcontainer base image (BusyBox + the filebox's symlinks) consul runs from.
-    base_image: str | None = None
+    # The microcontainer base image (BusyBox + the filebox's symlinks) consul runs from; an
+    # ImageSpec, run by its ID on each host (shipping/store.py::image_ref).
+    base_image: Any = None
     # The filebox container (created, never running) that microcontainers mount.
     filebox_container: str | None = None
     # Built images every host needs (filebox, microcontainer base), shipped by the filebox phase.
     images: tuple = ()
-    filebox_tag: str | None = None
+    filebox_image: Any = None
     filebox_version: str | None = None
     # App images of the services that name an app folder, by service name (phases/services.py).
     apps: Mapping[str, Any] = field(default_factory=dict)
@@ -81,6 +82,9 @@ class Context:
     lookups: Mapping[str, str] = field(default_factory=dict, repr=False)
     # Hosts left out of this run (`--host`): not probed, not down; their state is unknown.
     outside: frozenset[str] = frozenset()
+    # Which pass of the phase this plan is for (0 first; see `passes`): a phase whose passes do
+    # different work (the filebox relay: serve, fetch, fall back) reads it.
+    pass_index: int = 0
 
 
 class Phase(Protocol):

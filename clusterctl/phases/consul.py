@@ -30,6 +30,7 @@ from clusterctl.phases.consul_acl import target_acl_stage
 from clusterctl.phases.consul_tls import target_stage
 from clusterctl.phases.engine import dns_address
 from clusterctl.schedule.servers import ServerChoice, choose_servers
+from clusterctl.shipping.store import image_ref
 
 LEADER_TIMEOUT = 90.0
 
@@ -117,7 +118,7 @@ def agent_config(ctx: Context, host: Host, facts: HostFacts) -> build.AgentConfi
         dns_addresses=("127.0.0.1", dns_address(facts)),
         datacenter=spec.consul.datacenter,
         recursors=facts.nameservers,
-        image=ctx.inputs.base_image,
+        image=image_ref(ctx.inputs.base_image, facts),
         filebox_container=ctx.inputs.filebox_container,
         cluster=ctx.cluster.name,
         tls_stage=tls_stage(ctx),

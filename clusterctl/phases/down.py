@@ -67,7 +67,7 @@ class FileboxDown:
         containers = [c.name for role in ("filebox", "relay") for c in cluster_containers(ctx, facts, role)]
         # Images a container that stays still runs stay: Docker's containerd store does not
         # always refuse to remove them, and the container could not start again.
-        used = {c.image for c in facts.docker.containers if c.name not in containers}
+        used = {c.image for c in facts.docker.containers if c.name not in containers} | set(facts.docker.foreign_images)
         images = sorted(i.id for i in facts.docker.images if i.labels.get("clusterctl.role") and not in_use(i.id, i.repo_tags, used))
         cmds = []
         if containers:

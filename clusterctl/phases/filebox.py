@@ -5,12 +5,15 @@ never started: microcontainers mount it with --volumes-from.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.phases.base import Context
 from clusterctl.shipping.relay import RELAY_CONTAINER, relay_cleanup_cmds, relay_fetch_cmd, relay_plan, relay_seed_cmds
+from clusterctl.shipping.store import image_ref
 from clusterctl.shipping.stream import load_missing_images, missing_images
 
 FILEBOX_CONTAINER_PREFIX = "clusterctl-filebox-"
@@ -23,7 +26,8 @@ def filebox_container_name(version: str) -> str:
 class FileboxPhase:
     name = "filebox"
     title = "Filebox and microcontainer base shipped; filebox container created"
-    # seed loads and serves; the others fetch; the seed stops serving.
+    # The relay's passes (shipping/relay.py): the seed loads and serves; the others fetch;
+    # whoever still lacks an image loads it over SSH and the seed stops serving.
     passes = 3
 
     def wave(self, ctx: Context, host: Host, facts: HostFacts) -> int:
@@ -38,24 +42,21 @@ class FileboxPhase:
             return []
         cmds: list[Cmd] = []
         relay = relay_plan(ctx)
-        own_relay = facts.container(RELAY_CONTAINER)
-        if own_relay is not None and (relay is None or relay.seed != host.name or not relay.running):
-            cmds += relay_cleanup_cmds()  # stale, or its work is done
-        if relay is not None and missing_images(relay.images, facts) or (relay and relay.seed == host.name and not relay.running):
-            direct = tuple(i for i in missing_images(inputs.images, facts) if i not in relay.images)
-            if host.name == relay.seed and not relay.running:
-                cmds += relay_seed_cmds(ctx, relay, relay.url.split("/")[2], facts, direct)
-            else:
-                if direct:
-                    cmds.append(load_missing_images(direct, facts))  # type: ignore[arg-type]
-                cmds.append(relay_fetch_cmd(ctx, relay, facts))
+        serving = relay is not None and relay.seed == host.name
+        if facts.container(RELAY_CONTAINER) is not None and not (serving and relay.running):  # type: ignore[union-attr]
+            cmds += relay_cleanup_cmds()  # from an earlier run, or its work is done
+        if relay is not None and serving and not relay.running:
+            cmds += relay_seed_cmds(ctx, relay, facts)
+        elif relay is not None and not serving and missing_images(relay.images, facts):
+            direct = missing_images(tuple(i for i in inputs.images if i not in relay.images), facts)
+            if direct:
+                cmds.append(load_missing_images(direct, facts))  # type: ignore[arg-type]
+            cmds.append(relay_fetch_cmd(ctx, relay, facts))
         else:
             load = load_missing_images(inputs.images, facts)
             if load:
                 cmds.append(load)
-            if relay is not None and relay.running and relay.seed == host.name and not any(
-                missing_images(relay.images, f) for f in ctx.facts.values()
-            ):
+            if serving and not any(missing_images(relay.images, f) for f in ctx.facts.values()):  # type: ignore[union-attr]
                 cmds += relay_cleanup_cmds()
         name = inputs.filebox_container
         if name and facts.container(name) is None:
@@ -65,8 +66,21 @@ class FileboxPhase:
                      "--label", f"clusterctl.cluster={ctx.cluster.name}",
                      "--label", "clusterctl.role=filebox",
                      "--label", f"clusterctl.filebox.version={inputs.filebox_version}",
-                     inputs.filebox_tag),
+                     image_ref(inputs.filebox_image, facts)),
                     f"create the filebox container {name}",
                 )  # fmt: skip
             )
         return [as_root(c, facts.sudo) for c in cmds]
+
+    def finish(self, ctx: Context, ran: Mapping[str, list[Cmd]]) -> dict[str, list[Cmd]]:
+        """The relay never outlives the run: removed wherever this run started one and did not
+        remove it (a failed or stopped run), or one is still seen."""
+        out: dict[str, list[Cmd]] = {}
+        for name, cmds in ran.items():
+            started = [i for i, c in enumerate(cmds) if RELAY_CONTAINER in c.argv and "run" in c.argv]
+            removed = [i for i, c in enumerate(cmds) if RELAY_CONTAINER in c.argv and "rm" in c.argv]
+            facts = ctx.facts.get(name)
+            seen = facts is not None and facts.container(RELAY_CONTAINER) is not None
+            if (started and (not removed or removed[-1] < started[-1])) or seen:
+                out[name] = [as_root(c, facts.sudo if facts else "") for c in relay_cleanup_cmds()]
+        return out

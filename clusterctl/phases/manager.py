@@ -193,10 +193,10 @@ class Manager:
             else:
                 self._record(name, Step(label, FAILED, _strip_kind(out), out.seconds))
 
-    def context(self, lookups: dict[str, str] | None = None) -> Context:
+    def context(self, lookups: dict[str, str] | None = None, pass_index: int = 0) -> Context:
         facts = {n: r.facts for n, r in self.reports.items() if r.facts is not None}
         outside = frozenset(h.name for h in self.cluster.hosts if h.name not in self.reports)
-        return Context(self.cluster, facts, self.inputs, lookups or {}, outside)
+        return Context(self.cluster, facts, self.inputs, lookups or {}, outside, pass_index)
 
     def check(self, phase: Phase) -> str | None:
         """The phase's cluster-wide check (PhaseError) as a one-line reason, or None."""
@@ -241,7 +241,35 @@ class Manager:
         return {n: out.value.stdout for n, out in results.items() if out.ok and out.value.ok}  # type: ignore[union-attr]
 
     def run_phase(self, phase: Phase, more_phases_follow: bool) -> None:
-        """Plan and run one phase: one pass, or several (`passes`), each planned from fresh facts."""
+        """Plan and run one phase: one pass, or several (`passes`), each planned from fresh facts;
+        then the phase's `finish`, however the passes ended."""
+        ran: dict[str, list[Cmd]] = {}
+        try:
+            self._run_passes(phase, more_phases_follow, ran)
+        finally:
+            self._finish(phase, ran)
+
+    def _finish(self, phase: Phase, ran: dict[str, list[Cmd]]) -> None:
+        """The phase's clean-up after its passes, also after a failure: `finish(ctx, ran)`
+        returns commands by host from what each host ran (e.g. the filebox relay is removed)."""
+        fn = getattr(phase, "finish", None)
+        if fn is None or self.options.dry_run or not ran:
+            return
+        alive = set(self.sessions)
+        todo = {h: cmds for h, cmds in fn(self.context(), ran).items() if cmds and h in alive}
+        timeout = self.cluster.spec.ssh.command_timeout
+
+        def work(name: str):
+            script = Script(tuple(todo[name]))
+            return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout)
+
+        for name, out in self._parallel(list(todo), work, timeout=timeout + 5).items():
+            self.reports[name].round_trips = self.sessions[name].round_trips
+            if not out.ok or not out.value.ok:  # type: ignore[union-attr]
+                why = _strip_kind(out) if not out.ok else out.value.tail(2)  # type: ignore[union-attr]
+                self._record(name, Step(phase.name, FAILED, f"clean-up failed: {one_line(why)}"))
+
+    def _run_passes(self, phase: Phase, more_phases_follow: bool, ran: dict[str, list[Cmd]]) -> None:
         passes = max(1, int(getattr(phase, "passes", 1)))
         steps: dict[str, Step] = {}
         recorded: set[str] = set()
@@ -265,8 +293,8 @@ class Manager:
                 for name in self._alive():
                     steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, why))
                 break
-            ctx = self.context()
-            ctx = self.context(self._lookups(phase, ctx))
+            ctx = self.context(pass_index=n)
+            ctx = self.context(self._lookups(phase, ctx), pass_index=n)
             plans: dict[str, list[Cmd]] = {}
             waves: dict[str, int] = {}
             one_at_a_time: list[str] = []
@@ -306,6 +334,8 @@ class Manager:
                 script = Script(tuple(plans[name]))
                 return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout, stdin=script.stdin)
 
+            for name in now:
+                ran.setdefault(name, []).extend(plans[name])
             together = [n for n in now if n not in one_at_a_time]
             results = self._parallel(together, work, timeout=timeout + 5) if together else {}
             for name in [n for n in now if n in one_at_a_time]:  # rolling: each waits for the cluster first

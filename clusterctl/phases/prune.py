@@ -45,7 +45,7 @@ class PrunePhase:
         old_boxes = sorted(c.name for c in cluster_containers(ctx, facts, "filebox") if c.name != current)
         # Images that stay: this run's, and any a container (of any cluster) was created from.
         keep = wanted_image_ids(ctx, facts)
-        used = {c.image for c in facts.docker.containers if c.name not in old_boxes}
+        used = {c.image for c in facts.docker.containers if c.name not in old_boxes} | set(facts.docker.foreign_images)
         old = [
             i
             for i in facts.docker.images

@@ -17,6 +17,7 @@ from clusterctl.commands.files import sha256, write_secrets
 from clusterctl.config.models import Host, Service, duration_seconds
 from clusterctl.facts.parser import Container, HostFacts
 from clusterctl.phases.base import Context, ContextMemo, PhaseError, PlanError, cluster_containers
+from clusterctl.shipping.store import image_ref
 from clusterctl.shipping.stream import load_missing_images
 from clusterctl.schedule.placement import Placement, PlacementError, place
 
@@ -63,7 +64,7 @@ def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.R
     return build.Replica(
         service=svc.name,
         host=host.name,
-        image=app.tag if app is not None else svc.image,  # type: ignore[arg-type]
+        image=image_ref(app, facts) if app is not None else svc.image,  # type: ignore[arg-type]
         address=address,
         port=port,
         command=svc.command,

@@ -1,39 +1,66 @@
 """The relay: the operator's uplink carries a big image once. The first host that lacks the big
 images gets them over SSH, keeps the archive and serves it (BusyBox httpd on its cluster
-address); the others fetch it from there over the cluster network."""
+address); the others fetch it from there over the cluster network.
+
+Nothing fetched is trusted: the archive is deterministic, so the operator knows its sha256
+before any host serves it. A fetching host writes it into a private temp dir, checks it, and
+only then loads it; a relay whose port is taken (or that serves other bytes) is a failed relay,
+and the hosts that lack the images load them over SSH in the next pass. The phase's passes:
+0 the seed loads and serves (a relay found running is from an earlier run: removed); 1 the
+others fetch from a relay started in pass 0 and checked; 2 whoever still lacks an image gets it
+over SSH, and the relay is removed. FileboxPhase.finish removes it also after a failed run.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import shlex
 from dataclasses import dataclass
 
 from clusterctl.commands.base import Cmd
 from clusterctl.facts.parser import HostFacts
 from clusterctl.images.archive import ImageSpec, layers_to_omit
-from clusterctl.phases.base import Context
+from clusterctl.phases.base import Context, ContextMemo
+from clusterctl.shipping.store import image_ref
 from clusterctl.shipping.stream import ArchiveStream, load_cmd, missing_images, present_chain_ids
 
 RELAY_CONTAINER = "clusterctl-relay"
 RELAY_DIR = "/var/lib/clusterctl/relay"
 # Smaller images (the 2 MB base) go to every host over SSH; the relay is for the filebox.
 RELAY_MIN_BYTES = 10_000_000
+SEED_PASS, FETCH_PASS = 0, 1
 
 
 @dataclass(frozen=True)
 class Relay:
     seed: str
+    # The images the other hosts fetch (the big ones), and every image in the archive (the
+    # seed's stream: the big ones plus the small ones the seed lacked too).
     images: tuple[ImageSpec, ...]
+    carried: tuple[ImageSpec, ...]
     omit: frozenset[str]
-    archive: str
+    sha256: str
     url: str
     running: bool
 
     @property
-    def ids(self) -> str:
-        # The config digests: the same whichever store the seed runs.
-        return ",".join(i.image_id.split(":")[1][:12] for i in self.images)
+    def archive(self) -> str:
+        return f"{self.sha256}.tar"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What the relay container carries so that the next pass can rebuild this plan (and its
+        sha256) from the operator's own images: a label naming anything else is not trusted.
+        Lists are "+"-joined: the probe reads a container's labels as one comma-joined string."""
+        return {
+            "clusterctl.relay.archive": self.archive,
+            "clusterctl.relay.images": "+".join(_short(i.image_id) for i in self.carried),
+            "clusterctl.relay.omit": "+".join(sorted(_short(d) for d in self.omit)),
+        }
+
+
+def _short(digest: str) -> str:
+    return digest.split(":")[-1][:16]
 
 
 def _big(ctx: Context) -> tuple[ImageSpec, ...]:
@@ -46,44 +73,94 @@ def _address(ctx: Context, name: str) -> str | None:
     return host.cluster_address or (facts.cluster_address() if facts else None)
 
 
-def relay_plan(ctx: Context) -> Relay | None:
-    """The relay this run uses, from the facts alone: one already serving these images, or one
-    to start when two or more hosts lack them. None: every host gets everything over SSH.
+def archive_sha256(images: tuple[ImageSpec, ...], omit: frozenset[str]) -> str:
+    """The sha256 of the archive the seed receives and serves: the same bytes every time."""
+    digest = hashlib.sha256()
+    ArchiveStream(images, omit).write_to(digest.update)
+    return digest.hexdigest()
 
-    The archive is the same bytes for every store (both layouts), so hosts of different stores
-    share one relay."""
+
+def _make(ctx: Context, seed: str, carried: tuple[ImageSpec, ...], omit: frozenset[str], running: bool) -> Relay | None:
+    addr = _address(ctx, seed)
+    if addr is None:
+        return None
+    big = {i.image_id for i in _big(ctx)}
+    sha = archive_sha256(carried, omit)
+    port = ctx.cluster.spec.filebox.relay_port
+    images = tuple(i for i in carried if i.image_id in big)
+    return Relay(seed, images, carried, omit, sha, f"http://{addr}:{port}/{sha}.tar", running)
+
+
+def _started(ctx: Context) -> Relay | None:
+    """A relay serving this cluster's images, rebuilt from its labels and the operator's own
+    images (so its sha256 is the operator's, never the host's)."""
+    mine = {_short(i.image_id): i for i in ctx.inputs.images}
+    for name, facts in ctx.facts.items():
+        c = facts.container(RELAY_CONTAINER)
+        if c is None or not c.running or c.labels.get("clusterctl.cluster") != ctx.cluster.name:
+            continue
+        ids = [x for x in c.labels.get("clusterctl.relay.images", "").split("+") if x]
+        if not ids or any(x not in mine for x in ids):
+            continue
+        carried = tuple(mine[x] for x in ids)
+        layers = {_short(d): d for i in carried for d in i.diff_ids}
+        omitted = [x for x in c.labels.get("clusterctl.relay.omit", "").split("+") if x]
+        if any(x not in layers for x in omitted):
+            continue
+        relay = _make(ctx, name, carried, frozenset(layers[x] for x in omitted), running=True)
+        if relay is not None and relay.images and c.labels.get("clusterctl.relay.archive") == relay.archive:
+            return relay
+    return None
+
+
+def _relay_plan(ctx: Context) -> Relay | None:
     spec = ctx.cluster.spec.filebox
     big = _big(ctx)
     if not spec.relay or not big or not ctx.inputs.base_image:
         return None
-    want_ids = ",".join(i.image_id.split(":")[1][:12] for i in big)
-    for name, facts in ctx.facts.items():
-        c = facts.container(RELAY_CONTAINER)
-        if c is not None and c.running and c.labels.get("clusterctl.relay.images") == want_ids:
-            addr = _address(ctx, name)
-            archive = c.labels.get("clusterctl.relay.archive", "")
-            return Relay(name, big, frozenset(), archive, f"http://{addr}:{spec.relay_port}/{archive}", True)
+    if ctx.pass_index == FETCH_PASS:
+        return _started(ctx)
+    if ctx.pass_index != SEED_PASS:
+        return None
     lacking = [h.name for h in ctx.cluster.spec.hosts if h.name in ctx.facts and missing_images(big, ctx.facts[h.name])]
     if len(lacking) < 2:
         return None
     seed = lacking[0]
-    addr = _address(ctx, seed)
-    if addr is None:
-        return None
     # Leave out only layers every one of these hosts already holds.
     common = set.intersection(*(present_chain_ids(ctx.facts[n]) for n in lacking))
     images = tuple(i for i in big if any(i in missing_images(big, ctx.facts[n]) for n in lacking))
-    omit = layers_to_omit(images, common)
-    digest = hashlib.sha256(json.dumps([[i.image_id for i in images], sorted(omit)]).encode()).hexdigest()[:16]
-    archive = f"{digest}.tar"
-    return Relay(seed, images, omit, archive, f"http://{addr}:{spec.relay_port}/{archive}", False)
+    extra = tuple(i for i in missing_images(ctx.inputs.images, ctx.facts[seed]) if i not in images)
+    carried = extra + images
+    return _make(ctx, seed, carried, frozenset(layers_to_omit(carried, common)), running=False)
 
 
-def relay_seed_cmds(ctx: Context, relay: Relay, addr_port: str, facts: HostFacts, extra: tuple[ImageSpec, ...] = ()) -> list[Cmd]:
-    """`extra`: the small images the seed lacks too, in the same stream (one stdin a script)."""
-    stream = ArchiveStream(extra + relay.images, relay.omit)
+# Per Context: every host's plan (and wave) reads the same relay, its archive hashed once.
+relay_plan = ContextMemo(_relay_plan)
+
+
+# $1 the relay's address:port, $2 the archive's URL, $3 its sha256, $4 the image to check with.
+# The relay serves only once it answers with the operator's bytes: httpd exits at once when its
+# port is taken, and whoever holds the port instead does not have them.
+SERVE_CHECK = r"""i=0
+while [ "$i" -lt 20 ]; do
+	got=$(docker exec clusterctl-relay busybox sh -c 'busybox wget -qO- "$1" | busybox sha256sum' sh "$2" 2>/dev/null) || got=""
+	[ "${got%% *}" = "$3" ] && exit 0
+	docker inspect -f '{{.State.Running}}' clusterctl-relay 2>/dev/null | grep -q true || break
+	i=$((i + 1)); sleep 0.2
+done
+echo "clusterctl: the relay could not serve on $1 (port taken?); the other hosts load over SSH" >&2
+docker rm -f clusterctl-relay >/dev/null 2>&1
+exit 0
+"""
+
+
+def relay_seed_cmds(ctx: Context, relay: Relay, facts: HostFacts) -> list[Cmd]:
+    stream = ArchiveStream(relay.carried, relay.omit)
     partial = f"{RELAY_DIR}/{relay.archive}.partial"
-    keep = shlex.join(("sh", "-c", 'mkdir -p "$1" && exec tee "$2"', "sh", RELAY_DIR, partial))
+    keep = shlex.join(("sh", "-c", 'mkdir -p -m 0755 "$1" && exec tee "$2"', "sh", RELAY_DIR, partial))
+    addr_port = relay.url.split("/")[2]
+    labels = [x for k, v in relay.labels.items() for x in ("--label", f"{k}={v}")]
+    base = image_ref(ctx.inputs.base_image, facts)
     return [
         load_cmd(
             stream.images, facts,
@@ -93,21 +170,37 @@ def relay_seed_cmds(ctx: Context, relay: Relay, addr_port: str, facts: HostFacts
         Cmd(("mv", "-f", partial, f"{RELAY_DIR}/{relay.archive}"), "keep the archive whole for the others"),
         Cmd(
             ("docker", "run", "-d", "--name", RELAY_CONTAINER, "--net", "host",
-             "--label", f"clusterctl.cluster={ctx.cluster.name}", "--label", "clusterctl.role=relay",
-             "--label", f"clusterctl.relay.archive={relay.archive}", "--label", f"clusterctl.relay.images={relay.ids}",
-             "-v", f"{RELAY_DIR}:/www:ro", "--entrypoint", "busybox", ctx.inputs.base_image,
+             "--label", f"clusterctl.cluster={ctx.cluster.name}", "--label", "clusterctl.role=relay", *labels,
+             "-v", f"{RELAY_DIR}:/www:ro", "--entrypoint", "busybox", base,
              "httpd", "-f", "-p", addr_port, "-h", "/www"),
             f"serve it to the other hosts on {addr_port}",
         ),
+        Cmd(("sh", "-c", SERVE_CHECK, "sh", addr_port, relay.url, relay.sha256), "check that the relay serves these very bytes"),
     ]  # fmt: skip
 
 
+# $1 the URL, $2 its sha256, $3 the image to fetch with. Writes the archive into a private dir
+# beside the engine's data (not a tmpfs /tmp), checks it, then prints it for the load; a
+# mismatch prints nothing, so the load fails and loads nothing.
+FETCH = r"""umask 077; mkdir -p /var/lib/clusterctl
+d=$(mktemp -d /var/lib/clusterctl/fetch.XXXXXX) || exit 1
+trap 'rm -rf "$d"' EXIT
+docker run --rm --net host --entrypoint busybox "$3" wget -qO- "$1" > "$d/archive" || { echo "clusterctl: could not fetch $1" >&2; exit 1; }
+echo "$2  $d/archive" | sha256sum -c --status || { echo "clusterctl: $1 is not the archive the operator sent (sha256 differs); not loaded" >&2; exit 1; }
+cat "$d/archive"
+"""
+
+
 def relay_fetch_cmd(ctx: Context, relay: Relay, facts: HostFacts) -> Cmd:
-    fetch = shlex.join(("docker", "run", "--rm", "--net", "host", "--entrypoint", "busybox", ctx.inputs.base_image, "wget", "-qO-", relay.url))
-    return load_cmd(
+    """Fetch, check, load. Failure is tolerated: the images are then missing in the next pass,
+    which loads them over SSH."""
+    base = image_ref(ctx.inputs.base_image, facts)
+    fetch = shlex.join(("sh", "-c", FETCH, "sh", relay.url, relay.sha256, base))
+    load = load_cmd(
         relay.images, facts,
-        f"fetch {len(relay.images)} image(s) from {relay.seed} over the cluster network", source=fetch,
+        f"fetch {len(relay.images)} image(s) from {relay.seed} over the cluster network, checked (sha256)", source=fetch,
     )
+    return Cmd(load.argv, load.description, check=False)
 
 
 def relay_cleanup_cmds() -> list[Cmd]:

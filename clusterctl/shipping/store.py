@@ -27,3 +27,9 @@ def store_of(facts: HostFacts) -> ImageStore:
     from clusterctl.shipping import classic, containerd
 
     return containerd.STORE if facts.docker.image_store == containerd.STORE.name else classic.STORE
+
+
+def image_ref(image: ImageSpec, facts: HostFacts) -> str:
+    """How a host's containers name an image clusterctl shipped: by its ID, which is its
+    content, never by a tag that a later load could point elsewhere."""
+    return store_of(facts).image_id(image)

@@ -10,6 +10,7 @@ from clusterctl.commands import consul as build
 from clusterctl.commands.files import sha256, write_file, write_secret
 from clusterctl.config.loader import load_text
 from clusterctl.facts.parser import parse_probe_output
+from clusterctl.images.archive import File, ImageConfig, ImageSpec, Layer
 from clusterctl.phases.base import Context, Inputs, PlanError
 from clusterctl.phases.consul import ConsulPhase, agent_config, agent_files, config_digest, files_digest
 from clusterctl.phases.consul_acl import ACLMaterial
@@ -47,7 +48,9 @@ class _EveryAgent(dict):
         return self[name]
 
 
-INPUTS = Inputs(gossip_key=KEY, base_image="clusterctl/base:abc", filebox_container="clusterctl-filebox-abc",
+# The microcontainer base, run by its ID (the fixture host runs the classic store).
+BASE = ImageSpec((Layer([File.from_bytes("/bin/x", b"x")]),), ImageConfig(), tag="clusterctl/base:abc")
+INPUTS = Inputs(gossip_key=KEY, base_image=BASE, filebox_container="clusterctl-filebox-abc",
                 tls=TLSMaterial(CA.cert_pem, _EveryHost()), acl=ACLMaterial(_EveryAgent()))  # fmt: skip
 
 
@@ -118,7 +121,7 @@ def test_run_agent_renders_as_one_quoted_docker_run():
     assert argv[:4] == ["docker", "run", "-d", "--name"] and "--net" in argv and "host" in argv
     assert ["--volumes-from", "clusterctl-filebox-abc"] == argv[argv.index("--volumes-from") : argv.index("--volumes-from") + 2]
     assert "clusterctl.config=d1g3st" in argv and "clusterctl.role=consul" in argv
-    assert argv[argv.index("clusterctl/base:abc") + 1 :][:2] == ["consul", "agent"]
+    assert argv[argv.index(BASE.image_id) + 1 :][:2] == ["consul", "agent"]
 
 
 def test_fresh_host_plan_writes_key_secretly_then_runs_and_waits():

@@ -1,6 +1,8 @@
 """The filebox phase's relay: the operator's uplink carries a big image once; the other hosts
 fetch it from the first one over the cluster network. Planned from facts alone."""
 
+import hashlib
+import json
 from dataclasses import replace
 
 from clusterctl.config.loader import load_text
@@ -8,8 +10,8 @@ from clusterctl.images.archive import File, ImageConfig, ImageSpec, Layer
 from clusterctl.facts.parser import Image
 from clusterctl.phases.base import Context, Inputs
 from clusterctl.phases.filebox import FileboxPhase
-from clusterctl.shipping.relay import RELAY_CONTAINER, relay_plan
-from clusterctl.shipping.stream import LOAD_SCRIPT
+from clusterctl.shipping.relay import RELAY_CONTAINER, archive_sha256, relay_cleanup_cmds, relay_plan
+from clusterctl.shipping.stream import LOAD_SCRIPT, ArchiveStream
 from tests.unit.test_consul_plan import facts_for
 
 SMALL = ImageSpec((Layer([File.from_bytes("/bin/x", b"x" * 1000)]),), ImageConfig(labels={"clusterctl.role": "base"}), tag="clusterctl/base:small")
@@ -30,17 +32,22 @@ def with_images(ip, images=(), containers=()):
     return replace(f, docker=replace(f.docker, images=held))
 
 
-def relay_container(archive="a.tar", running=True):
-    ids = BIG.image_id.split(":")[1][:12]
+def relay_container(relay=None, running=True, **labels):
+    """The relay container as the probe reports it; by default with the labels `relay` put on it."""
+    shown = {"clusterctl.cluster": "c1", "clusterctl.role": "relay", **(relay.labels if relay else {}), **labels}
     return {"ID": "r", "Names": RELAY_CONTAINER, "Image": "b", "State": "running" if running else "exited",
-            "Labels": f"clusterctl.cluster=c1,clusterctl.role=relay,clusterctl.relay.archive={archive},clusterctl.relay.images={ids}"}
+            "Labels": ",".join(f"{k}={v}" for k, v in shown.items())}
 
 
-def ctx(facts, relay=True):
+def ctx(facts, relay=True, pass_index=0):
     text = FILE if relay else FILE + "filebox: {binaries: [consul], relay: false}\n"
     cluster = load_text(text, "c.yaml")
-    inputs = Inputs(gossip_key="k", base_image=SMALL.tag, filebox_container="fb", images=(SMALL, BIG), filebox_tag=BIG.tag, filebox_version="v")
-    return Context(cluster, facts, inputs)
+    inputs = Inputs(gossip_key="k", base_image=SMALL, filebox_container="fb", images=(SMALL, BIG), filebox_image=BIG, filebox_version="v")
+    return Context(cluster, facts, inputs, pass_index=pass_index)
+
+
+def fresh():
+    return {n: with_images(a) for n, a in (("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3"))}
 
 
 def is_load(cmd, source=None):
@@ -53,33 +60,79 @@ def plan(c, name):
 
 
 def test_fresh_hosts_seed_gets_it_over_ssh_and_serves_others_wait():
-    c = ctx({n: with_images(a) for n, a in (("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3"))})
+    c = ctx(fresh())
     relay = relay_plan(c)
-    assert relay.seed == "n1" and not relay.running and relay.url.startswith("http://10.0.0.1:7380/")
+    assert relay.seed == "n1" and not relay.running and relay.url == f"http://10.0.0.1:7380/{relay.sha256}.tar"
     seed = plan(c, "n1")
-    assert "tee" in seed[0].render() and seed[0].stdin.images == (SMALL, BIG)
+    assert "tee" in seed[0].render() and seed[0].stdin.images == (SMALL, BIG) == relay.carried
     assert seed[1].argv[:2] == ("mv", "-f")  # the archive is served only once whole and loaded
-    assert seed[2].argv[:4] == ("docker", "run", "-d", "--name") and "10.0.0.1:7380" in seed[2].argv
+    run = seed[2].argv
+    assert run[:4] == ("docker", "run", "-d", "--name") and "10.0.0.1:7380" in run
+    assert run[run.index("--entrypoint") + 2] == SMALL.image_id  # run by ID, never by tag
+    # Served only once it answers with the operator's bytes (a taken port fails it).
+    assert seed[3].argv[-3:] == ("10.0.0.1:7380", relay.url, relay.sha256) and seed[3].check
     other = plan(c, "n2")
     assert is_load(other[0], "-") and other[0].stdin.images == (SMALL,)  # small: over SSH
-    assert is_load(other[1]) and relay.url in other[1].argv[4] and "wget" in other[1].argv[4]
+    fetch = other[1]
+    assert is_load(fetch) and relay.url in fetch.argv[4] and relay.sha256 in fetch.argv[4] and "sha256sum -c" in fetch.argv[4]
+    assert not fetch.check  # a failed fetch leaves the images missing: the next pass loads them over SSH
+    assert fetch.argv[5:] == (f"{BIG.tag}={BIG.image_id} {json.dumps(list(BIG.diff_ids), separators=(',', ':'))}",)
     ph = FileboxPhase()
     assert [ph.wave(c, c.cluster.spec.host(n), c.facts[n]) for n in ("n1", "n2", "n3")] == [0, 1, 1]
 
 
-def test_running_relay_serves_the_rest_then_is_removed():
+def test_the_archive_sha256_is_that_of_the_bytes_the_seed_is_sent():
+    relay = relay_plan(ctx(fresh()))
+    sent = bytearray()
+    ArchiveStream(relay.carried, relay.omit).write_to(sent.extend)
+    assert hashlib.sha256(sent).hexdigest() == relay.sha256 == archive_sha256(relay.carried, relay.omit)
+
+
+def serving(relay, images=(SMALL, BIG), **labels):
     box = {"ID": "f", "Names": "fb", "Image": "b", "State": "created", "Labels": "clusterctl.cluster=c1,clusterctl.role=filebox"}
-    serving = with_images("10.0.0.1", (SMALL, BIG), [relay_container(), box])
-    c = ctx({"n1": serving, "n2": with_images("10.0.0.2", (SMALL,)), "n3": with_images("10.0.0.3")})
+    return with_images("10.0.0.1", images, [relay_container(relay, **labels), box])
+
+
+def test_fetch_pass_trusts_only_a_relay_rebuilt_from_the_operators_own_images():
+    started = relay_plan(ctx(fresh()))
+    c = ctx({"n1": serving(started), "n2": with_images("10.0.0.2", (SMALL,)), "n3": with_images("10.0.0.3")}, pass_index=1)
     relay = relay_plan(c)
-    assert relay.running and relay.url == "http://10.0.0.1:7380/a.tar"
+    assert relay.running and relay.sha256 == started.sha256 and relay.url == started.url
     assert plan(c, "n1") == []  # still needed
     assert [x.description.split()[0] for x in plan(c, "n2")] == ["fetch", "create"]
-    ph = FileboxPhase()
-    assert ph.wave(c, c.cluster.spec.host("n2"), c.facts["n2"]) == 0
-    done = {n: with_images(a, (SMALL, BIG)) for n, a in (("n2", "10.0.0.2"), ("n3", "10.0.0.3"))}
-    c = ctx({"n1": serving, **done})
+    assert FileboxPhase().wave(c, c.cluster.spec.host("n2"), c.facts["n2"]) == 0
+    # Labels that name an image or a layer the operator does not have, or another archive:
+    # no relay; the others load over SSH, the relay is removed.
+    for bad in ({"clusterctl.relay.images": "0123456789abcdef"}, {"clusterctl.relay.omit": "fedcba9876543210"},
+                {"clusterctl.relay.archive": "0" * 64 + ".tar"}, {"clusterctl.cluster": "other"}):
+        c = ctx({"n1": serving(started, **bad), "n2": with_images("10.0.0.2", (SMALL,)), "n3": with_images("10.0.0.3")}, pass_index=1)
+        assert relay_plan(c) is None, bad
+        assert is_load(plan(c, "n2")[0], "-")
+        assert plan(c, "n1")[0].render() == "docker rm -f clusterctl-relay || true"
+
+
+def test_a_relay_that_did_not_start_means_ssh_in_the_fetch_pass():
+    c = ctx({"n1": with_images("10.0.0.1", (SMALL, BIG)), "n2": with_images("10.0.0.2", (SMALL,)), "n3": with_images("10.0.0.3")}, pass_index=1)
+    assert relay_plan(c) is None
+    cmds = plan(c, "n3")
+    assert is_load(cmds[0], "-") and cmds[0].stdin.images == (SMALL, BIG)
+
+
+def test_last_pass_loads_over_ssh_what_a_fetch_did_not_bring_and_stops_the_relay():
+    started = relay_plan(ctx(fresh()))
+    c = ctx({"n1": serving(started), "n2": with_images("10.0.0.2", (SMALL,)), "n3": with_images("10.0.0.3", (SMALL, BIG))}, pass_index=2)
+    assert relay_plan(c) is None
+    assert is_load(plan(c, "n2")[0], "-") and plan(c, "n2")[0].stdin.images == (BIG,)
     assert [x.render() for x in plan(c, "n1")] == ["docker rm -f clusterctl-relay || true", "rm -rf /var/lib/clusterctl/relay"]
+
+
+def test_a_relay_from_an_earlier_run_is_removed_never_used():
+    earlier = relay_plan(ctx(fresh()))
+    c = ctx({"n1": serving(earlier, images=()), "n2": with_images("10.0.0.2"), "n3": with_images("10.0.0.3")})
+    relay = relay_plan(c)
+    assert not relay.running and relay.seed == "n1"
+    assert [x.render() for x in plan(c, "n1")][:2] == ["docker rm -f clusterctl-relay || true", "rm -rf /var/lib/clusterctl/relay"]
+    assert "tee" in plan(c, "n1")[2].render()
 
 
 def test_one_host_lacking_or_relay_off_means_plain_ssh():
@@ -88,13 +141,13 @@ def test_one_host_lacking_or_relay_off_means_plain_ssh():
     assert relay_plan(c) is None
     cmds = plan(c, "n3")
     assert is_load(cmds[0], "-") and cmds[0].stdin.images == (SMALL, BIG)
-    c = ctx({n: with_images(a) for n, a in (("n1", "10.0.0.1"), ("n2", "10.0.0.2"), ("n3", "10.0.0.3"))}, relay=False)
-    assert relay_plan(c) is None
+    assert relay_plan(ctx(fresh(), relay=False)) is None
 
 
-def test_a_stale_relay_is_cleaned_up():
-    stale = dict(relay_container())
-    stale["Labels"] = stale["Labels"].replace("clusterctl.relay.images=", "clusterctl.relay.images=0ld")
-    have = (SMALL, BIG)
-    c = ctx({"n1": with_images("10.0.0.1", have, [stale]), "n2": with_images("10.0.0.2", have), "n3": with_images("10.0.0.3", have)})
-    assert [x.render() for x in plan(c, "n1")][0] == "docker rm -f clusterctl-relay || true"
+def test_finish_removes_a_relay_the_run_started_and_left():
+    c = ctx(fresh())
+    seed_cmds = plan(c, "n1")
+    ph = FileboxPhase()
+    cleanup = ["docker rm -f clusterctl-relay || true", "rm -rf /var/lib/clusterctl/relay"]
+    assert {h: [x.render() for x in cmds] for h, cmds in ph.finish(c, {"n1": seed_cmds, "n2": plan(c, "n2")}).items()} == {"n1": cleanup}
+    assert ph.finish(c, {"n1": seed_cmds + relay_cleanup_cmds()}) == {}

@@ -14,10 +14,11 @@ from clusterctl.phases.base import Context, Inputs, PhaseError
 from clusterctl.phases.services import ServicesPhase, replica
 from clusterctl.phases.consul_acl import ACLMaterial
 from clusterctl.secrets import Secret
+from tests.unit.test_consul_plan import BASE
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "probe-docker-running.json"
 WEB_TOKEN = "6c1a3b52-1f0e-4d33-9a4e-2b7f3f6de111"
-INPUTS = Inputs(gossip_key="k", base_image="clusterctl/base:abc", filebox_container="clusterctl-filebox-abc",
+INPUTS = Inputs(gossip_key="k", base_image=BASE, filebox_container="clusterctl-filebox-abc",
                 acl=ACLMaterial(services={"web": Secret(WEB_TOKEN)}))  # fmt: skip
 FILE = """
 name: c1
