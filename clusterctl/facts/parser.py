@@ -108,6 +108,9 @@ class HostFacts:
     nameservers: tuple[str, ...] = ()
     # /etc/docker/daemon.json as found ("" when absent).
     daemon_json: str = ""
+    # daemon.json's mtime and the engine's start, epoch seconds (None: unknown, e.g. no engine).
+    daemon_json_mtime: int | None = None
+    engine_started: int | None = None
     # Files under /etc/clusterctl: path -> sha256 of the content.
     managed_files: dict[str, str] = field(default_factory=dict)
     # Routes, Docker networks, swarm nodes, iptables rules, Weave (the probe's network block).
@@ -189,6 +192,10 @@ def _default_ifname(routes: list[dict[str, str]]) -> str | None:
         if words[:1] == ["default"] and "dev" in words:
             return words[words.index("dev") + 1]
     return None
+
+
+def _epoch(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _docker(d: dict[str, Any]) -> DockerFacts:
@@ -303,6 +310,8 @@ def parse_probe_output(text: str) -> HostFacts:
         docker=_docker(data.get("docker") or {}),
         nameservers=_nameservers(data.get("nameservers")),
         daemon_json=data.get("daemon_json") or "",
+        daemon_json_mtime=_epoch(data.get("daemon_json_mtime")),
+        engine_started=_epoch(data.get("engine_started")),
         managed_files={f["path"]: f["sha256"] for f in data.get("managed_files") or [] if "path" in f},
         network=parse_network_probe(
             (data.get("docker") or {}).get("network"), [r.get("route", "") for r in data.get("routes") or []]

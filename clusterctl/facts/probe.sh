@@ -26,6 +26,21 @@ printf ',"ssh_connection":'; js "${SSH_CONNECTION:-}"
 printf ',"nameservers":'
 sed -n 's/^nameserver[[:space:]]*\([^[:space:]]*\).*/{"ip":"\1"}/p' /etc/resolv.conf 2>/dev/null | jsonl
 printf ',"daemon_json":'; js "$(cat /etc/docker/daemon.json 2>/dev/null)"
+# Whether the engine runs what daemon.json says (it reads it only when it starts): the file's
+# mtime and the engine's start, in epoch seconds; a file newer than the engine is a change not
+# applied yet (a restart that never came: an interrupted run).
+num() { case "$1" in '' | *[!0-9]*) printf null ;; *) printf '%s' "$1" ;; esac; }
+engine_started() {
+	pid=$(pgrep -xo dockerd 2>/dev/null) || pid=$(pidof -s dockerd 2>/dev/null) || return 0
+	[ -r "/proc/$pid/stat" ] || return 0
+	# Field 22 of /proc/PID/stat (start, in clock ticks after boot), counted after "(comm) ".
+	ticks=$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f20)
+	boot=$(sed -n 's/^btime //p' /proc/stat)
+	hz=$(getconf CLK_TCK 2>/dev/null) || hz=100
+	[ -n "$ticks" ] && [ -n "$boot" ] && echo $((boot + ticks / hz))
+}
+printf ',"daemon_json_mtime":%s' "$(num "$(stat -c %Y /etc/docker/daemon.json 2>/dev/null)")"
+printf ',"engine_started":%s' "$(num "$(engine_started)")"
 # Files clusterctl manages on the host, by content hash, so writes happen only when they differ.
 printf ',"managed_files":'
 find /etc/clusterctl -type f 2>/dev/null | while read -r f; do

@@ -71,11 +71,22 @@ class EnginePhase:
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
         write = engine_daemon_json(ctx, facts)
-        if write is None:
+        if write is not None:
+            cmds = [write]
+        elif ctx.cluster.spec.consul.enabled and restart_pending(facts):
+            cmds = []  # the file is as wanted, the engine never read it
+        else:
             return []
-        cmds = [
-            write,
-            build.restart_engine(facts.systemd),
-            build.wait_for_engine(ctx.cluster.spec.docker.start_timeout),
-        ]  # fmt: skip
+        restart = build.restart_engine(facts.systemd)
+        if not cmds:
+            restart = Cmd(restart.argv, f"{restart.description}: {DAEMON_JSON} changed after the engine started")
+        cmds += [restart, build.wait_for_engine(ctx.cluster.spec.docker.start_timeout)]
         return [build.as_root(c, facts.sudo) for c in cmds]
+
+
+def restart_pending(facts: HostFacts) -> bool:
+    """daemon.json is newer than the running engine: what it says is not live yet (a run that
+    wrote it and stopped before the restart). Unknown times mean no. The engine's start is
+    computed from whole seconds (boot time, clock ticks), so it may read up to 2 s early."""
+    mtime, started = facts.daemon_json_mtime, facts.engine_started
+    return facts.docker.running and mtime is not None and started is not None and mtime > started + 2

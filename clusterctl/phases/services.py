@@ -169,12 +169,18 @@ class ServicesPhase:
                     if c is not None:
                         cmds.append(build.remove(r.service, grace[r.service] if c.running else 0))
                     cmds.append(r.run())
+        checks = facts.docker.consul_checks
         if write:
             names = ", ".join(r.service for r in write)
             files = {f"{r.service}.json": definitions[r.service].encode() for r in write}
             cmds.append(write_secrets(build.SERVICES_DIR, files, f"register {names} with consul (0600: with their tokens)"))
             cmds.append(build.reload_agent())
-        checks = facts.docker.consul_checks
+        elif checks is not None and (unloaded := [n for n in registering if n not in checks]):
+            # A definition on disk the agent does not hold (a run stopped before its reload, or
+            # deregistered behind clusterctl's back): planned from the agent, not the file, or
+            # the wait below would wait for a check that does not exist.
+            reload = build.reload_agent()
+            cmds.append(Cmd(reload.argv, f"load {', '.join(unloaded)} into consul: defined on disk, unknown to the agent"))
         for r in wanted:
             if r.service in {w.service for w in write}:
                 cmds.append(build.wait_healthy(r.service, r.deadline))

@@ -128,6 +128,28 @@ def test_second_up_changes_nothing_in_one_round_trip(cli, lab, svc):
     assert [h["round_trips"] for h in report["hosts"]] == [1, 1, 1]
 
 
+def test_half_done_states_are_planned_from_the_running_engine_and_agent(cli, lab, svc):
+    """A service deregistered behind clusterctl's back (its definition still on disk) is loaded
+    again instead of waited for until the deadline; a daemon.json newer than the engine (a run
+    that stopped before the restart) restarts the engine. Then `up` is a no-op again."""
+    from tests.e2e.consul_helpers import as_operator
+
+    f = svc / "two.yaml"
+    out = as_operator(lab, "node1", "services", "deregister", "-id", "hello")
+    assert "Deregistered" in out, out
+    lab.docker("exec", lab.container("node2"), "touch", "/etc/docker/daemon.json")
+    report = _up(cli, f)
+    steps = _services(report)
+    assert "load hello into consul: defined on disk, unknown to the agent" in steps["node1"]["message"], steps
+    engine = {h["name"]: next(p for p in h["phases"] if p["phase"] == "engine") for h in report["hosts"]}
+    assert "changed after the engine started" in engine["node2"]["message"] and engine["node1"]["status"] == "ok", engine
+    addr = _addresses(lab)
+    assert _passing(cli, lab.cluster_file) == sorted([addr["node1"], addr["node3"]])
+    code, again = cli.json("up", "-f", str(f))
+    assert code == 0 and again["changed"] is False, json.dumps(again, indent=1)[-3000:]
+    assert [h["round_trips"] for h in again["hosts"]] == [1, 1, 1]
+
+
 def test_logs_shows_each_replica_prefixed_by_its_host(cli, lab, svc):
     proc = cli("logs", "hello", "-f", str(svc / "two.yaml"), "--tail", "5")
     assert proc.returncode == 0, proc.stderr

@@ -227,6 +227,21 @@ def test_engine_phase_sets_dns_keeps_other_keys_and_is_idempotent():
         EnginePhase().plan(ctx, ctx.cluster.hosts[0], facts_for("10.0.0.1", daemon_json="{oops"))
 
 
+def test_engine_restarts_when_daemon_json_is_newer_than_the_engine():
+    """A run that wrote daemon.json and stopped before the restart: the file is as wanted but
+    the engine never read it, so the next run restarts it (planned from the running engine)."""
+    from dataclasses import replace
+
+    ctx = ctx_for()
+    done = facts_for("10.0.0.1", daemon_json=json.dumps(desired_daemon_config(facts_for("10.0.0.1"))))
+    pending = replace(done, daemon_json_mtime=1_700_000_100, engine_started=1_700_000_000)
+    cmds = EnginePhase().plan(ctx, ctx.cluster.hosts[0], pending)
+    assert [c.description.split()[0] for c in cmds] == ["restart", "wait"] and "changed after the engine started" in cmds[0].description
+    # Restarted since (or within the 2 s the start time may read early), or times unknown: nothing.
+    for mtime, started in ((1_700_000_000, 1_700_000_100), (1_700_000_002, 1_700_000_000), (None, 1_700_000_000), (1_700_000_100, None)):
+        assert EnginePhase().plan(ctx, ctx.cluster.hosts[0], replace(done, daemon_json_mtime=mtime, engine_started=started)) == []
+
+
 def test_file_builders_keep_content_as_data():
     c = write_file("/etc/x y", "a'b $(rm)")
     assert shlex.split(c.render())[-3:] == ["/etc/x y", "a'b $(rm)", "0644"]

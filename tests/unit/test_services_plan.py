@@ -130,6 +130,19 @@ def test_up_to_date_replica_whose_check_does_not_pass_is_waited_for_not_restarte
     assert [c.description for c in plan(ctx, "n1")] == ["wait until consul reports web healthy"]
 
 
+def test_a_definition_the_agent_does_not_hold_is_loaded_again_then_waited_for():
+    # Written by a run that stopped before its reload, or deregistered behind clusterctl's back.
+    ctx = ctx_for()
+    facts = converged(ctx, "n1")
+    unknown = facts_for("10.0.0.1", [container("web", facts.docker.containers[0].labels["clusterctl.config"])], facts.managed_files, {})
+    cmds = plan(ctx_for(n1=unknown), "n1")
+    assert [c.description for c in cmds] == [
+        "load web into consul: defined on disk, unknown to the agent",
+        "wait until consul reports web healthy",
+    ]
+    assert cmds[0].argv == build.reload_agent().argv
+
+
 def test_changed_setting_replaces_the_replica_one_host_at_a_time():
     ctx = ctx_for()
     ctx = ctx_for(n1=facts_for("10.0.0.1", [container("web", "0ld")]))
