@@ -84,9 +84,15 @@ def _inputs(cluster, dry_run: bool):
     from clusterctl.phases.base import Inputs
 
     # The gossip key is settled after the probe (phases/gossip.py): never made over a running cluster.
+    import os
+
+    from clusterctl.phases.services import secret_env_inputs
+
     spec = cluster.spec
+    # Read now, before any host is touched: a name that is not set is one line, nothing sent.
+    service_env = secret_env_inputs(cluster, os.environ)
     if not spec.filebox.binaries:
-        return Inputs()
+        return Inputs(service_env=service_env)
     from clusterctl.filebox.build import build_filebox
     from clusterctl.images.base import base_image
     from clusterctl.phases.filebox import filebox_container_name
@@ -106,6 +112,7 @@ def _inputs(cluster, dry_run: bool):
         images=(box.image, base.image),
         filebox_image=box.image,
         filebox_version=box.version,
+        service_env=service_env,
     )
 
 

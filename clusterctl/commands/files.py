@@ -33,16 +33,27 @@ WRITE_MANY = (
 )
 
 
-def secrets_bundle(files: dict[str, bytes]) -> bytes:
-    """A tar of flat files (sorted, mode 0600, owner 0, mtime 0), for WRITE_MANY."""
+# The same into several directories under one root (names: relative paths, e.g. a service's
+# definition and its env file): each file's directory is made 0700 if missing.
+WRITE_TREE = (
+    'umask 077; mkdir -p "$1" && t=$(mktemp -d "$1/.clusterctl.XXXXXX") && tar -x -o -C "$t" -f - && '
+    '(cd "$t" && find . -type f) | while read -r f; do f=${f#./}; mkdir -p "$1/${f%/*}" && chmod 600 "$t/$f" && '
+    'mv -f "$t/$f" "$1/$f"; done; rm -rf "$t"'
+)
+
+
+def secrets_bundle(files: dict[str, bytes], nested: bool = False) -> bytes:
+    """A tar of files (sorted, mode 0600, owner 0, mtime 0), for WRITE_MANY (flat names) or
+    WRITE_TREE (nested: relative paths of plain names)."""
     import io
     import tarfile
 
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted(files):
-            if "/" in name or name.startswith("."):
-                raise ValueError(f"a secret file name must be flat: {name!r}")
+            parts = name.split("/")
+            if (not nested and len(parts) > 1) or any(not p or p.startswith(".") for p in parts):
+                raise ValueError(f"a secret file name must be {'a relative path' if nested else 'flat'}: {name!r}")
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(files[name]), 0o600, 0
             tar.addfile(info, io.BytesIO(files[name]))
@@ -52,8 +63,8 @@ def secrets_bundle(files: dict[str, bytes]) -> bytes:
 class SecretFiles:
     """stdin of write_secrets: the bundle, described without its content (dry runs, reports)."""
 
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self._data = secrets_bundle(files)
+    def __init__(self, files: dict[str, bytes], nested: bool = False) -> None:
+        self._data = secrets_bundle(files, nested)
         self.names = tuple(sorted(files))
 
     def __len__(self) -> int:
@@ -73,3 +84,9 @@ def write_secrets(directory: str, files: dict[str, bytes], description: str = ""
     """Several files into `directory` from stdin (never on a command line or in a dry run)."""
     cmd = sh_args(WRITE_MANY, directory, description=description or f"write {', '.join(sorted(files))} in {directory}")
     return Cmd(cmd.argv, cmd.description, cmd.check, stdin=SecretFiles(files))
+
+
+def write_secret_tree(root: str, files: dict[str, bytes], description: str = "") -> Cmd:
+    """Files at paths relative to `root` from stdin, 0600, in one command (one stdin a script)."""
+    cmd = sh_args(WRITE_TREE, root, description=description or f"write {', '.join(sorted(files))} under {root}")
+    return Cmd(cmd.argv, cmd.description, cmd.check, stdin=SecretFiles(files, nested=True))

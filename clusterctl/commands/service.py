@@ -28,6 +28,16 @@ def definition_path(service: str) -> str:
     return f"{SERVICES_DIR}/{service}.json"
 
 
+# Secret env values of a service: one 0600 file each in a root-only dir, read by `docker run
+# --env-file` (the docker CLI, as root), so values are never on a command line.
+ROOT = "/etc/clusterctl"
+ENV_DIR = f"{ROOT}/env"
+
+
+def env_file_path(service: str) -> str:
+    return f"{ENV_DIR}/{service}.env"
+
+
 @dataclass(frozen=True)
 class Replica:
     """One service replica on one host, as it should run."""
@@ -49,6 +59,8 @@ class Replica:
     # Seconds `up` waits for the replica to pass (or, without Consul, to keep running).
     deadline: float = 90.0
     extra_labels: tuple[tuple[str, str], ...] = field(default=())
+    # Names of the secret env values, which come from env_file_path (their values never here).
+    secret_env: tuple[str, ...] = ()
 
     @property
     def container(self) -> str:
@@ -59,6 +71,7 @@ class Replica:
         doc = {
             "image": self.image, "address": self.address, "port": self.port, "command": self.command,
             "env": self.env, "filebox": self.filebox_container, "network": self.network,
+            **({"secret_env": list(self.secret_env)} if self.secret_env else {}),
         }  # fmt: skip
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -80,6 +93,8 @@ class Replica:
             argv += ["-p", f"{_host_part(self.address)}:{self.port}:{self.port}"]
         for key, value in self.env:
             argv += ["-e", f"{key}={value}"]
+        if self.secret_env:
+            argv += ["--env-file", env_file_path(self.service)]
         argv.append(self.image)
         argv += list(self.command or ())
         where = f" on {self.address}:{self.port}" if self.port else ""

@@ -360,6 +360,19 @@ class ServiceCheck(Strict):
         return v
 
 
+class FromEnv(Strict):
+    """A service env value kept secret: the name of a variable in the operator's environment."""
+
+    from_env: str
+
+    @field_validator("from_env")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not ENV_NAME_RE.match(v):
+            raise ValueError(f"invalid environment variable name {v!r}")
+        return v
+
+
 class Service(Strict):
     """An app run as microcontainers on some hosts, one replica per host, each registered in
     Consul as NAME.service.consul on its host's cluster address."""
@@ -373,7 +386,10 @@ class Service(Strict):
     # The container port, published on the host's cluster address; default: the app's port.
     port: Port | None = None
     command: tuple[str, ...] | None = Field(default=None, min_length=1)
-    env: dict[str, str] = Field(default_factory=dict)
+    # Plain values go on the replica's command line (`-e`, shown in plans); a secret one,
+    # {from_env: NAME}, is read from the operator's environment when `up` runs, reaches the host
+    # only on stdin into a 0600 env file (`--env-file`) and shows as <secret> everywhere.
+    env: dict[str, str | FromEnv] = Field(default_factory=dict)
     # Replicas go evenly over this host label's values (e.g. provider), then over hosts.
     spread: str | None = None
     # Only hosts whose labels match: a value, or a list of allowed values.
@@ -389,12 +405,20 @@ class Service(Strict):
             raise ValueError(f"invalid image reference {v!r}")
         return v
 
-    @field_validator("env")
+    @field_validator("env", mode="before")
     @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            if not ENV_NAME_RE.match(key):
+    def _env(cls, v: object) -> object:
+        # Checked here, not by the union, so that the message says what a value may be.
+        if not isinstance(v, dict):
+            return v
+        for key, value in v.items():
+            if not isinstance(key, str) or not ENV_NAME_RE.match(key):
                 raise ValueError(f"invalid environment variable name {key!r}")
+            if isinstance(value, dict):
+                if set(value) != {"from_env"} or not isinstance(value["from_env"], str) or not ENV_NAME_RE.match(value["from_env"]):
+                    raise ValueError(f"{key}: a secret is {{from_env: NAME}}, NAME a variable of the operator's environment")
+            elif not isinstance(value, str):
+                raise ValueError(f"{key}: a value is a string (quote numbers), or {{from_env: NAME}} for a secret")
         return v
 
     @field_validator("spread")

@@ -55,6 +55,9 @@ class Inputs:
     filebox_version: str | None = None
     # App images of the services that name an app folder, by service name (phases/services.py).
     apps: Mapping[str, Any] = field(default_factory=dict)
+    # Secret env values of services (env: {KEY: {from_env: NAME}}), by service, then key; read
+    # from the operator's environment (phases/services.py::secret_env_inputs).
+    service_env: Mapping[str, Mapping[str, Secret]] = field(default_factory=dict, repr=False)
     # The weave driver's encryption password (network.weave_password_env, else the state dir).
     weave_password: bytes | None = field(default=None, repr=False)
     # Consul's RPC TLS: the CA's certificate and each host's own (phases/consul_tls.py), settled

@@ -10,13 +10,18 @@ other replicas keep serving.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from clusterctl.commands import service as build
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
-from clusterctl.commands.files import sha256, write_secrets
+from clusterctl.commands.files import sha256, write_secret_tree
+from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host, Service, duration_seconds
+from clusterctl.errors import UserError
 from clusterctl.facts.parser import Container, HostFacts
 from clusterctl.phases.base import Context, ContextMemo, PhaseError, PlanError, cluster_containers
+from clusterctl.secrets import Secret
 from clusterctl.shipping.store import image_ref
 from clusterctl.shipping.stream import load_missing_images
 from clusterctl.schedule.placement import Placement, PlacementError, place
@@ -68,7 +73,8 @@ def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.R
         address=address,
         port=port,
         command=svc.command,
-        env=tuple(sorted(svc.env.items())),
+        env=tuple(sorted((k, v) for k, v in svc.env.items() if isinstance(v, str))),
+        secret_env=tuple(sorted(k for k, v in svc.env.items() if not isinstance(v, str))),
         filebox_container=ctx.inputs.filebox_container,
         network=spec.network.name,
         cluster=ctx.cluster.name,
@@ -77,6 +83,36 @@ def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.R
         check_timeout=svc.check.timeout,
         deadline=duration_seconds(svc.check.deadline),
     )
+
+
+def secret_env_inputs(cluster: Cluster, environ: Mapping[str, str]) -> dict[str, dict[str, Secret]]:
+    """The secret env values of the file's services, from the operator's environment: a name
+    that is not set, or a value an env file cannot hold, is one line naming the key."""
+    out: dict[str, dict[str, Secret]] = {}
+    for i, svc in enumerate(cluster.spec.services):
+        for key, value in svc.env.items():
+            if isinstance(value, str):
+                continue
+            found = environ.get(value.from_env)
+            if found is None:
+                raise UserError(f"{cluster.where('services', i, 'env', key)}: {value.from_env} is not set in this environment")
+            if "\n" in found or "\r" in found or "\0" in found:
+                raise UserError(f"{cluster.where('services', i, 'env', key)}: the value of {value.from_env} holds a line break or NUL (an env file takes one line a value)")
+            out.setdefault(svc.name, {})[key] = Secret(found)
+    return out
+
+
+def env_file(ctx: Context, r: build.Replica) -> bytes:
+    """The replica's env file: its secret values, KEY=VALUE a line (docker's --env-file)."""
+    values = ctx.inputs.service_env.get(r.service, {})
+    missing = [k for k in r.secret_env if k not in values]
+    if missing:
+        raise PlanError(f"services.{r.service}: no value for {', '.join(missing)} (secret env not read)")
+    return "".join(f"{k}={values[k]}\n" for k in r.secret_env).encode()
+
+
+def _under_root(path: str) -> str:
+    return path.removeprefix(build.ROOT + "/")
 
 
 def service_token(ctx: Context, service: str) -> str | None:
@@ -130,11 +166,19 @@ class ServicesPhase:
             return []
         consul = ctx.cluster.spec.consul.enabled
         wanted = self._wanted(ctx, host, facts)
+        # Secret env files, compared by content (never by a label: a hash of a password is
+        # not shown to whoever can read labels); a new value recreates the replica.
+        env_files = {r.service: env_file(ctx, r) for r in wanted if r.secret_env}
+        env_writes = {n: b for n, b in env_files.items() if facts.managed_files.get(build.env_file_path(n)) != sha256(b)}
+        stale_env = sorted(
+            path for path in facts.managed_files
+            if path.startswith(build.ENV_DIR + "/") and path.removeprefix(build.ENV_DIR + "/").removesuffix(".env") not in env_files
+        )  # fmt: skip
         # What changes: a replica to (re)start, and the definitions to take away or write.
         start: list[build.Replica] = []
         for r in wanted:
             c = current.get(r.service)
-            if c is None or c.labels.get("clusterctl.config") != r.digest() or not c.running:
+            if c is None or c.labels.get("clusterctl.config") != r.digest() or not c.running or r.service in env_writes:
                 start.append(r)
         registering = {r.service: r for r in wanted if consul and r.port}
         # A replica about to stop is deregistered first, so clients stop being sent to it, and
@@ -149,7 +193,7 @@ class ServicesPhase:
         ]
         apps = tuple(app for r in wanted if (app := ctx.inputs.apps.get(r.service)) is not None)
         loads = [load] if apps and (load := load_missing_images(apps, facts)) is not None else []
-        if loads and write:  # images first, in a pass of their own; the rest once they are there
+        if loads and (write or env_writes):  # images first, in a pass of their own; the rest once they are there
             return [as_root(c, facts.sudo) for c in loads]
         cmds: list[Cmd] = [build.remove_definition(name) for name in drain]
         if drain:
@@ -159,11 +203,24 @@ class ServicesPhase:
         for name in sorted(set(current) - {r.service for r in wanted}):
             # Gone from this host (frees its port first); a service gone from the file stops at once.
             cmds.append(build.remove(name, grace.get(name, 0) if current[name].running else 0))
+        if stale_env:
+            cmds.append(Cmd(("rm", "-f", *stale_env), "remove the secret env of services gone from this host"))
         cmds += loads
+        if write or env_writes:
+            # One stdin: definitions (with their tokens) and env files, before the replicas run
+            # (docker reads the env file when it creates the container); loaded once they run.
+            files = {_under_root(build.definition_path(r.service)): definitions[r.service].encode() for r in write}
+            files.update({_under_root(build.env_file_path(n)): b for n, b in env_writes.items()})
+            what = []
+            if write:
+                what.append(f"register {', '.join(r.service for r in write)} with consul (0600: with their tokens)")
+            if env_writes:
+                what.append(f"write the secret env of {', '.join(sorted(env_writes))} (0600)")
+            cmds.append(write_secret_tree(build.ROOT, files, "; ".join(what)))
         for r in wanted:
             if r in start:
                 c = current.get(r.service)
-                if c is not None and c.labels.get("clusterctl.config") == r.digest():
+                if c is not None and c.labels.get("clusterctl.config") == r.digest() and r.service not in env_writes:
                     cmds.append(build.start(r.service))
                 else:
                     if c is not None:
@@ -171,9 +228,6 @@ class ServicesPhase:
                     cmds.append(r.run())
         checks = facts.docker.consul_checks
         if write:
-            names = ", ".join(r.service for r in write)
-            files = {f"{r.service}.json": definitions[r.service].encode() for r in write}
-            cmds.append(write_secrets(build.SERVICES_DIR, files, f"register {names} with consul (0600: with their tokens)"))
             cmds.append(build.reload_agent())
         elif checks is not None and (unloaded := [n for n in registering if n not in checks]):
             # A definition on disk the agent does not hold (a run stopped before its reload, or

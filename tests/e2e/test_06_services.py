@@ -150,6 +150,52 @@ def test_half_done_states_are_planned_from_the_running_engine_and_agent(cli, lab
     assert [h["round_trips"] for h in again["hosts"]] == [1, 1, 1]
 
 
+def test_a_secret_env_value_is_on_no_command_line_plan_report_or_label(cli, lab, svc):
+    """env: {KEY: {from_env: NAME}}: read from the operator's environment, on stdin into a 0600
+    env file on the host, `--env-file` for docker; a poll of every host's processes during `up`
+    never shows it, nor do `plan -o json`, the report or the container's labels."""
+    import threading
+    import uuid
+
+    from tests.conftest import CLI
+
+    secret = f"pw-{uuid.uuid4().hex}"
+    f = _file(lab, svc, "secret", env={"GREETING": "hi", "HELLO_SECRET": {"from_env": "CLUSTERCTL_E2E_SECRET"}})
+    proc = cli("up", "-f", str(f))
+    assert proc.returncode == 2 and "services[0].env.HELLO_SECRET: CLUSTERCTL_E2E_SECRET is not set" in proc.stderr, proc.stderr
+    operator = CLI(dict(cli.env, CLUSTERCTL_E2E_SECRET=secret))
+    code, plan = operator.json("plan", "-f", str(f))
+    assert code == 0 and secret not in json.dumps(plan)
+    assert any("--env-file /etc/clusterctl/env/hello.env" in c for h in plan["hosts"] for p in h["phases"] for c in p["commands"])
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            for host in ("node1", "node2", "node3"):
+                seen.append(lab.docker("exec", lab.container(host), "ps", "-eo", "args", check=False).stdout)
+            time.sleep(0.1)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        code, report = operator.json("up", "-f", str(f))
+    finally:
+        stop.set()
+        poller.join(10)
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    assert len(seen) > 10 and not any(secret in s for s in seen)
+    assert secret not in json.dumps(report)
+    for host in ("node1", "node3"):
+        script = ("printf '%s|' \"$(stat -c %a /etc/clusterctl/env/hello.env)\" \"$(docker exec clusterctl-svc-hello busybox sh -c 'echo \"$HELLO_SECRET\"')\"; "
+                  "docker inspect -f '{{json .Config.Labels}}' clusterctl-svc-hello")  # fmt: skip
+        out = lab.docker("exec", lab.container(host), "sh", "-c", script).stdout
+        mode, value, labels = out.split("|", 2)
+        assert (mode, value) == ("600", secret) and secret not in labels, out
+    code, again = operator.json("up", "-f", str(f))
+    assert code == 0 and again["changed"] is False, json.dumps(again, indent=1)[-3000:]
+
+
 def test_logs_shows_each_replica_prefixed_by_its_host(cli, lab, svc):
     proc = cli("logs", "hello", "-f", str(svc / "two.yaml"), "--tail", "5")
     assert proc.returncode == 0, proc.stderr

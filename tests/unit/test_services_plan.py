@@ -75,16 +75,16 @@ def test_replicas_spread_over_providers_and_start_registered_and_waited_for():
     ctx = ctx_for()
     assert plan(ctx, "n2") == []  # n1 (aws) and n3 (gcp) run the two replicas
     cmds = plan(ctx, "n1")
-    run = shlex.split(cmds[0].render())
+    # The definition carries the service's token: written 0600 from stdin, shown nowhere.
+    assert "register web" in cmds[0].description and cmds[0].argv[-1] == build.ROOT
+    assert cmds[0].stdin.names == ("consul/services/web.json",) and WEB_TOKEN.encode() in cmds[0].stdin._data
+    run = shlex.split(cmds[1].render())
     assert run[:4] == ["docker", "run", "-d", "--name"] and "clusterctl-svc-web" in run
     assert ["-p", "10.0.0.1:8080:8080"] == run[run.index("-p") : run.index("-p") + 2]
     assert ["-e", "GREETING=hi; rm -rf /"] == run[run.index("-e") : run.index("-e") + 2]  # one argv word
     assert ["--volumes-from", "clusterctl-filebox-abc:ro"] == run[run.index("--volumes-from") :][:2]
     assert ["--network", "clusterctl"] == run[run.index("--network") :][:2]
     assert run[-1] == "nginx:1.25"
-    # The definition carries the service's token: written 0600 from stdin, shown nowhere.
-    assert "register web" in cmds[1].description and cmds[1].argv[-1] == build.SERVICES_DIR
-    assert cmds[1].stdin.names == ("web.json",) and WEB_TOKEN.encode() in cmds[1].stdin._data
     assert not any(WEB_TOKEN in c.display() or WEB_TOKEN in repr(c) for c in cmds)
     assert cmds[2].argv[:3] == ("docker", "exec", "clusterctl-consul") and cmds[2].argv[-1] == "reload"
     assert "CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token" in cmds[2].render()
@@ -116,8 +116,8 @@ def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited
         "deregister web from this host's consul agent",
         "reload consul's service definitions",
         "wait until the catalog no longer hands out web here",
-        "start the stopped web container",
         "register web with consul (0600: with their tokens)",
+        "start the stopped web container",
         "reload consul's service definitions",
         "wait until consul reports web healthy",
     ]
@@ -149,14 +149,16 @@ def test_changed_setting_replaces_the_replica_one_host_at_a_time():
     phase = ServicesPhase()
     cmds = phase.plan(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
     # Stopped with SIGTERM first, 10 s (stop_grace) for in-flight requests, then removed.
-    assert cmds[0].argv[-2:] == ("clusterctl-svc-web", "10") and "docker stop -t" in cmds[0].render()
-    assert cmds[1].argv[:2] == ("docker", "run")
+    assert "register web" in cmds[0].description  # the file first; consul loads it once the replica runs
+    assert cmds[1].argv[-2:] == ("clusterctl-svc-web", "10") and "docker stop -t" in cmds[1].render()
+    assert cmds[2].argv[:2] == ("docker", "run")
     # A replica whose definition is registered is drained first.
     registered = facts_for("10.0.0.1", [container("web", "0ld")], {build.definition_path("web"): "x"})
     ctx = ctx_for(n1=registered)
     descriptions = [c.description for c in phase.plan(ctx, ctx.cluster.spec.host("n1"), registered)]
-    assert descriptions[:5] == ["deregister web from this host's consul agent", "reload consul's service definitions",
+    assert descriptions[:6] == ["deregister web from this host's consul agent", "reload consul's service definitions",
                                 "wait until the catalog no longer hands out web here",
+                                "register web with consul (0600: with their tokens)",
                                 "remove the web container (stopped first: up to 10s for in-flight requests)",
                                 "start web on 10.0.0.1:8080"]  # fmt: skip
     assert phase.rolling(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
@@ -175,7 +177,7 @@ def test_running_replica_stays_and_a_surplus_one_is_removed_and_deregistered():
         build.wait_deregistered("web", "n2").render(),
         """sh -c 'docker stop -t "$2" "$1" >/dev/null 2>&1; docker rm -f "$1" >/dev/null' sh clusterctl-svc-web 10 || true""",
     ]
-    assert plan(ctx, "n3")[0].argv[:2] == ("docker", "run")
+    assert plan(ctx, "n3")[1].argv[:2] == ("docker", "run")
 
 
 def test_another_clusters_containers_are_left_alone():
@@ -186,7 +188,7 @@ def test_another_clusters_containers_are_left_alone():
 
 def test_a_host_down_moves_its_replica_and_too_few_hosts_refuse_the_phase():
     ctx = ctx_for(n1="down")
-    assert plan(ctx, "n2")[0].argv[:2] == ("docker", "run")
+    assert plan(ctx, "n2")[1].argv[:2] == ("docker", "run")
     ctx = ctx_for(n1="down", n2="down")
     with pytest.raises(PhaseError, match=r"services\.web: 2 replicas need 2 hosts \(one per host\), but 1 is up \(n1, n2 did not answer\)"):
         ServicesPhase().check(ctx)
@@ -197,7 +199,7 @@ def test_hosts_outside_a_host_limited_run_are_not_taken_for_down():
     # n3 (gcp), so n3 starts its one and nothing is moved onto it.
     cluster = load_text(FILE, "c.yaml")
     ctx = Context(cluster, {"n3": facts_for("10.0.0.3")}, INPUTS, outside=frozenset({"n1", "n2"}))
-    assert plan(ctx, "n3")[0].argv[:2] == ("docker", "run")
+    assert plan(ctx, "n3")[1].argv[:2] == ("docker", "run")
     ServicesPhase().check(ctx)
 
 
@@ -227,3 +229,92 @@ def test_duration_seconds(text, seconds):
     from clusterctl.config.models import duration_seconds
 
     assert duration_seconds(text) == seconds
+
+
+# --- secret env values: {from_env: NAME} -------------------------------------------------------
+
+SECRET_FILE = FILE.replace('env: {GREETING: "hi; rm -rf /"}', 'env: {GREETING: hi, DB_PASSWORD: {from_env: E2E_DB_PW}}')
+PASSWORD = "s3cr3t p@ss 'quoted' $(not run)"
+
+
+def secret_ctx(password=PASSWORD, **facts):
+    from dataclasses import replace
+
+    from clusterctl.phases.services import secret_env_inputs
+
+    ctx = ctx_for(SECRET_FILE, **facts)
+    return replace(ctx, inputs=replace(INPUTS, service_env=secret_env_inputs(ctx.cluster, {"E2E_DB_PW": password})))
+
+
+def test_a_secret_env_value_reaches_the_host_only_on_stdin_into_a_0600_env_file():
+    ctx = secret_ctx()
+    cmds = plan(ctx, "n1")
+    bundle = next(c for c in cmds if c.stdin is not None)
+    assert bundle.stdin.names == ("consul/services/web.json", "env/web.env")
+    assert f"DB_PASSWORD={PASSWORD}\n".encode() in bundle.stdin._data
+    assert "write the secret env of web (0600)" in bundle.description
+    run = next(c for c in cmds if c.argv[:2] == ("docker", "run"))
+    assert run.argv[run.argv.index("--env-file") + 1] == build.env_file_path("web") == "/etc/clusterctl/env/web.env"
+    assert ("-e", "GREETING=hi") == run.argv[run.argv.index("-e") :][:2] and "DB_PASSWORD" not in run.render()
+    # In no plan line, repr or label: the digest knows the name only.
+    shown = " ".join(c.display() + repr(c) for c in cmds) + repr(ctx.inputs) + repr(replica(ctx, ctx.cluster.spec.services[0], ctx.cluster.hosts[0], ctx.facts["n1"]))
+    assert "s3cr3t" not in shown
+    assert bundle.render().count("s3cr3t") == 0
+    assert cmds.index(bundle) < cmds.index(run)  # docker reads the file when it creates the container
+
+
+def _with_env(ctx, name, password):
+    """Facts of a host whose replica runs with `password` in its env file."""
+    from clusterctl.phases.services import env_file
+
+    host = ctx.cluster.spec.host(name)
+    r = replica(ctx, ctx.cluster.spec.services[0], host, ctx.facts[name])
+    managed = {build.definition_path("web"): sha256(r.definition(WEB_TOKEN)),
+               build.env_file_path("web"): sha256(env_file(secret_ctx(password), r))}  # fmt: skip
+    return facts_for(host.address, [container("web", r.digest())], managed, {"web": "passing"})
+
+
+def test_a_changed_secret_recreates_the_replica_an_unchanged_one_is_a_no_op():
+    ctx = secret_ctx()
+    same = _with_env(ctx, "n1", PASSWORD)
+    assert plan(secret_ctx(n1=same), "n1") == []
+    # The label is the same whatever the value: the change is seen in the file's content.
+    old = _with_env(ctx, "n1", "old password")
+    assert old.docker.containers[0].labels == same.docker.containers[0].labels
+    descriptions = [c.description for c in plan(secret_ctx(n1=old), "n1")]
+    # Drained, then recreated with the new file, as for any change of the replica.
+    assert descriptions[0] == "deregister web from this host's consul agent"
+    assert descriptions[3].endswith("write the secret env of web (0600)")
+    assert descriptions[4].startswith("remove the web container") and descriptions[5].startswith("start web")
+
+
+def test_a_secret_env_file_of_a_service_gone_from_the_host_is_removed():
+    ctx = ctx_for()
+    f = converged(ctx, "n1")
+    gone = facts_for("10.0.0.1", [container("web", f.docker.containers[0].labels["clusterctl.config"])],
+                     {**f.managed_files, build.env_file_path("old"): "abc"}, {"web": "passing"})  # fmt: skip
+    assert [c.render() for c in plan(ctx_for(n1=gone), "n1")] == ["rm -f /etc/clusterctl/env/old.env"]
+
+
+def test_secret_env_inputs_name_the_key_and_refuse_what_an_env_file_cannot_hold():
+    from clusterctl.errors import UserError
+    from clusterctl.phases.services import secret_env_inputs
+
+    cluster = load_text(SECRET_FILE, "c.yaml")
+    with pytest.raises(UserError, match=r"^c\.yaml:13: services\[0\]\.env\.DB_PASSWORD: E2E_DB_PW is not set in this environment$"):
+        secret_env_inputs(cluster, {})
+    with pytest.raises(UserError, match="holds a line break") as err:
+        secret_env_inputs(cluster, {"E2E_DB_PW": "two\nlines"})
+    assert "two" not in str(err.value)
+    got = secret_env_inputs(cluster, {"E2E_DB_PW": "x"})
+    assert got == {"web": {"DB_PASSWORD": "x"}} and repr(got["web"]["DB_PASSWORD"]) == "<secret>"
+
+
+def test_secret_bundle_paths_stay_under_their_root():
+    from clusterctl.commands.files import secrets_bundle
+
+    for bad in ("../x", "env/../../x", ".hidden", "env//x", "/abs"):
+        with pytest.raises(ValueError):
+            secrets_bundle({bad: b"x"}, nested=True)
+    with pytest.raises(ValueError):
+        secrets_bundle({"env/x": b"x"})  # flat only, unless nested
