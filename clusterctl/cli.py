@@ -628,7 +628,9 @@ def main() -> None:
     except UserError as exc:
         from rich.markup import escape
 
-        _err_console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
+        console = _err_console()
+        for line in str(exc).splitlines() or [""]:  # a cluster file's problems: one line each
+            console.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

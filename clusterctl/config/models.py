@@ -445,53 +445,56 @@ class ClusterFile(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterFile:
+        problems: list[IndexedError] = []
         if self.consul.enabled and not self.filebox.has("consul"):
-            raise SectionError(
+            problems.append(SectionError(
                 ("filebox", "binaries"),
                 "consul is enabled but the filebox has no consul binary: add it (a name on PATH or a path), "
                 "or set consul.enabled: false",
-            )
+            ))  # fmt: skip
         seen_names: dict[str, int] = {}
         seen_addrs: dict[tuple[str, int | None], int] = {}
         for i, host in enumerate(self.hosts):
             if host.name in seen_names:
-                raise IndexedError(i, "name", f"duplicate host name {host.name!r} (also hosts[{seen_names[host.name]}])")
-            seen_names[host.name] = i
+                problems.append(IndexedError(i, "name", f"duplicate host name {host.name!r} (also hosts[{seen_names[host.name]}])"))
+            seen_names.setdefault(host.name, i)
             # DNS names are case-insensitive and may end in "."; IPs are already in normal form.
             key = (host.address.lower().rstrip("."), host.port)
             if key in seen_addrs:
-                raise IndexedError(
+                problems.append(IndexedError(
                     i, "address", f"duplicate host address {host.address!r} (also hosts[{seen_addrs[key]}])"
-                )
-            seen_addrs[key] = i
+                ))  # fmt: skip
+            seen_addrs.setdefault(key, i)
         for i, host in enumerate(self.hosts):
             if isinstance(host.bastion, str):
                 if host.bastion not in seen_names:
-                    raise IndexedError(
+                    problems.append(IndexedError(
                         i,
                         "bastion",
                         f"bastion {host.bastion!r} is not a host in this file"
                         " (for a jump host outside it, write user@address, address:port or a mapping)",
-                    )
-                if host.bastion == host.name:
-                    raise IndexedError(i, "bastion", "a host cannot be its own bastion")
+                    ))  # fmt: skip
+                elif host.bastion == host.name:
+                    problems.append(IndexedError(i, "bastion", "a host cannot be its own bastion"))
         names = set()
         for i, svc in enumerate(self.services):
             if svc.name in names:
-                raise ServiceIndexedError(i, "name", f"duplicate service name {svc.name!r}")
+                problems.append(ServiceIndexedError(i, "name", f"duplicate service name {svc.name!r}"))
             names.add(svc.name)
             if svc.app is not None and not self.filebox.binaries:
-                raise ServiceIndexedError(i, "app", "an app runs from the filebox, but filebox.binaries is empty")
+                problems.append(ServiceIndexedError(i, "app", "an app runs from the filebox, but filebox.binaries is empty"))
             if svc.spread and not any(svc.spread in h.labels for h in self.hosts):
-                raise ServiceIndexedError(i, "spread", f"no host has the label {svc.spread!r}")
+                problems.append(ServiceIndexedError(i, "spread", f"no host has the label {svc.spread!r}"))
             matching = [h for h in self.hosts if svc.allows(h)]
             if svc.replicas > len(matching):
                 where = " matching its constraints" if svc.constraints else ""
-                raise ServiceIndexedError(
+                problems.append(ServiceIndexedError(
                     i,
                     "constraints" if svc.constraints else "replicas",
                     f"{replicas_need(svc.replicas)}, but this file has {len(matching)}{where}",
-                )
+                ))  # fmt: skip
+        if problems:
+            raise CrossCheckErrors(problems)
         return self
 
     def host(self, name: str) -> Host:
@@ -515,6 +518,14 @@ class SectionError(IndexedError):
     def __init__(self, loc: tuple, message: str):
         ValueError.__init__(self, message)
         self.loc = loc
+
+
+class CrossCheckErrors(ValueError):
+    """Every cross-field error of the file at once (pydantic keeps one error per validator)."""
+
+    def __init__(self, errors: list[IndexedError]):
+        self.errors = tuple(errors)
+        super().__init__("; ".join(str(e) for e in errors))
 
 
 class ServiceIndexedError(IndexedError):
