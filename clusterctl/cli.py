@@ -172,8 +172,9 @@ def _service_apps(cluster, base) -> dict:
             continue
         try:
             apps[svc.name] = app_on_base(cluster.resolve_path(svc.app), base)
-        except UserError as exc:
-            raise UserError(f"{cluster.where('services', i, 'app')}: {exc}") from None
+        except UserError as exc:  # each of the app file's problems on its own line
+            where = cluster.where("services", i, "app")
+            raise UserError("\n".join(f"{where}: {line}" for line in str(exc).splitlines())) from None
     return apps
 
 

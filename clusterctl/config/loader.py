@@ -174,7 +174,7 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
     reported at once (ConfigErrors), before anything is built from the file.
     """
     if len(text) > MAX_FILE_BYTES:
-        raise ConfigError(file, "", f"larger than {MAX_FILE_BYTES} bytes; too big to be a cluster file")
+        raise ConfigError(file, "", f"larger than {MAX_FILE_BYTES} bytes, the limit for a clusterctl YAML file")
     reader = _reader()
     try:
         with warnings.catch_warnings():
@@ -343,7 +343,7 @@ def read_text_file(path: Path) -> str:
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
     if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(str(path), "", f"larger than {MAX_FILE_BYTES} bytes; too big to be a cluster file")
+        raise ConfigError(str(path), "", f"larger than {MAX_FILE_BYTES} bytes, the limit for a clusterctl YAML file")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -818,11 +818,11 @@ def test_a_file_over_the_cap_is_one_line(tmp_path):
     path.write_text(TWO_HOSTS + "# " + "x" * MAX_FILE_BYTES + "\n")
     with pytest.raises(ConfigError) as info:
         load(path)
-    assert str(info.value) == f"{path}: larger than {MAX_FILE_BYTES} bytes; too big to be a cluster file"
-    with pytest.raises(ConfigError, match="too big"):
+    assert str(info.value) == f"{path}: larger than {MAX_FILE_BYTES} bytes, the limit for a clusterctl YAML file"
+    with pytest.raises(ConfigError, match="the limit for a clusterctl YAML file"):
         load_text(path.read_text(), str(path))
 
 
 def test_an_endless_file_is_read_only_up_to_the_cap():
-    with pytest.raises(ConfigError, match="too big"):
+    with pytest.raises(ConfigError, match="the limit for a clusterctl YAML file"):
         load("/dev/zero")
