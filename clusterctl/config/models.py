@@ -7,6 +7,7 @@ is refused here, long before any command is built (builders quote with shlex as 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from typing import Annotated, Literal
 
@@ -287,12 +288,51 @@ class ConsulSection(Strict):
         return v
 
 
+# Where the filebox keeps its content in every microcontainer (clusterctl/filebox/build.py).
+FILEBOX_ROOT = "/opt/files"
+
+
+def split_file_spec(text: str) -> tuple[str, str]:
+    """A filebox file 'SRC' or 'SRC:DEST' -> (SRC, DEST or ''); ValueError when malformed."""
+    src, sep, dest = text.partition(":")
+    if not src or (sep and not dest):
+        raise ValueError("want SRC or SRC:DEST")
+    return src, dest
+
+
+def check_file_dest(dest: str) -> str:
+    """A filebox file's DEST in normal form: an absolute path below / and outside the filebox's
+    own root (a link at / would stand for the microcontainer's whole root)."""
+    if not dest.startswith("/"):
+        raise ValueError("DEST must be an absolute path")
+    if "\0" in dest:
+        raise ValueError("DEST must not hold a NUL byte")
+    normal = posixpath.normpath("/" + dest.lstrip("/"))
+    if normal == "/":
+        raise ValueError("DEST must be a path below /, not / itself")
+    if normal == FILEBOX_ROOT or normal.startswith(FILEBOX_ROOT + "/"):
+        raise ValueError(f"DEST must be outside {FILEBOX_ROOT}")
+    return normal
+
+
+def check_file_spec(text: str) -> str:
+    """What can be checked of a filebox file without the disk: its form, and its DEST when the
+    entry gives one or SRC is absolute (a relative SRC is placed once the file's folder is known)."""
+    try:
+        src, dest = split_file_spec(text)
+        if dest or src.startswith("/"):
+            check_file_dest(dest or src)
+    except ValueError as exc:
+        raise ValueError(f"filebox file {text!r}: {exc}") from None
+    return text
+
+
 class FileboxSection(Strict):
     # Runtime binaries shared by every microcontainer: a bare name is looked up on this
     # machine's PATH, a path is relative to the cluster file. Consul runs from here too.
     binaries: tuple[str, ...] = ("consul",)
     # Extra files: SRC or SRC:DEST.
-    files: tuple[str, ...] = ()
+    files: tuple[Annotated[str, AfterValidator(check_file_spec)], ...] = ()
     # Big images reach the first host that lacks them over SSH, and the other hosts fetch them
     # from it over the cluster network, so the operator's uplink carries them once. The port
     # (on the first host's cluster address, for the length of one `up`) must be open between

@@ -314,7 +314,7 @@ def test_app_spec_sources(tmp_path):
         # PyYAML's safe_load raised a bare ValueError (a traceback) for a date that is none.
         ("name: hi\nport: 2020-13-45\n", ":2: port: ", "valid integer"),
         ("name: hi\nport: !!timestamp 2020-13-45\n", ":2: ", "malformed YAML"),
-        ("command: " + "[" * 5000 + "\n", ": ", "nested too deeply"),  # a RecursionError before
+        ("command: " + "[" * 1500 + "\n", ": ", "nested too deeply"),  # a RecursionError before
         ("name: hi\nname: ho\n", ":2: name: ", "duplicate key"),
         ("- a\n", ": ", "valid dictionary"),
     ],

@@ -826,3 +826,24 @@ def test_a_file_over_the_cap_is_one_line(tmp_path):
 def test_an_endless_file_is_read_only_up_to_the_cap():
     with pytest.raises(ConfigError, match="the limit for a clusterctl YAML file"):
         load("/dev/zero")
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ("'/etc/motd:/'", "DEST must be a path below /, not / itself"),
+        ("/", "DEST must be a path below /, not / itself"),
+        ("'x:/a/..'", "DEST must be a path below /, not / itself"),
+        ("'x:etc/y'", "DEST must be an absolute path"),
+        ("'x:/opt/files/y'", "DEST must be outside /opt/files"),
+        ("'x:'", "want SRC or SRC:DEST"),
+    ],
+)
+def test_a_filebox_file_whose_dest_cannot_be_is_refused_on_its_line(entry, fragment):
+    err = refused(TWO_HOSTS + f"filebox:\n  files:\n    - /etc/motd\n    - {entry}\n")
+    expect(err, "filebox.files[1]", 9, "filebox file", fragment)
+
+
+def test_a_filebox_file_with_a_relative_src_is_placed_later():
+    spec = load_text(TWO_HOSTS + "filebox:\n  files: [conf/app.json, 'conf/a.json:/etc/a.json']\n", FILE).spec
+    assert spec.filebox.files == ("conf/app.json", "conf/a.json:/etc/a.json")

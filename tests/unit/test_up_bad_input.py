@@ -84,3 +84,9 @@ def test_every_problem_of_the_file_is_one_line_in_file_order(tmp_path):
         [f"{f}:4", "colour"],
     ], proc.stderr
     assert all(line.startswith("error: ") for line in proc.stderr.splitlines())
+
+
+def test_a_filebox_file_at_the_root_is_refused_before_any_host(tmp_path):
+    f, proc = _up(tmp_path, "  binaries: [consul]\n  files: ['/etc/hostname:/']\n")
+    _one_line_exit_2(proc)
+    assert proc.stderr.startswith(f"error: {f}:6: filebox.files[0]: filebox file '/etc/hostname:/': DEST must be a path below /"), proc.stderr
