@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from clusterctl.config.loader import Cluster, load, load_text
@@ -306,7 +306,9 @@ def test_strings_pyyaml_writes_read_back_unchanged(case: tuple[dict[str, Any], s
     data = copy.deepcopy(case[0])
     env = {f"V{i}": v for i, v in enumerate(values)}
     data["services"] = [{"name": "probe", "image": "nginx:1", "replicas": 0, "env": env}]
-    cluster = load_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), FILE)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    assume(yaml.safe_load(text) == data)  # PyYAML writes "\x85" as a line break it reads back as " "
+    cluster = load_text(text, FILE)
     assert cluster.spec.services[0].env == env
 
 
