@@ -487,6 +487,31 @@ def status(
 
 
 @app.command()
+def validate(file: FileOpt = None, output: OutputOpt = Output.table) -> None:
+    """Check the cluster file, its filebox binaries and its apps, and print the normalized file
+    (YAML, or JSON with -o json); contacts no host and creates no state dir."""
+    import json
+
+    import yaml
+
+    cluster = _load(file)
+    inputs = _inputs(cluster, dry_run=True)  # builds the filebox and the apps in memory
+    model = cluster.normalized()
+    if output == Output.json:
+        print(json.dumps(model, indent=2))
+    else:
+        sys.stdout.write(yaml.safe_dump(model, sort_keys=False, allow_unicode=True))
+    services = len(cluster.spec.services)
+    filebox = f", filebox {inputs.filebox_version[:12]}" if inputs.filebox_version else ""
+    _err_console().print(
+        f"{cluster.path}: valid: cluster {cluster.name}, {len(cluster.hosts)} host{'s' * (len(cluster.hosts) != 1)}, "
+        f"{services} service{'s' * (services != 1)}{filebox}",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+@app.command()
 def schema() -> None:
     """Print the cluster file's JSON Schema (for editor completion and checks)."""
     import json

@@ -55,6 +55,12 @@ class Cluster:
     def hosts(self) -> tuple[Host, ...]:
         return self.spec.hosts
 
+    def normalized(self) -> dict[str, Any]:
+        """The model as JSON-ready data, every default filled in and the name given: a cluster
+        file that loads to the same model. It holds no secret: those live in the state dir, and
+        the weave password in an environment variable the file only names."""
+        return {**self.spec.model_dump(mode="json"), "name": self.name}
+
     def resolve_path(self, value: str) -> Path:
         """A path from the file: ~ expanded, relative to the file's own folder."""
         p = Path(os.path.expanduser(value))

@@ -65,7 +65,7 @@ def test_a_second_cluster_yaml_is_refused_with_one_line(tmp_path):
     proc = _run(tmp_path, "up", "-f", str(first))
     assert proc.returncode == 1, proc.stderr  # got as far as the host (nothing listens): the dir is first's
     assert recorded_source(tmp_path / "state" / "clusters" / "cluster") == first.resolve()
-    for command in ("up", "plan", "status"):
+    for command in ("up", "plan", "status", "validate"):
         proc = _run(tmp_path, command, "-f", str(second))
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.strip() == (
