@@ -72,20 +72,6 @@ def test_service_app_whose_runtime_is_not_in_the_filebox(tmp_path):
     assert proc.stderr.startswith(f"error: {f}:7: services[0].app: command 'node' is neither in the filebox (consul)"), proc.stderr
 
 
-def test_every_problem_of_the_file_is_one_line_in_file_order(tmp_path):
-    f = tmp_path / "cluster.yaml"
-    f.write_text("hosts:\n  - {name: a, address: 127.0.0.1, port: 0}\n  - {name: 'b c', address: 127.0.0.2}\ncolour: blue\n")
-    env = {"CLUSTERCTL_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin:/usr/local/bin", "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "clusterctl", "up", "-f", str(f)], capture_output=True, text=True, env=env)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert [line.split(": ")[1:3] for line in proc.stderr.splitlines()] == [
-        [f"{f}:2", "hosts[0].port"],
-        [f"{f}:3", "hosts[1].name"],
-        [f"{f}:4", "colour"],
-    ], proc.stderr
-    assert all(line.startswith("error: ") for line in proc.stderr.splitlines())
-
-
 def test_a_filebox_file_at_the_root_is_refused_before_any_host(tmp_path):
     f, proc = _up(tmp_path, "  binaries: [consul]\n  files: ['/etc/hostname:/']\n")
     _one_line_exit_2(proc)

@@ -21,7 +21,7 @@ services:
 """
 
 
-def _validate(tmp_path, text, *args):
+def _validate(tmp_path, text, *args, command="validate"):
     f = tmp_path / "cluster.yaml"
     f.write_text(text)
     env = {
@@ -30,8 +30,8 @@ def _validate(tmp_path, text, *args):
         "COLUMNS": "300",
         "WEAVE_PW": "hunter2-not-to-be-printed",
     }
-    proc = subprocess.run([sys.executable, "-m", "clusterctl", "validate", "-f", str(f), *args], capture_output=True, text=True, env=env)
-    assert not (tmp_path / "state").exists(), "validate made a state dir"
+    proc = subprocess.run([sys.executable, "-m", "clusterctl", command, "-f", str(f), *args], capture_output=True, text=True, env=env)
+    assert not (tmp_path / "state").exists(), f"{command} made a state dir"
     return f, proc
 
 
@@ -67,13 +67,16 @@ def test_json_is_the_model_with_no_secret(tmp_path):
     assert secretish == {"weave_password_env"}  # the name of a variable, never its value
 
 
-def test_every_error_of_the_file_at_once(tmp_path):
-    f, proc = _validate(tmp_path, "hosts:\n  - {name: a, address: 127.0.0.1, port: 0}\n  - {name: a b, address: x;y}\n")
+@pytest.mark.parametrize("command", ["validate", "up"])
+def test_every_error_of_the_file_at_once(tmp_path, command):
+    text = "hosts:\n  - {name: a, address: 127.0.0.1, port: 0}\n  - {name: a b, address: x;y}\ncolour: blue\n"
+    f, proc = _validate(tmp_path, text, command=command)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert [line.split(": ")[1:3] for line in proc.stderr.splitlines()] == [
-        [f"{f}:2", "hosts[0].port"],
-        [f"{f}:3", "hosts[1].name"],
-        [f"{f}:3", "hosts[1].address"],
+    assert [line.split(": ")[:3] for line in proc.stderr.splitlines()] == [
+        ["error", f"{f}:2", "hosts[0].port"],
+        ["error", f"{f}:3", "hosts[1].name"],
+        ["error", f"{f}:3", "hosts[1].address"],
+        ["error", f"{f}:4", "colour"],
     ], proc.stderr
 
 
