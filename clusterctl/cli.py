@@ -71,11 +71,26 @@ def _resolve_file(file: Optional[Path], create_lab: bool) -> Path:
     return lab.up(DEFAULT_LAB, 3, log=lambda m: _err_console().print(m))
 
 
+def _load(file: Optional[Path], create_lab: bool = False):
+    """The cluster file, validated, and refused when its name is only its file's stem and the
+    state dir of that name belongs to another file (two cluster.yaml would share secrets)."""
+    from clusterctl.config.loader import load
+    from clusterctl.state import cluster_path, other_source
+
+    cluster = load(_resolve_file(file, create_lab))
+    other = other_source(cluster_path(cluster.name), cluster.path) if cluster.spec.name is None else None
+    if other is not None:
+        raise UserError(
+            f"{cluster.path}: the state dir of cluster {cluster.name} belongs to {other}; give this file its own `name:`"
+        )
+    return cluster
+
+
 def _known_hosts(cluster, accept_new: bool):
     from clusterctl.state import cluster_dir
     from clusterctl.transport.ssh import KnownHosts
 
-    path = cluster.resolve_path(cluster.spec.ssh.known_hosts) if cluster.spec.ssh.known_hosts else cluster_dir(cluster.name) / "known_hosts"
+    path = cluster.resolve_path(cluster.spec.ssh.known_hosts) if cluster.spec.ssh.known_hosts else cluster_dir(cluster.name, cluster.path) / "known_hosts"
     return KnownHosts(path, accept_new)
 
 
@@ -179,8 +194,9 @@ def _service_apps(cluster, base) -> dict:
             continue
         try:
             apps[svc.name] = app_on_base(cluster.resolve_path(svc.app), base)
-        except UserError as exc:
-            raise UserError(f"{cluster.where('services', i, 'app')}: {exc}") from None
+        except UserError as exc:  # each of the app file's problems on its own line
+            where = cluster.where("services", i, "app")
+            raise UserError("\n".join(f"{where}: {line}" for line in str(exc).splitlines())) from None
     return apps
 
 
@@ -195,14 +211,13 @@ def _select(cluster, hosts: Optional[list[str]]) -> Optional[frozenset[str]]:
 
 
 def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait: float = 10.0, down: bool = False) -> None:
-    from clusterctl.config.loader import load
     from clusterctl.lock import cluster_lock
     from clusterctl.phases.manager import Options, execute
     from clusterctl.report.render import print_table, progress_line, report_json
     from clusterctl.state import cluster_dir
     from clusterctl.transport.ssh import resolve_endpoints
 
-    cluster = load(_resolve_file(file, create_lab=not dry_run and not down))
+    cluster = _load(file, create_lab=not dry_run and not down)
     only = _select(cluster, hosts)
     endpoints = resolve_endpoints(cluster)
     known = _known_hosts(cluster, accept_new)
@@ -231,7 +246,7 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     else:
         holder = f"clusterctl {'down' if down else 'up'} -f {cluster.path}"
         lock = _cluster_lock_in_consul(cluster, holder, lock_wait)
-        with cluster_lock(cluster_dir(cluster.name), cluster.name, holder, wait=lock_wait):
+        with cluster_lock(cluster_dir(cluster.name, cluster.path), cluster.name, holder, wait=lock_wait):
             report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle, lock)
     if output == Output.json:
         print(report_json(report))
@@ -346,9 +361,8 @@ def logs(
     import shlex
 
     from clusterctl.commands.service import container_name
-    from clusterctl.config.loader import load
 
-    cluster = load(_resolve_file(file, create_lab=False))
+    cluster = _load(file)
     known = [s.name for s in cluster.spec.services]
     if service not in known:
         raise UserError(f"{cluster.path}: no service named {service!r} (services: {', '.join(known) or 'none'})")
@@ -396,11 +410,10 @@ def exec_(
     import json
     import shlex
 
-    from clusterctl.config.loader import load
 
     if bool(host) == all_hosts:
         raise UserError("exec: give --host NAME (repeatable) or --all")
-    cluster = load(_resolve_file(file, create_lab=False))
+    cluster = _load(file)
     only = _select(cluster, host)
     names = [h.name for h in cluster.hosts if only is None or h.name in only]
     results = _run_on_hosts(cluster, names, shlex.join(command), accept_new_host_keys, workers, timeout)
@@ -443,11 +456,10 @@ def status(
     """Per host: reachable, Docker, Consul role, alive, raft voter, leader, filebox version, service replicas' health."""
     import json
 
-    from clusterctl.config.loader import load
     from clusterctl.status import cluster_status
     from clusterctl.transport.ssh import resolve_endpoints
 
-    cluster = load(_resolve_file(file, create_lab=False))
+    cluster = _load(file)
     from clusterctl.phases.consul_acl import management_token
     from clusterctl.state import cluster_path
 
@@ -482,6 +494,31 @@ def status(
 
 
 @app.command()
+def validate(file: FileOpt = None, output: OutputOpt = Output.table) -> None:
+    """Check the cluster file, its filebox binaries and its apps, and print the normalized file
+    (YAML, or JSON with -o json); contacts no host and creates no state dir."""
+    import json
+
+    import yaml
+
+    cluster = _load(file)
+    inputs = _inputs(cluster, dry_run=True)  # builds the filebox and the apps in memory
+    model = cluster.normalized()
+    if output == Output.json:
+        print(json.dumps(model, indent=2))
+    else:
+        sys.stdout.write(yaml.safe_dump(model, sort_keys=False, allow_unicode=True))
+    services = len(cluster.spec.services)
+    filebox = f", filebox {inputs.filebox_version[:12]}" if inputs.filebox_version else ""
+    _err_console().print(
+        f"{cluster.path}: valid: cluster {cluster.name}, {len(cluster.hosts)} host{'s' * (len(cluster.hosts) != 1)}, "
+        f"{services} service{'s' * (services != 1)}{filebox}",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+@app.command()
 def schema() -> None:
     """Print the cluster file's JSON Schema (for editor completion and checks)."""
     import json
@@ -507,11 +544,10 @@ def secrets_export(
     force: ForceOpt = False,
 ) -> None:
     """Write the cluster's secrets (from this operator's state dir) into one 0600 file."""
-    from clusterctl.config.loader import load
     from clusterctl.secrets import export_bundle, write_bundle
     from clusterctl.state import cluster_path
 
-    cluster = load(_resolve_file(file, create_lab=False))
+    cluster = _load(file)
     data, names = export_bundle(cluster_path(cluster.name), cluster.name)
     if str(output) == "-":
         if sys.stdout.isatty():
@@ -535,11 +571,10 @@ def secrets_import(
     """Install exported secrets into this operator's state dir (a different one only with --force)."""
     import json
 
-    from clusterctl.config.loader import load
     from clusterctl.secrets import import_secrets, parse_bundle
-    from clusterctl.state import cluster_path
+    from clusterctl.state import cluster_dir
 
-    cluster = load(_resolve_file(file, create_lab=False))
+    cluster = _load(file)
     if str(source) == "-":
         data, where = sys.stdin.buffer.read(MAX_BUNDLE + 1), "stdin"
     else:
@@ -551,8 +586,9 @@ def secrets_import(
             raise UserError(f"{source}: cannot read: {exc.strerror or exc}") from None
     if len(data) > MAX_BUNDLE:
         raise UserError(f"{where}: not a clusterctl secrets file (larger than {MAX_BUNDLE} bytes)")
-    directory = cluster_path(cluster.name)
-    done = import_secrets(directory, parse_bundle(data, where, cluster.name), force)
+    bundle = parse_bundle(data, where, cluster.name)
+    directory = cluster_dir(cluster.name, cluster.path)
+    done = import_secrets(directory, bundle, force)
     if output == Output.json:
         print(json.dumps({"cluster": cluster.name, "directory": str(directory), "secrets": done}, indent=2))
     else:
@@ -635,7 +671,9 @@ def main() -> None:
     except UserError as exc:
         from rich.markup import escape
 
-        _err_console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
+        console = _err_console()
+        for line in str(exc).splitlines() or [""]:  # a cluster file's problems: one line each
+            console.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # Exit codes: 0 converged, 1 some hosts failed, 2 bad input (nothing was sent), 3 lock held.
 EXIT_OK = 0
 EXIT_HOSTS_FAILED = 1
@@ -23,6 +25,33 @@ class ConfigError(UserError):
         where = f"{file}:{line}" if line else file
         key = f" {key_path}:" if key_path else ""
         super().__init__(f"{where}:{key} {message}")
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        """Each problem as its own one-line error."""
+        return (self,)
+
+
+class ConfigErrors(ConfigError):
+    """Several cluster file problems found at once: str is one line each, in the given order.
+    Its file, key_path, message and line are the first problem's."""
+
+    def __init__(self, errors: Sequence[ConfigError]):
+        first = errors[0]
+        UserError.__init__(self, "\n".join(str(e) for e in errors))
+        self.file, self.key_path, self.message, self.line = first.file, first.key_path, first.message, first.line
+        self._errors = tuple(errors)
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        return self._errors
+
+
+def in_file_order(errors: Sequence[ConfigError]) -> ConfigError:
+    """One error to raise for one or more problems, sorted by line (those with none first: they
+    are about the file as a whole, or a key it lacks)."""
+    ordered = sorted(errors, key=lambda e: e.line or 0)
+    return ordered[0] if len(ordered) == 1 else ConfigErrors(ordered)
 
 
 class LockHeld(UserError):

@@ -1,24 +1,36 @@
-"""Load a cluster file: YAML -> typed models, every error as one line FILE:LINE: KEY.PATH: message.
+"""Load a cluster file: YAML 1.2 -> typed models, every error as one line FILE:LINE: KEY.PATH: message.
 
-Line numbers come from PyYAML's node tree (compose), walked once to map each key path to the
-line where it stands; pydantic's error locations are then looked up in that map.
+Line numbers come from ruamel.yaml's node tree (compose), walked once to map each key path to
+the line where it stands; pydantic's error locations are then looked up in that map. Errors
+come in stages, each reported all at once, in file order: the YAML itself (syntax: the first
+error only), its keys (duplicates, keys that are not strings), the schema, then the files it
+names (identity files, app folders).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import ConstructorError, SafeConstructor
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import CollectionNode, MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.resolver import VersionedResolver
+from ruamel.yaml.tag import Tag
 
 from clusterctl.config import models
-from clusterctl.config.models import ClusterFile, Host, IndexedError
-from clusterctl.errors import ConfigError
+from clusterctl.config.models import ClusterFile, CrossCheckErrors, Host, IndexedError
+from clusterctl.errors import ConfigError, in_file_order
 
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,12 @@ class Cluster:
     @property
     def hosts(self) -> tuple[Host, ...]:
         return self.spec.hosts
+
+    def normalized(self) -> dict[str, Any]:
+        """The model as JSON-ready data, every default filled in and the name given: a cluster
+        file that loads to the same model. It holds no secret: those live in the state dir, and
+        the weave password in an environment variable the file only names."""
+        return {**self.spec.model_dump(mode="json"), "name": self.name}
 
     def resolve_path(self, value: str) -> Path:
         """A path from the file: ~ expanded, relative to the file's own folder."""
@@ -84,55 +102,142 @@ def _clean_loc(loc: Loc, lines: dict[Loc, int]) -> Loc:
     return out
 
 
-class _SafeLoader(yaml.SafeLoader):
-    """SafeLoader whose constructors fail only with YAMLError.
+# Cluster files are small; a cap keeps `-f /dev/zero` or a huge file from filling memory.
+MAX_FILE_BYTES = 1 << 20
 
-    PyYAML's own constructors let plain Python errors through for scalars that match a type's
-    pattern but not its range ("2020-13-45", "!!int abc", "!!bool maybe", "0x_"); here each
-    becomes a ConstructorError that carries the node's line.
+_TAG = "tag:yaml.org,2002:"
+# The YAML 1.2 core schema (spec 10.3.2), in the order it resolves plain scalars; "<<" merges
+# mappings as PyYAML and ruamel.yaml both do.
+_CORE_SCHEMA = (
+    ("merge", re.compile(r"<<")),
+    ("null", re.compile(r"~|null|Null|NULL|")),
+    ("bool", re.compile(r"true|True|TRUE|false|False|FALSE")),
+    ("int", re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")),
+    ("float", re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")),
+)
+
+
+class _Yaml12Resolver(VersionedResolver):
+    """Plain scalars as YAML 1.2 reads them (`no` and `on` are strings, 0022 is 22), whatever
+    %YAML directive the file carries; no timestamps (1.2 has none: a date is a string).
+
+    A plain scalar is a number only when YAML 1.1 (PyYAML) reads it as a number too: what a 1.1
+    writer leaves unquoted ("09", "1e3", "0o7") is a string to it, and stays the string it wrote.
     """
 
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yaml_11 = yaml.resolver.Resolver()
+
+    @property
+    def processing_version(self) -> tuple[int, int]:
+        return (1, 2)
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode and implicit[0]:
+            return Tag(suffix=_TAG + self._plain_tag(value))
+        return super().resolve(kind, value, (False, False))
+
+    def _plain_tag(self, value: str) -> str:
+        for name, pattern in _CORE_SCHEMA:
+            if pattern.fullmatch(value):
+                if name in ("int", "float") and self._yaml_11.resolve(yaml.ScalarNode, value, (True, False)) == _TAG + "str":
+                    return "str"
+                return name
+        return "str"
+
+
+class _SafeConstructor(SafeConstructor):
+    """ruamel.yaml's safe constructor failing only with YAMLError.
+
+    Its constructors let plain Python errors through for explicitly tagged scalars they cannot
+    read ("!!int abc", "!!bool maybe", "!!float x"); here each becomes a ConstructorError that
+    carries the node's line.
+    """
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
-        except yaml.YAMLError:
+        except YAMLError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            shown = repr(node.value) if isinstance(node, yaml.ScalarNode) else node.tag
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read the value {shown}: {exc}", node.start_mark
-            ) from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError) as exc:
+            shown = repr(node.value) if isinstance(node, ScalarNode) else str(node.tag)
+            raise ConstructorError(None, None, f"cannot read the value {shown} as {node.tag}: {exc}", node.start_mark) from None
 
 
-def _line_map(node: yaml.Node, file: str) -> dict[Loc, int]:
-    """Map each key path to its 1-based line; refuse duplicate keys (YAML would keep the last)."""
+def _reader() -> YAML:
+    reader = YAML(typ="safe", pure=True)
+    reader.Resolver = _Yaml12Resolver
+    reader.Constructor = _SafeConstructor
+    reader.allow_duplicate_keys = True  # refused with their lines before (_line_map)
+    return reader
+
+
+def read_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
+    """YAML 1.2 text -> (data, the line of each key path). None for an empty document.
+
+    Malformed YAML is one ConfigError; duplicate keys and keys that are not strings are all
+    reported at once (ConfigErrors), before anything is built from the file.
+    """
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(file, "", f"larger than {MAX_FILE_BYTES} bytes, the limit for a clusterctl YAML file")
+    reader = _reader()
+    try:
+        with warnings.catch_warnings():
+            # A reused anchor is valid YAML (the later one counts): no warning on the terminal.
+            warnings.simplefilter("ignore")
+            node = reader.compose(text)
+            if node is None:
+                return None, {}
+            lines, problems = _line_map(node, file)
+            if problems:
+                raise in_file_order(problems)
+            data = reader.constructor.construct_document(node)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(file, "", f"malformed YAML: {_one_line(problem)}", mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise ConfigError(file, "", "malformed YAML: nested too deeply") from None
+    return data, lines
+
+
+def _line_map(node: Node, file: str) -> tuple[dict[Loc, int], list[ConfigError]]:
+    """Each key path's 1-based line, and the keys refused: duplicates (YAML would keep one of
+    them silently) and keys that are not strings (no key of a cluster file is a number)."""
     lines: dict[Loc, int] = {}
-    stack: list[tuple[yaml.Node, Loc]] = [(node, ())]
+    problems: list[ConfigError] = []
+    stack: list[tuple[Node, Loc]] = [(node, ())]
     # An alias shares its anchor's node: walk each node once, or "&a [*a]" loops for ever and
     # nested aliases ("billion laughs") take exponential time.
     visited: set[int] = set()
     while stack:
         current, loc = stack.pop()
-        if isinstance(current, yaml.CollectionNode):
+        if isinstance(current, CollectionNode):
             if id(current) in visited:
                 continue
             visited.add(id(current))
-        if isinstance(current, yaml.MappingNode):
+        if isinstance(current, MappingNode):
             seen: set[str] = set()
             for key_node, value_node in current.value:
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node.value)
-                child = (*loc, key)
-                if key in seen:
-                    raise ConfigError(file, format_loc(child), "duplicate key", key_node.start_mark.line + 1)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key_node, ScalarNode):
+                    problems.append(ConfigError(file, format_loc(loc), "a key must be a string, not a list or mapping", line))
+                    continue
+                key, child = key_node.value, (*loc, key_node.value)
+                if str(key_node.tag) not in (_TAG + "str", _TAG + "merge"):
+                    problems.append(ConfigError(file, format_loc(child), "a key must be a string: quote it", line))
+                elif key in seen:
+                    problems.append(ConfigError(file, format_loc(child), "duplicate key", line))
                 seen.add(key)
-                lines[child] = key_node.start_mark.line + 1
+                lines.setdefault(child, line)
                 stack.append((value_node, child))
-        elif isinstance(current, yaml.SequenceNode):
+        elif isinstance(current, SequenceNode):
             for i, item in enumerate(current.value):
                 child = (*loc, i)
                 lines[child] = item.start_mark.line + 1
                 stack.append((item, child))
-    return lines
+    return lines, problems
 
 
 def _line_for(lines: dict[Loc, int], loc: Loc) -> int | None:
@@ -157,85 +262,101 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def load_text(text: str, file: str, path: Path | None = None) -> Cluster:
+def validate(model: type[M], data: Any, lines: dict[Loc, int], file: str) -> M:
+    """Data read from a YAML file -> the model; every schema error at once, each on its key's line."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is None:
-            raise ConfigError(file, "", "the file is empty; it needs at least a hosts list")
-        lines = _line_map(node, file)
-        data = yaml.load(text, Loader=_SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(file, "", f"malformed YAML: {_one_line(problem)}", mark.line + 1 if mark else None) from None
-    except RecursionError:
-        raise ConfigError(file, "", "malformed YAML: nested too deeply") from None
-    if data is None:  # "---" or "null" alone: a document with nothing in it
-        raise ConfigError(file, "", "the file is empty; it needs at least a hosts list", 1)
-    if not isinstance(data, dict):
-        raise ConfigError(file, "", f"the top level must be a mapping of keys, not {type(data).__name__}", 1)
-    for key in data:
-        if not isinstance(key, str):
-            raise ConfigError(file, str(key), "keys must be strings", _line_for(lines, (str(key),)))
-    try:
-        spec = ClusterFile.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc: Loc = tuple(err.get("loc", ()))
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, IndexedError):
-            loc = cause.loc
-        loc = _clean_loc(loc, lines)
-        raise ConfigError(file, format_loc(loc), _one_line(_message(err)), _line_for(lines, loc)) from None
+        raise in_file_order(_schema_errors(exc, lines, file)) from None
     except RecursionError:
         raise ConfigError(file, "", "nested too deeply") from None
+
+
+def _schema_errors(exc: ValidationError, lines: dict[Loc, int], file: str) -> list[ConfigError]:
+    found: list[ConfigError] = []
+    reported: list[Loc] = []
+    for err in exc.errors():
+        for loc, message in _problems(err):
+            loc = _clean_loc(loc, lines)
+            # One wrong value can give several errors on one branch of keys: a union's members
+            # each report it, and a tuple whose item failed is "too short" after validation.
+            # The first says it.
+            if any(loc[: len(r)] == r or r[: len(loc)] == loc for r in reported):
+                continue
+            reported.append(loc)
+            found.append(ConfigError(file, format_loc(loc), _one_line(message), _line_for(lines, loc)))
+    return found
+
+
+def _problems(err: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """(key path, message) of one pydantic error: the cross-field checks name their own keys."""
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, CrossCheckErrors):
+        return [(e.loc, str(e)) for e in cause.errors]
+    if isinstance(cause, IndexedError):
+        return [(cause.loc, _message(err))]
+    return [(tuple(err.get("loc", ())), _message(err))]
+
+
+def load_text(text: str, file: str, path: Path | None = None) -> Cluster:
+    data, lines = read_yaml(text, file)
+    if data is None:  # nothing, "---" or "null" alone: a document with nothing in it
+        raise ConfigError(file, "", "the file is empty; it needs at least a hosts list")
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", f"the top level must be a mapping of keys, not {type(data).__name__}", 1)
+    spec = validate(ClusterFile, data, lines, file)
     cluster = Cluster(path=path or Path(file), spec=spec, lines=lines)
-    _check_files(cluster, file, lines)
+    missing = _missing_files(cluster, file)
+    if missing:
+        raise in_file_order(missing)
     return cluster
 
 
-def _check_files(cluster: Cluster, file: str, lines: dict[Loc, int]) -> None:
-    """Identity files named in the file must exist now, before any host is contacted."""
+def _missing_files(cluster: Cluster, file: str) -> list[ConfigError]:
+    """Identity files and app folders named in the file must exist now, before any host is contacted."""
+    wanted: list[tuple[Loc, str, str]] = []  # (key path, value, what it names)
     if cluster.spec.ssh.identity_file:
-        _must_exist(cluster, cluster.spec.ssh.identity_file, ("ssh", "identity_file"), file, lines)
+        wanted.append((("ssh", "identity_file"), cluster.spec.ssh.identity_file, "identity file"))
     for i, host in enumerate(cluster.hosts):
         if host.identity_file:
-            _must_exist(cluster, host.identity_file, ("hosts", i, "identity_file"), file, lines)
+            wanted.append((("hosts", i, "identity_file"), host.identity_file, "identity file"))
         if host.bastion is not None and not isinstance(host.bastion, str) and host.bastion.identity_file:
-            _must_exist(cluster, host.bastion.identity_file, ("hosts", i, "bastion", "identity_file"), file, lines)
+            wanted.append((("hosts", i, "bastion", "identity_file"), host.bastion.identity_file, "identity file"))
     for i, svc in enumerate(cluster.spec.services):
         if svc.app is not None:
-            try:
-                found = cluster.resolve_path(svc.app).is_dir()
-            except (OSError, ValueError):
-                found = False
-            if not found:
-                loc = ("services", i, "app")
-                raise ConfigError(file, format_loc(loc), f"app folder not found: {_show(svc.app)}", _line_for(lines, loc))
+            wanted.append((("services", i, "app"), svc.app, "app folder"))
+    missing = []
+    for loc, value, what in wanted:
+        try:
+            path = cluster.resolve_path(value)
+            found = path.is_dir() if what == "app folder" else path.is_file()
+        except (OSError, ValueError):  # a NUL byte ("~\0x"), a name too long for the OS
+            found = False
+        if not found:
+            missing.append(ConfigError(file, format_loc(loc), f"{what} not found: {_show(value)}", _line_for(cluster.lines, loc)))
+    return missing
 
 
-def _must_exist(cluster: Cluster, value: str, loc: Loc, file: str, lines: dict[Loc, int]) -> None:
+def read_text_file(path: Path) -> str:
+    """A YAML file's text: ConfigError for a file that is missing, too big or not UTF-8."""
     try:
-        found = cluster.resolve_path(value).is_file()
-    except (OSError, ValueError):  # a NUL byte ("~\0x"), a name too long for the OS
-        found = False
-    if not found:
-        raise ConfigError(file, format_loc(loc), f"identity file not found: {_show(value)}", _line_for(lines, loc))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), "", "is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(str(path), "", f"larger than {MAX_FILE_BYTES} bytes, the limit for a clusterctl YAML file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(str(path), "", f"not UTF-8 text (byte {exc.start})", line) from None
 
 
 def load(path: str | Path) -> Cluster:
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(str(p), "", "no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(str(p), "", "is a directory, not a cluster file") from None
-    except OSError as exc:
-        raise ConfigError(str(p), "", f"cannot read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(str(p), "", f"not UTF-8 text (byte {exc.start})", line) from None
-    return load_text(text, str(p), p)
+    return load_text(read_text_file(p), str(p), p)

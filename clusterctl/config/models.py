@@ -7,6 +7,7 @@ is refused here, long before any command is built (builders quote with shlex as 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 from typing import Annotated, Literal
 
@@ -287,12 +288,51 @@ class ConsulSection(Strict):
         return v
 
 
+# Where the filebox keeps its content in every microcontainer (clusterctl/filebox/build.py).
+FILEBOX_ROOT = "/opt/files"
+
+
+def split_file_spec(text: str) -> tuple[str, str]:
+    """A filebox file 'SRC' or 'SRC:DEST' -> (SRC, DEST or ''); ValueError when malformed."""
+    src, sep, dest = text.partition(":")
+    if not src or (sep and not dest):
+        raise ValueError("want SRC or SRC:DEST")
+    return src, dest
+
+
+def check_file_dest(dest: str) -> str:
+    """A filebox file's DEST in normal form: an absolute path below / and outside the filebox's
+    own root (a link at / would stand for the microcontainer's whole root)."""
+    if not dest.startswith("/"):
+        raise ValueError("DEST must be an absolute path")
+    if "\0" in dest:
+        raise ValueError("DEST must not hold a NUL byte")
+    normal = posixpath.normpath("/" + dest.lstrip("/"))
+    if normal == "/":
+        raise ValueError("DEST must be a path below /, not / itself")
+    if normal == FILEBOX_ROOT or normal.startswith(FILEBOX_ROOT + "/"):
+        raise ValueError(f"DEST must be outside {FILEBOX_ROOT}")
+    return normal
+
+
+def check_file_spec(text: str) -> str:
+    """What can be checked of a filebox file without the disk: its form, and its DEST when the
+    entry gives one or SRC is absolute (a relative SRC is placed once the file's folder is known)."""
+    try:
+        src, dest = split_file_spec(text)
+        if dest or src.startswith("/"):
+            check_file_dest(dest or src)
+    except ValueError as exc:
+        raise ValueError(f"filebox file {text!r}: {exc}") from None
+    return text
+
+
 class FileboxSection(Strict):
     # Runtime binaries shared by every microcontainer: a bare name is looked up on this
     # machine's PATH, a path is relative to the cluster file. Consul runs from here too.
     binaries: tuple[str, ...] = ("consul",)
     # Extra files: SRC or SRC:DEST.
-    files: tuple[str, ...] = ()
+    files: tuple[Annotated[str, AfterValidator(check_file_spec)], ...] = ()
     # Big images reach the first host that lacks them over SSH, and the other hosts fetch them
     # from it over the cluster network, so the operator's uplink carries them once. The port
     # (on the first host's cluster address, for the length of one `up`) must be open between
@@ -469,53 +509,56 @@ class ClusterFile(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ClusterFile:
+        problems: list[IndexedError] = []
         if self.consul.enabled and not self.filebox.has("consul"):
-            raise SectionError(
+            problems.append(SectionError(
                 ("filebox", "binaries"),
                 "consul is enabled but the filebox has no consul binary: add it (a name on PATH or a path), "
                 "or set consul.enabled: false",
-            )
+            ))  # fmt: skip
         seen_names: dict[str, int] = {}
         seen_addrs: dict[tuple[str, int | None], int] = {}
         for i, host in enumerate(self.hosts):
             if host.name in seen_names:
-                raise IndexedError(i, "name", f"duplicate host name {host.name!r} (also hosts[{seen_names[host.name]}])")
-            seen_names[host.name] = i
+                problems.append(IndexedError(i, "name", f"duplicate host name {host.name!r} (also hosts[{seen_names[host.name]}])"))
+            seen_names.setdefault(host.name, i)
             # DNS names are case-insensitive and may end in "."; IPs are already in normal form.
             key = (host.address.lower().rstrip("."), host.port)
             if key in seen_addrs:
-                raise IndexedError(
+                problems.append(IndexedError(
                     i, "address", f"duplicate host address {host.address!r} (also hosts[{seen_addrs[key]}])"
-                )
-            seen_addrs[key] = i
+                ))  # fmt: skip
+            seen_addrs.setdefault(key, i)
         for i, host in enumerate(self.hosts):
             if isinstance(host.bastion, str):
                 if host.bastion not in seen_names:
-                    raise IndexedError(
+                    problems.append(IndexedError(
                         i,
                         "bastion",
                         f"bastion {host.bastion!r} is not a host in this file"
                         " (for a jump host outside it, write user@address, address:port or a mapping)",
-                    )
-                if host.bastion == host.name:
-                    raise IndexedError(i, "bastion", "a host cannot be its own bastion")
+                    ))  # fmt: skip
+                elif host.bastion == host.name:
+                    problems.append(IndexedError(i, "bastion", "a host cannot be its own bastion"))
         names = set()
         for i, svc in enumerate(self.services):
             if svc.name in names:
-                raise ServiceIndexedError(i, "name", f"duplicate service name {svc.name!r}")
+                problems.append(ServiceIndexedError(i, "name", f"duplicate service name {svc.name!r}"))
             names.add(svc.name)
             if svc.app is not None and not self.filebox.binaries:
-                raise ServiceIndexedError(i, "app", "an app runs from the filebox, but filebox.binaries is empty")
+                problems.append(ServiceIndexedError(i, "app", "an app runs from the filebox, but filebox.binaries is empty"))
             if svc.spread and not any(svc.spread in h.labels for h in self.hosts):
-                raise ServiceIndexedError(i, "spread", f"no host has the label {svc.spread!r}")
+                problems.append(ServiceIndexedError(i, "spread", f"no host has the label {svc.spread!r}"))
             matching = [h for h in self.hosts if svc.allows(h)]
             if svc.replicas > len(matching):
                 where = " matching its constraints" if svc.constraints else ""
-                raise ServiceIndexedError(
+                problems.append(ServiceIndexedError(
                     i,
                     "constraints" if svc.constraints else "replicas",
                     f"{replicas_need(svc.replicas)}, but this file has {len(matching)}{where}",
-                )
+                ))  # fmt: skip
+        if problems:
+            raise CrossCheckErrors(problems)
         return self
 
     def host(self, name: str) -> Host:
@@ -539,6 +582,14 @@ class SectionError(IndexedError):
     def __init__(self, loc: tuple, message: str):
         ValueError.__init__(self, message)
         self.loc = loc
+
+
+class CrossCheckErrors(ValueError):
+    """Every cross-field error of the file at once (pydantic keeps one error per validator)."""
+
+    def __init__(self, errors: list[IndexedError]):
+        self.errors = tuple(errors)
+        super().__init__("; ".join(str(e) for e in errors))
 
 
 class ServiceIndexedError(IndexedError):

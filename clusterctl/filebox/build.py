@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clusterctl.config.models import FILEBOX_ROOT, check_file_dest, split_file_spec
 from clusterctl.errors import UserError
 from clusterctl.filebox.closure import Closure, resolve_closure
 from clusterctl.images.archive import (
@@ -30,7 +31,7 @@ from clusterctl.images.archive import (
     read_layer_file,
 )
 
-ROOT = "/opt/files"
+ROOT = FILEBOX_ROOT
 BIN_DIR = f"{ROOT}/bin"
 LIB_DIR = f"{ROOT}/lib"
 EXTRA_DIR = f"{ROOT}/extra"
@@ -51,20 +52,15 @@ class ExtraFile:
 
 def parse_file_spec(text: str, base_dir: Path | None = None) -> ExtraFile:
     """'SRC' or 'SRC:DEST'. SRC relative to base_dir (the cluster file's folder); DEST defaults to SRC."""
-    src, sep, dest = text.partition(":")
-    if not src or (sep and not dest):
-        raise UserError(f"filebox file {text!r}: want SRC or SRC:DEST")
-    p = Path(os.path.expanduser(src))
-    if not p.is_absolute():
-        p = (base_dir or Path.cwd()) / p
-    source = os.path.abspath(p)
-    target = dest or source
-    if not target.startswith("/"):
-        raise UserError(f"filebox file {text!r}: DEST must be an absolute path")
-    target = "/" + norm_path(target)
-    if target == ROOT or target.startswith(ROOT + "/"):
-        raise UserError(f"filebox file {text!r}: DEST must be outside {ROOT}")
-    return ExtraFile(source, target)
+    try:
+        src, dest = split_file_spec(text)
+        p = Path(os.path.expanduser(src))
+        if not p.is_absolute():
+            p = (base_dir or Path.cwd()) / p
+        source = os.path.abspath(p)
+        return ExtraFile(source, check_file_dest(dest or source))
+    except ValueError as exc:
+        raise UserError(f"filebox file {text!r}: {exc}") from None
 
 
 @dataclass(frozen=True)

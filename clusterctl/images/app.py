@@ -41,9 +41,10 @@ class AppSpec:
 
 
 def _yaml_spec(path: Path) -> dict:
-    import yaml
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+    """clusterctl-app.yaml, read as the cluster file is (YAML 1.2, every error on its line)."""
+    from pydantic import BaseModel, ConfigDict, Field
 
+    from clusterctl.config.loader import read_text_file, read_yaml, validate
     from clusterctl.config.models import Port
 
     class AppFile(BaseModel):
@@ -52,16 +53,8 @@ def _yaml_spec(path: Path) -> dict:
         command: list[str] | None = Field(default=None, min_length=1)
         port: Port | None = None
 
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from None
-    try:
-        return AppFile.model_validate(raw or {}).model_dump(exclude_none=True)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise UserError(f"{path}: {where + ': ' if where else ''}{err['msg']}") from None
+    data, lines = read_yaml(read_text_file(path), str(path))
+    return validate(AppFile, data or {}, lines, str(path)).model_dump(exclude_none=True)
 
 
 def _package_json(app_dir: Path) -> dict | None:

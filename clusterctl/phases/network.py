@@ -278,7 +278,7 @@ def network_inputs(cluster: Cluster, inputs: Inputs, dry_run: bool) -> Inputs:
     from clusterctl.secrets import weave_password
     from clusterctl.state import cluster_dir
 
-    directory = cluster_dir(cluster.name)
+    directory = cluster_dir(cluster.name, cluster.path)
     if dry_run and not (directory / PASSWORD_FILE_NAME).exists():
         return replace(inputs, weave_password=b"<generated on first up>")
     return replace(inputs, weave_password=weave_password(directory))

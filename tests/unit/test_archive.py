@@ -301,11 +301,41 @@ def test_app_spec_sources(tmp_path):
     (app / "clusterctl-app.yaml").write_text("name: hi\ncommand: [node, srv.js]\nport: 3000\n")
     assert read_app_spec(app) == AppSpec("hi", ("node", "srv.js"), 3000)
     (app / "clusterctl-app.yaml").write_text("name: hi\nports: 3000\n")
-    with pytest.raises(UserError, match="clusterctl-app.yaml: ports"):
+    with pytest.raises(UserError, match="clusterctl-app.yaml:2: ports: unknown key"):
         read_app_spec(app)
     (app / "clusterctl-app.yaml").write_text("name: Bad Name\n")
     with pytest.raises(UserError, match="not a valid image name"):
         read_app_spec(app)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        # PyYAML's safe_load raised a bare ValueError (a traceback) for a date that is none.
+        ("name: hi\nport: 2020-13-45\n", ":2: port: ", "valid integer"),
+        ("name: hi\nport: !!timestamp 2020-13-45\n", ":2: ", "malformed YAML"),
+        ("command: " + "[" * 1500 + "\n", ": ", "nested too deeply"),  # a RecursionError before
+        ("name: hi\nname: ho\n", ":2: name: ", "duplicate key"),
+        ("- a\n", ": ", "valid dictionary"),
+    ],
+)
+def test_a_bad_app_file_is_one_line_naming_it(tmp_path, text, line, message):
+    from clusterctl.images.app import read_app_spec
+
+    app = _app_dir(tmp_path)
+    (app / "clusterctl-app.yaml").write_text(text)
+    with pytest.raises(UserError) as info:
+        read_app_spec(app)
+    shown = str(info.value)
+    assert shown.startswith(f"{app / 'clusterctl-app.yaml'}{line}") and message in shown and "\n" not in shown, shown
+
+
+def test_an_app_file_reads_yaml_1_2(tmp_path):
+    from clusterctl.images.app import AppSpec, read_app_spec
+
+    app = _app_dir(tmp_path)
+    (app / "clusterctl-app.yaml").write_text("name: 2020-01-01\ncommand: [node, no]\nport: 0022\n")
+    assert read_app_spec(app) == AppSpec("2020-01-01", ("node", "no"), 22)
 
 
 def test_missing_node_modules_is_one_clear_line(tmp_path):

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from clusterctl.config.loader import Cluster, load, load_text
+from clusterctl.config.loader import MAX_FILE_BYTES, Cluster, load, load_text
 from clusterctl.config.models import Bastion
 from clusterctl.errors import ConfigError
 
@@ -17,6 +18,18 @@ FILE = "cluster.yaml"
 
 def _text(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
+
+
+def refused_all(text: str, file: str = FILE) -> tuple[ConfigError, ...]:
+    """Load text that must be refused; check each error is one line naming the file, in file order."""
+    with pytest.raises(ConfigError) as info:
+        load_text(_text(text), file)
+    errors = info.value.errors
+    assert str(info.value).splitlines() == [str(e) for e in errors]
+    for err in errors:
+        assert str(err).startswith(file) and err.file == file and "\n" not in str(err), str(err)
+    assert [e.line or 0 for e in errors] == sorted(e.line or 0 for e in errors), str(info.value)
+    return errors
 
 
 def refused(text: str, file: str = FILE) -> ConfigError:
@@ -132,17 +145,15 @@ def test_missing_file_and_directory(tmp_path):
 @pytest.mark.parametrize(
     ("value", "line"),
     [
-        ("2020-13-45", 3),  # looks like a date, is none: PyYAML raised a bare ValueError
         ("!!int abc", 3),
         ("!!float x", 3),
         ("!!bool maybe", 3),  # PyYAML raised KeyError
         ("!!timestamp abc", 3),  # PyYAML raised AttributeError
-        ("0x_", 3),
     ],
 )
 def test_scalars_pyyaml_cannot_construct_are_config_errors(value, line):
     err = refused(f"hosts:\n  - name: web1\n    address: {value}\n")
-    assert err.line == line and err.message.startswith("malformed YAML: cannot read the value"), str(err)
+    assert err.line == line and err.message.startswith("malformed YAML:"), str(err)
 
 
 def test_unsafe_tags_are_refused():
@@ -169,9 +180,9 @@ def test_alias_bomb_is_fast():
     for i in range(1, 10):
         text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n"
     start = time.monotonic()
-    err = refused(text + TWO_HOSTS.lstrip("\n"))
+    errors = refused_all(text + TWO_HOSTS.lstrip("\n"))
     assert time.monotonic() - start < 5
-    expect(err, "a0", 1, "unknown key")
+    assert [(e.key_path, e.line, e.message) for e in errors] == [(f"a{i}", i + 1, "unknown key") for i in range(10)]
 
 
 # --- unknown keys -------------------------------------------------------------------------------
@@ -238,7 +249,8 @@ def test_wrong_types():
     expect(refused("hosts: web1\n"), "hosts", 1)
     expect(refused(TWO_HOSTS + "ssh:\n  port: twenty\n"), "ssh.port", 7, "integer")
     expect(refused(TWO_HOSTS + "ssh:\n  port: 70000\n"), "ssh.port", 7)
-    expect(refused(TWO_HOSTS + "ssh:\n  port: yes\n"), "ssh.port", 7, "true/false")
+    expect(refused(TWO_HOSTS + "ssh:\n  port: true\n"), "ssh.port", 7, "true/false")
+    expect(refused(TWO_HOSTS + "ssh:\n  port: yes\n"), "ssh.port", 7, "valid integer")  # YAML 1.2: "yes" is a string
     err = refused("hosts:\n  - name: web1\n    address: 10.0.0.1\n    roles: [server, boss]\n")
     expect(err, "hosts[0].roles[1]", 4)
     err = refused("hosts:\n  - name: web1\n    address: 10.0.0.1\n    roles: [server, client]\n")
@@ -604,7 +616,7 @@ def test_bad_subnet_in_network_section():
         ("  subnet: fd00::/64\n", "network.subnet", 7, "must be an IPv4 network"),
         ("  driver: vxlan\n", "network.driver", 7, "'overlay', 'routed' or 'weave'"),
         ("  host_prefix: 31\n", "network.host_prefix", 7, "less than or equal to 30"),
-        ("  host_prefix: yes\n", "network.host_prefix", 7, "not true/false"),
+        ("  host_prefix: true\n", "network.host_prefix", 7, "not true/false"),
         ("  driver: routed\n  subnet: 10.42.0.0/24\n  host_prefix: 16\n", "network", 6, "host_prefix /16 is larger than the subnet"),
         ("  driver: weave\n  subnet: 10.42.0.0/30\n", "network", 6, "too small"),
         ("  default_addr_pool: [10.250.0.1/16]\n", "network.default_addr_pool", 7, "invalid address pool"),
@@ -661,3 +673,177 @@ def test_every_duration_and_timeout_is_bounded(extra, key_path, fragment):
     """`.inf` passed validation and then raised OverflowError deep in a plan."""
     err = refused(TWO_HOSTS + extra)
     assert err.key_path == key_path and fragment in err.message, str(err)
+
+
+# --- YAML 1.2: no YAML 1.1 surprises ------------------------------------------------------------
+
+
+def test_a_leading_zero_port_is_decimal():
+    """YAML 1.1 read 0022 as octal: port 18."""
+    cluster = load_text("ssh: {port: 0022}\nhosts:\n  - {name: web1, address: 10.0.0.1, port: 0022}\n", FILE)
+    assert (cluster.spec.ssh.port, cluster.hosts[0].port) == (22, 22)
+
+
+@pytest.mark.parametrize("word", ["no", "yes", "on", "off", "y", "n", "NO"])
+def test_yes_no_on_off_are_strings(word):
+    cluster = load_text(f"hosts:\n  - {{name: web1, address: 10.0.0.1, labels: {{country: {word}}}}}\n", FILE)
+    assert cluster.hosts[0].labels == {"country": word}
+
+
+def test_a_key_named_on_is_reported_as_on_at_its_line():
+    err = refused(
+        """
+        hosts:
+          - name: web1
+            address: 10.0.0.1
+            on: true
+        """
+    )
+    expect(err, "hosts[0].on", 4, "unknown key")
+
+
+@pytest.mark.parametrize("value", ["2020-01-01", "2020-13-45", "2001-12-14t21:59:43.10-05:00"])
+def test_dates_are_strings(value):
+    cluster = load_text(f"hosts:\n  - {{name: web1, address: 10.0.0.1, labels: {{since: '{value}'}}}}\n", FILE)
+    assert cluster.hosts[0].labels["since"] == value
+    cluster = load_text(f"hosts:\n  - {{name: web1, address: 10.0.0.1, labels: {{since: {value}}}}}\n", FILE)
+    assert cluster.hosts[0].labels["since"] == value
+
+
+@pytest.mark.parametrize("name", ["09", "1e3", "0o7", "1_000", "0x_", "1.5e3", "2020-01-01", "no", "on", "null1"])
+def test_what_pyyaml_writes_reads_back(name):
+    """The lab and the Vagrant importer write with PyYAML (YAML 1.1): what it leaves unquoted
+    because 1.1 reads it as a string must read back as that string."""
+    text = yaml.safe_dump({"hosts": [{"name": name, "address": "10.0.0.1"}]})
+    assert load_text(text, FILE).hosts[0].name == name
+
+
+def test_a_yaml_1_1_directive_does_not_bring_back_octal():
+    cluster = load_text("%YAML 1.1\n---\nhosts:\n  - {name: web1, address: 10.0.0.1, port: 0022, labels: {a: no}}\n", FILE)
+    assert cluster.hosts[0].port == 22 and cluster.hosts[0].labels == {"a": "no"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key_path", "line"),
+    [
+        ("hosts:\n  - {name: web1, address: 10.0.0.1, labels: {1: a}}\n", "hosts[0].labels.1", 2),
+        ("true: 1\nhosts:\n  - {name: web1, address: 10.0.0.1}\n", "true", 1),
+        ("hosts:\n  - name: web1\n    address: 10.0.0.1\n    [a]: 1\n", "hosts[0]", 4),
+    ],
+)
+def test_keys_must_be_strings_at_any_depth(text, key_path, line):
+    err = refused(text)
+    expect(err, key_path, line, "must be a")
+
+
+# --- every error at once ------------------------------------------------------------------------
+
+
+def test_every_schema_error_is_reported_at_once_in_file_order():
+    errors = refused_all(
+        """
+        ssh:
+          port: 70000
+        hosts:
+          - name: web1
+            address: "10.0.0.1;x"
+            colour: blue
+          - name: web 2
+            address: 10.0.0.2
+        network:
+          driver: vxlan
+        """
+    )
+    assert [(e.key_path, e.line) for e in errors] == [
+        ("ssh.port", 2),
+        ("hosts[0].address", 5),
+        ("hosts[0].colour", 6),
+        ("hosts[1].name", 7),
+        ("network.driver", 10),
+    ]
+
+
+def test_every_cross_check_is_reported_at_once():
+    errors = refused_all(
+        """
+        hosts:
+          - {name: web1, address: 10.0.0.1}
+          - {name: web1, address: 10.0.0.2}
+          - {name: web3, address: 10.0.0.1, bastion: web9}
+        services:
+          - {name: api, image: nginx, replicas: 9}
+        """
+    )
+    assert [(e.key_path, e.line) for e in errors] == [
+        ("hosts[1].name", 3),
+        ("hosts[2].address", 4),
+        ("hosts[2].bastion", 4),
+        ("services[0].replicas", 6),
+    ]
+
+
+def test_every_duplicate_key_is_reported_at_once():
+    errors = refused_all("hosts:\n  - name: a\n    name: b\n    address: 10.0.0.1\n    address: 10.0.0.2\nhosts: []\n")
+    assert [(e.key_path, e.line, e.message) for e in errors] == [
+        ("hosts[0].name", 3, "duplicate key"),
+        ("hosts[0].address", 5, "duplicate key"),
+        ("hosts", 6, "duplicate key"),
+    ]
+
+
+def test_every_missing_file_is_reported_at_once(tmp_path):
+    errors = refused_all(
+        """
+        ssh: {identity_file: nokey}
+        hosts:
+          - {name: web1, address: 10.0.0.1, identity_file: nokey2}
+        services:
+          - {name: api, app: ./nowhere}
+        """,
+        str(tmp_path / "c.yaml"),
+    )
+    assert [(e.key_path, e.line) for e in errors] == [("ssh.identity_file", 1), ("hosts[0].identity_file", 3), ("services[0].app", 5)]
+
+
+def test_one_error_is_a_plain_config_error():
+    err = refused(TWO_HOSTS + "colour: blue\n")
+    assert type(err) is ConfigError and err.errors == (err,)
+
+
+# --- size ---------------------------------------------------------------------------------------
+
+
+def test_a_file_over_the_cap_is_one_line(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text(TWO_HOSTS + "# " + "x" * MAX_FILE_BYTES + "\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert str(info.value) == f"{path}: larger than {MAX_FILE_BYTES} bytes, the limit for a clusterctl YAML file"
+    with pytest.raises(ConfigError, match="the limit for a clusterctl YAML file"):
+        load_text(path.read_text(), str(path))
+
+
+def test_an_endless_file_is_read_only_up_to_the_cap():
+    with pytest.raises(ConfigError, match="the limit for a clusterctl YAML file"):
+        load("/dev/zero")
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ("'/etc/motd:/'", "DEST must be a path below /, not / itself"),
+        ("/", "DEST must be a path below /, not / itself"),
+        ("'x:/a/..'", "DEST must be a path below /, not / itself"),
+        ("'x:etc/y'", "DEST must be an absolute path"),
+        ("'x:/opt/files/y'", "DEST must be outside /opt/files"),
+        ("'x:'", "want SRC or SRC:DEST"),
+    ],
+)
+def test_a_filebox_file_whose_dest_cannot_be_is_refused_on_its_line(entry, fragment):
+    err = refused(TWO_HOSTS + f"filebox:\n  files:\n    - /etc/motd\n    - {entry}\n")
+    expect(err, "filebox.files[1]", 9, "filebox file", fragment)
+
+
+def test_a_filebox_file_with_a_relative_src_is_placed_later():
+    spec = load_text(TWO_HOSTS + "filebox:\n  files: [conf/app.json, 'conf/a.json:/etc/a.json']\n", FILE).spec
+    assert spec.filebox.files == ("conf/app.json", "conf/a.json:/etc/a.json")

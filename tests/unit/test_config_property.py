@@ -1,7 +1,9 @@
 """Property tests for the cluster-file loader.
 
-Whatever the file holds, the loader gives a Cluster or one ConfigError whose message is a single
-line starting with the file name; never any other exception. Valid generated files always load.
+Whatever the file holds, the loader gives a Cluster or a ConfigError: one line per problem, each
+starting with the file name, in file order; never any other exception. Valid generated files
+always load; whatever PyYAML (YAML 1.1) writes reads back as what it wrote; several wrong values
+are all reported at once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from clusterctl.config.loader import Cluster, load, load_text
@@ -242,12 +244,17 @@ inputs = st.one_of(
 )
 
 
-def _check_one_line(err: ConfigError, file: str) -> None:
-    message = str(err)
-    assert message.startswith(file), message
-    assert err.file == file
-    assert "\n" not in message and "\r" not in message, message
-    assert len(message.splitlines()) == 1, message
+def _check_lines(err: ConfigError, file: str) -> None:
+    """One line per problem, each naming the file, in file order."""
+    assert str(err).split("\n") == [str(e) for e in err.errors], str(err)
+    for one in err.errors:
+        message = str(one)
+        assert message.startswith(file), message
+        assert one.file == file
+        assert "\n" not in message and "\r" not in message, message
+        assert len(message.splitlines()) == 1, message
+    lines = [e.line or 0 for e in err.errors]
+    assert lines == sorted(lines), str(err)
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +264,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @settings(max_examples=1000, **SETTINGS)
 @given(case=inputs)
-def test_any_input_gives_a_cluster_or_one_config_error(workdir: Path, case: tuple[str, Any]) -> None:
+def test_any_input_gives_a_cluster_or_config_error_lines(workdir: Path, case: tuple[str, Any]) -> None:
     kind, payload = case
     if kind == "bytes":
         path = workdir / FILE
@@ -270,8 +277,9 @@ def test_any_input_gives_a_cluster_or_one_config_error(workdir: Path, case: tupl
     try:
         result = run()
     except ConfigError as err:
-        _check_one_line(err, file)
+        _check_lines(err, file)
         event("ConfigError: " + re.split(r"[:('0-9]", err.message)[0].strip())
+        event(f"errors: {min(len(err.errors), 3)}{'+' if len(err.errors) > 3 else ''}")
     else:
         event("Cluster")
         assert isinstance(result, Cluster)
@@ -288,3 +296,47 @@ def test_valid_files_always_load_and_keep_host_order(case: tuple[dict[str, Any],
         str(ipaddress.ip_address(h["address"])) if ":" in h["address"] else h["address"] for h in data["hosts"]
     ]
     assert cluster.name == data.get("name", Path(FILE).stem)
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(case=valid_files, values=st.lists(st.text(max_size=12), min_size=1, max_size=4))
+def test_strings_pyyaml_writes_read_back_unchanged(case: tuple[dict[str, Any], str], values: list[str]) -> None:
+    """YAML 1.2 reads some plain scalars that 1.1 writes unquoted ("09", "1e3", "0o7") as
+    numbers; the loader keeps them the strings PyYAML meant."""
+    data = copy.deepcopy(case[0])
+    env = {f"V{i}": v for i, v in enumerate(values)}
+    data["services"] = [{"name": "probe", "image": "nginx:1", "replicas": 0, "env": env}]
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    assume(yaml.safe_load(text) == data)  # PyYAML writes "\x85" as a line break it reads back as " "
+    cluster = load_text(text, FILE)
+    assert cluster.spec.services[0].env == env
+
+
+@st.composite
+def several_wrong_hosts(draw: st.DrawFn) -> tuple[str, list[int]]:
+    """A valid file with a wrong value in each of some hosts: (text, the wrong hosts' indexes)."""
+    data = copy.deepcopy(draw(cluster_data()))
+    hosts_ = data["hosts"]
+    wrong = sorted(draw(st.sets(st.integers(0, len(hosts_) - 1), min_size=1, max_size=len(hosts_))))
+    for i in wrong:
+        how = draw(st.sampled_from(["unknown_key", "port", "user", "roles"]))
+        if how == "unknown_key":
+            hosts_[i]["colour"] = draw(WRONG_VALUES)
+        elif how == "port":
+            hosts_[i]["port"] = draw(st.sampled_from([0, 70000, "twenty", [22], True]))
+        elif how == "user":
+            hosts_[i]["user"] = draw(st.sampled_from(SHELL_BITS)) + "x"
+        else:
+            hosts_[i]["roles"] = draw(st.sampled_from([[], ["boss"], ["server", "client"], {"a": 1}]))
+    return draw(dumped(data)), wrong
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(case=several_wrong_hosts())
+def test_a_wrong_value_in_each_of_several_hosts_gives_one_line_each_in_file_order(case: tuple[str, list[int]]) -> None:
+    text, wrong = case
+    with pytest.raises(ConfigError) as info:
+        load_text(text, FILE)
+    err = info.value
+    _check_lines(err, FILE)
+    assert [e.key_path.split(".")[0] for e in err.errors] == [f"hosts[{i}]" for i in wrong], str(err)

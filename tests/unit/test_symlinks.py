@@ -93,7 +93,7 @@ def test_extra_files_link_at_their_dest(tmp_path):
 def test_parse_file_spec(tmp_path):
     assert parse_file_spec("/etc/ssl/certs/ca.crt") == ExtraFile("/etc/ssl/certs/ca.crt", "/etc/ssl/certs/ca.crt")
     assert parse_file_spec("conf/app.json:/etc/app.json", tmp_path) == ExtraFile(str(tmp_path / "conf/app.json"), "/etc/app.json")
-    for bad in ("x:relative", "x:/opt/files/y", "x:", ":/etc/y"):
+    for bad in ("x:relative", "x:/opt/files/y", "x:", ":/etc/y", "x:/", "/", "x:/..", "x:/a/../..", "x:/a\0b"):
         with pytest.raises(UserError):
             parse_file_spec(bad, tmp_path)
 

@@ -70,3 +70,9 @@ def test_service_app_whose_runtime_is_not_in_the_filebox(tmp_path):
     f, proc = _up(tmp_path, "  binaries: [consul]\n", consul="", services=f"services:\n  - {{name: hello, app: {hello}}}\n")
     _one_line_exit_2(proc)
     assert proc.stderr.startswith(f"error: {f}:7: services[0].app: command 'node' is neither in the filebox (consul)"), proc.stderr
+
+
+def test_a_filebox_file_at_the_root_is_refused_before_any_host(tmp_path):
+    f, proc = _up(tmp_path, "  binaries: [consul]\n  files: ['/etc/hostname:/']\n")
+    _one_line_exit_2(proc)
+    assert proc.stderr.startswith(f"error: {f}:6: filebox.files[0]: filebox file '/etc/hostname:/': DEST must be a path below /"), proc.stderr
