@@ -1,11 +1,12 @@
 """End to end as a user other than root, with passwordless sudo, as a cloud image's default user:
-a 2-host lab of its own (`lab up --user ops`: root has no login), Docker installed. `up`
-converges with two services, whose Consul definitions live in /etc/clusterctl (root's alone);
-a second `up` reads them back through `sudo -n` and changes nothing, in one round trip a host;
-a service taken out of the file is deregistered and its definition removed on the next `up`.
+a 2-host lab of its own (`lab up --bare --user ops`: root has no login). `up` installs Docker
+through sudo and converges with two services, whose Consul definitions live in /etc/clusterctl
+(root's alone, as is daemon.json here); a second `up` reads them back through `sudo -n` and
+changes nothing, in one round trip a host; a service taken out of the file is deregistered and
+its definition removed on the next `up`.
 
 The services are BusyBox httpd on the cluster's base (no runtime in the filebox but Consul's),
-so the lab's whole run stays short.
+so the lab's whole run stays short (about 2 minutes on 2 busy cores).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from clusterctl.commands.service import definition_path
-from tests.e2e.conftest import lab_for_tests
+from tests.e2e.conftest import lab_for_tests, on_all
 from tests.e2e.consul_helpers import as_operator
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +29,7 @@ USER = "ops"
 
 @pytest.fixture(scope="module")
 def nr_lab(cli):
-    with lab_for_tests(cli, f"e2enr{os.getpid()}", "--user", USER, hosts=2) as lab:
+    with lab_for_tests(cli, f"e2enr{os.getpid()}", "--bare", "--user", USER, hosts=2) as lab:
         yield lab
 
 
@@ -52,16 +53,6 @@ def files(nr_lab, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _on_all(cli, f: Path, script: str) -> dict[str, str]:
-    proc = cli("exec", "-f", str(f), "--all", "--", "sh", "-c", script)
-    assert proc.returncode == 0, proc.stderr
-    out: dict[str, list[str]] = {}
-    for line in proc.stdout.splitlines():
-        host, _, value = line.partition("|")
-        out.setdefault(host.strip(), []).append(value.strip())
-    return {h: " ".join(v) for h, v in out.items()}
-
-
 def _up(cli, f: Path) -> dict:
     code, report = cli.json("up", "-f", str(f))
     assert code == 0, json.dumps(report, indent=1)[-4000:]
@@ -70,8 +61,11 @@ def _up(cli, f: Path) -> dict:
 
 def test_up_as_a_sudo_user_converges_with_root_only_definitions(cli, nr_lab, files):
     _up(cli, files["both"])
-    where = f"test -r /etc/clusterctl && echo readable || echo root-only; sudo -n test -f {definition_path('spare')} && echo defined"
-    assert _on_all(cli, files["both"], f"id -un; {where}") == {h: f"{USER} root-only defined" for h in ("node1", "node2")}
+    # What the probe must read through sudo: clusterctl's files, and daemon.json (written
+    # before Docker was installed, so /etc/docker was made under umask 077).
+    readable = [f"{{ test -r {p} && echo readable || echo root-only; }}" for p in ("/etc/clusterctl/consul", "/etc/docker/daemon.json")]
+    script = "; ".join(["id -un", *readable, f"sudo -n test -f {definition_path('spare')} && echo defined"])
+    assert on_all(cli, files["both"], script) == {h: f"{USER} root-only root-only defined" for h in ("node1", "node2")}
 
 
 def test_second_up_changes_nothing_in_one_round_trip(cli, files):
@@ -85,7 +79,7 @@ def test_a_service_taken_out_is_deregistered_and_its_definition_removed(cli, nr_
     for host in report["hosts"]:
         services = next(p for p in host["phases"] if p["phase"] == "services")
         assert services["status"] == "changed" and "deregister spare" in services["message"], services
-    assert _on_all(cli, files["web"], f"sudo -n test -e {definition_path('spare')} && echo defined || echo gone") == {
+    assert on_all(cli, files["web"], f"sudo -n test -e {definition_path('spare')} && echo defined || echo gone") == {
         "node1": "gone", "node2": "gone",
     }  # fmt: skip
     catalog = as_operator(nr_lab, "node1", "catalog", "services", check=True).split()
