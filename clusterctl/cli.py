@@ -607,12 +607,13 @@ def lab_up(
     os_: Annotated[str, typer.Option("--os", help="Host kinds, a comma list cycled over the hosts: debian-12 (Docker 20.10), debian-13 (26), debian-sid (28).")] = "debian-12",
     image_store: Annotated[str, typer.Option("--image-store", help="classic, or containerd (on the hosts whose Docker has it: 24 and later).")] = "classic",
     init: Annotated[str, typer.Option("--init", help="plain (an init script under tini), or systemd as PID 1, as on real hosts.")] = "plain",
+    user: Annotated[Optional[str], typer.Option("--user", help="SSH as this user, with passwordless sudo, instead of root (which then has no login).")] = None,
 ) -> None:
     """Create the lab's hosts and print its cluster file's path (last line)."""
     from clusterctl.lab import lab
 
     console = _err_console()
-    path = lab.up(name, hosts, bare=bare, bastion=bastion, oses=os_, image_store=image_store, init=init, log=lambda m: console.print(m))
+    path = lab.up(name, hosts, bare=bare, bastion=bastion, oses=os_, image_store=image_store, init=init, user=user, log=lambda m: console.print(m))
     print(path)
 
 

@@ -11,6 +11,10 @@ osr() { # a value from /etc/os-release
 	[ -r /etc/os-release ] && sed -n "s/^$1=//p" /etc/os-release | sed -e 's/^"//' -e 's/"$//' | head -n 1
 }
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
+root_read() { # a read of what only root may see (clusterctl keeps /etc/clusterctl 0700): as root,
+	# through sudo -n (never prompting) for another user, as this user when it has no sudo
+	if [ "$SUDO" = none ]; then "$@"; else $SUDO "$@"; fi
+}
 printf '{"probe":1'
 printf ',"hostname":'; js "$(hostname 2>/dev/null || cat /etc/hostname)"
 printf ',"uid":%s' "$(id -u)"
@@ -25,7 +29,8 @@ printf ',"apt":%s' "$(command -v apt-get >/dev/null && echo true || echo false)"
 printf ',"ssh_connection":'; js "${SSH_CONNECTION:-}"
 printf ',"nameservers":'
 sed -n 's/^nameserver[[:space:]]*\([^[:space:]]*\).*/{"ip":"\1"}/p' /etc/resolv.conf 2>/dev/null | jsonl
-printf ',"daemon_json":'; js "$(cat /etc/docker/daemon.json 2>/dev/null)"
+# The directory may be root's alone (made by a write under umask 077).
+printf ',"daemon_json":'; js "$(root_read cat /etc/docker/daemon.json 2>/dev/null)"
 # Whether the engine runs what daemon.json says (it reads it only when it starts): the file's
 # mtime and the engine's start, in epoch seconds; a file newer than the engine is a change not
 # applied yet (a restart that never came: an interrupted run).
@@ -39,13 +44,12 @@ engine_started() {
 	hz=$(getconf CLK_TCK 2>/dev/null) || hz=100
 	[ -n "$ticks" ] && [ -n "$boot" ] && echo $((boot + ticks / hz))
 }
-printf ',"daemon_json_mtime":%s' "$(num "$(stat -c %Y /etc/docker/daemon.json 2>/dev/null)")"
+printf ',"daemon_json_mtime":%s' "$(num "$(root_read stat -c %Y /etc/docker/daemon.json 2>/dev/null)")"
 printf ',"engine_started":%s' "$(num "$(engine_started)")"
 # Files clusterctl manages on the host, by content hash, so writes happen only when they differ.
 printf ',"managed_files":'
-find /etc/clusterctl -type f 2>/dev/null | while read -r f; do
-	$SUDO sha256sum "$f" 2>/dev/null | awk '{print "{\"path\":\"" $2 "\",\"sha256\":\"" $1 "\"}"}'
-done | jsonl
+root_read find /etc/clusterctl -type f -exec sha256sum {} + 2>/dev/null |
+	awk '{print "{\"path\":\"" $2 "\",\"sha256\":\"" $1 "\"}"}' | jsonl
 printf ',"addresses":'
 ip -o addr show 2>/dev/null | awk '{print "{\"ifname\":\"" $2 "\",\"family\":\"" $3 "\",\"cidr\":\"" $4 "\"}"}' | jsonl
 printf ',"routes":'
@@ -134,7 +138,7 @@ case "${info:-}" in
 	$SUDO docker images --filter 'reference=weaveworks/*' --format '{{.Repository}}:{{.Tag}}' 2>/dev/null | nf_strings
 	if [ -x /usr/local/bin/weave ]; then
 		printf ',"weave":{"script_version":'
-		js "$(sed -n 's/^SCRIPT_VERSION="\([^"]*\)".*/\1/p' /usr/local/bin/weave | head -n 1)"
+		js "$(root_read sed -n 's/^SCRIPT_VERSION="\([^"]*\)".*/\1/p' /usr/local/bin/weave | head -n 1)"
 		nf_router=$($SUDO docker inspect --format '{{.State.Status}} {{json .Args}}' weave 2>/dev/null) || nf_router="absent null"
 		printf ',"router":'; js "${nf_router%% *}"; printf ',"args":%s' "${nf_router#* }"
 		printf ',"targets":'

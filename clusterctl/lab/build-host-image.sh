@@ -1,6 +1,6 @@
 #!/bin/sh
 # Build the lab host images of one Debian release from Debian packages (no registry): a minbase
-# Debian with sshd and, in its apt cache, Docker's packages. Tags: $1-bare (Docker not
+# Debian with sshd and sudo (for `lab up --user`) and, in its apt cache, Docker's packages. Tags: $1-bare (Docker not
 # installed; installing it works offline from the cache) and $1-docker (Docker installed).
 # Needs root and debootstrap.
 #   $1 tag prefix   $2 lab-init script   $3 mirror   $4 suite (bookworm, trixie, sid)
@@ -12,7 +12,7 @@ work=$(mktemp -d /var/tmp/clusterctl-lab-rootfs.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root=$work/rootfs
 debootstrap --variant=minbase \
-	--include=openssh-server,iproute2,iptables,ca-certificates,procps,curl,bind9-dnsutils,iputils-ping,kmod,tini \
+	--include=openssh-server,iproute2,iptables,ca-certificates,procps,curl,bind9-dnsutils,iputils-ping,kmod,tini,sudo \
 	"$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 # shellcheck disable=SC2086

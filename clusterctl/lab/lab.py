@@ -309,11 +309,34 @@ def _networks_of(container: str) -> set[str]:
     return set(json.loads(out or b"{}") or {})
 
 
-def _check_layout(name: str, hosts: int, bastion: bool) -> None:
+def check_lab_user(user: str | None) -> None:
+    """--user: a name the cluster file can take, and not root (which is the lab's default)."""
+    from clusterctl.config.models import check_user
+
+    if user is None:
+        return
+    try:
+        check_user(user)
+    except ValueError as exc:
+        raise UserError(f"--user: {exc}") from None
+    if user == "root":
+        raise UserError("--user: root is the lab's user without --user; name another (e.g. ops)")
+
+
+def _check_layout(name: str, hosts: int, bastion: bool, user: str | None) -> None:
     """Refuse, before changing anything, to turn an existing lab into the other kind."""
-    for i in range(2, hosts + 1):
+    for i in range(1, hosts + 1):
         cname = container_name(name, i)
-        if _docker("inspect", cname, check=False).returncode != 0:
+        proc = _docker("inspect", "-f", f'{{{{index .Config.Labels "{LABEL}.user"}}}}', cname, check=False)
+        if proc.returncode != 0:
+            continue
+        has = proc.stdout.decode().strip() or None
+        if has != user:
+            raise UserError(
+                f"lab {name} exists with {f'--user {has}' if has else 'root'} as its SSH user; "
+                f"remove it first: clusterctl lab down --name {name}"
+            )
+        if i == 1:
             continue
         is_behind = _networks_of(cname) == {private_network_name(name)}
         if is_behind != bastion:
@@ -374,6 +397,7 @@ def up(
     oses: str = DEFAULT_OS,
     image_store: str = "classic",
     init: str = "plain",
+    user: str | None = None,
 ) -> Path:
     """Create (or complete) the lab and write its cluster file; returns the file's path.
 
@@ -381,12 +405,14 @@ def up(
     behind it (see the module's docstring). oses: a comma list of HOST_OSES, cycled over the
     hosts. image_store: containerd puts the containerd image store on the hosts whose Docker
     has it (24 and later); the others keep the classic store. init: systemd runs systemd as each
-    host's PID 1. An existing host keeps its kind."""
+    host's PID 1. user: SSH goes to this user, who has passwordless sudo, instead of root
+    (whose login the lab then refuses). An existing host keeps its kind."""
     if hosts < 1 or hosts > 50:
         raise UserError(f"--hosts must be between 1 and 50, got {hosts}")
     if bastion and hosts < 2:
         raise UserError("--bastion needs at least 2 hosts (node1 is the bastion)")
     check_lab_name(name)
+    check_lab_user(user)
     kinds = parse_os_list(oses)
     if image_store not in IMAGE_STORES:
         raise UserError(f"--image-store: choose {' or '.join(IMAGE_STORES)}, not {image_store!r}")
@@ -410,7 +436,7 @@ def up(
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = _ensure_key(directory)
     pub = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True).stdout.strip()
-    _check_layout(name, hosts, bastion)
+    _check_layout(name, hosts, bastion, user)
     subnet = _ensure_network(name)
     private = _ensure_network(name, private=True) if bastion else None
     lab_hosts: list[LabHost] = []
@@ -435,6 +461,7 @@ def up(
                 "--network", net, "--ip", host.address,
                 "--label", f"{LABEL}={name}", "--label", f"{LABEL}.host={host.name}",
                 "--label", f"{LABEL}.os={kind.name}", "--label", f"{LABEL}.image-store={store}", "--label", f"{LABEL}.init={init}",
+                *(("--label", f"{LABEL}.user={user}", "-e", f"LAB_USER={user}") if user else ()),
                 "-e", f"LAB_AUTHORIZED_KEY={pub}", "-e", f"LAB_IMAGE_STORE={store}",
                 *DIND_FLAGS, *(SYSTEMD_FLAGS if init == "systemd" else ()), f"{tags[kind.name]}-{variant}",
             )  # fmt: skip
@@ -452,15 +479,15 @@ def up(
     lines = [line for h in lab_hosts for line in _host_keys(h.container, h.address)]
     known.write_text("\n".join(lines) + "\n")
     cluster_file = directory / "cluster.yaml"
-    cluster_file.write_text(render_cluster_file(name, lab_hosts, key, known))
+    cluster_file.write_text(render_cluster_file(name, lab_hosts, key, known, user))
     return cluster_file
 
 
-def render_cluster_file(name: str, hosts: list[LabHost], key: Path, known: Path) -> str:
+def render_cluster_file(name: str, hosts: list[LabHost], key: Path, known: Path, user: str | None = None) -> str:
     doc = {
         "name": f"lab-{name}",
         "ssh": {
-            "user": "root",
+            "user": user or "root",
             "identity_file": str(key),
             "known_hosts": str(known),
             "config_file": "",
@@ -471,6 +498,8 @@ def render_cluster_file(name: str, hosts: list[LabHost], key: Path, known: Path)
     header = f"# clusterctl lab {name!r}: written by `clusterctl lab up`; removed by `clusterctl lab down --name {name}`.\n"
     if any(h.private_address for h in hosts):
         header += "# node1 is the bastion: the other hosts are on a private network reachable only through it.\n"
+    if user:
+        header += f"# SSH goes to {user}, who has passwordless sudo; root has no login.\n"
     return header + yaml.safe_dump(doc, sort_keys=False)
 
 

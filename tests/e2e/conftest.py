@@ -52,6 +52,18 @@ MIXED = ("--os", "debian-12,debian-13,debian-sid", "--image-store", "containerd"
 MIXED_STACKS = {"node1": ("20.10", "classic"), "node2": ("26.", "containerd"), "node3": ("28.", "containerd")}
 
 
+def on_all(cli, cluster_file: Path, script: str) -> dict[str, str]:
+    """`clusterctl exec --all -- sh -c SCRIPT` (as the file's SSH user): each host's output lines,
+    joined by spaces."""
+    proc = cli("exec", "-f", str(cluster_file), "--all", "--", "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        host, _, value = line.partition("|")
+        out.setdefault(host.strip(), []).append(value.strip())
+    return {h: " ".join(v) for h, v in out.items()}
+
+
 @contextmanager
 def lab_for_tests(cli, name: str, *flags: str, hosts: int = 3):
     """A lab for a test scope, removed at the end even when the tests fail."""

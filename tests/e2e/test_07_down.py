@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.e2e.conftest import on_all
+
 pytestmark = pytest.mark.e2e
 
 LEFTOVERS = (
@@ -20,13 +22,7 @@ LEFTOVERS = (
 
 
 def _per_host(cli, f) -> list[str]:
-    out = cli("exec", "-f", str(f), "--all", "--", "sh", "-c", LEFTOVERS)
-    assert out.returncode == 0, out.stderr
-    by_host: dict[str, list[str]] = {}
-    for line in out.stdout.splitlines():
-        host, _, value = line.partition("|")
-        by_host.setdefault(host.strip(), []).append(value.strip())
-    return [" ".join(v) for _, v in sorted(by_host.items())]
+    return [v for _, v in sorted(on_all(cli, f, LEFTOVERS).items())]
 
 
 def test_down_needs_yes_off_a_terminal_and_dry_run_changes_nothing(cli, lab):

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from tests.e2e.conftest import lab_for_tests
+from tests.e2e.conftest import lab_for_tests, on_all
 
 pytestmark = pytest.mark.e2e
 
@@ -26,18 +26,8 @@ def sd_lab(cli):
         yield lab
 
 
-def _on_all(cli, lab, script: str) -> dict[str, str]:
-    proc = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "sh", "-c", script)
-    assert proc.returncode == 0, proc.stderr
-    out: dict[str, list[str]] = {}
-    for line in proc.stdout.splitlines():
-        host, _, value = line.partition("|")
-        out.setdefault(host.strip(), []).append(value.strip())
-    return {h: " ".join(v) for h, v in out.items()}
-
-
 def test_up_installs_docker_with_systemctl_and_never_restarts_it(cli, sd_lab):
-    assert set(_on_all(cli, sd_lab, "ps -p 1 -o comm=; command -v docker || echo no-docker").values()) == {"systemd no-docker"}
+    assert set(on_all(cli, sd_lab.cluster_file, "ps -p 1 -o comm=; command -v docker || echo no-docker").values()) == {"systemd no-docker"}
     code, report = cli.json("up", "-f", str(sd_lab.cluster_file))
     assert code == 0, json.dumps(report, indent=1)[-4000:]
     for host in report["hosts"]:
@@ -45,8 +35,8 @@ def test_up_installs_docker_with_systemctl_and_never_restarts_it(cli, sd_lab):
         assert "enable and start docker (systemd)" in phases["docker"]["message"]
         assert phases["engine"]["status"] == "ok"  # daemon.json was written before the first start
         assert phases["consul"]["status"] == "changed"
-    states = _on_all(cli, sd_lab, "systemctl is-enabled docker; systemctl is-active docker; "
-                                  "systemctl show docker -p NRestarts --value; docker info --format '{{json .DriverStatus}}'")  # fmt: skip
+    states = on_all(cli, sd_lab.cluster_file, "systemctl is-enabled docker; systemctl is-active docker; "
+                                              "systemctl show docker -p NRestarts --value; docker info --format '{{json .DriverStatus}}'")  # fmt: skip
     assert states["node1"].startswith("enabled active 0 ") and "snapshotter" not in states["node1"], states
     assert states["node2"].startswith("enabled active 0 ") and "io.containerd.snapshotter.v1" in states["node2"], states
 

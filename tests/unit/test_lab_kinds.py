@@ -89,3 +89,30 @@ def test_a_host_that_is_not_ssh_is_one_line_without_a_traceback(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "protocol banner" not in proc.stderr.split("web1", 1)[0], proc.stderr
     assert "web1" in proc.stderr
+
+
+@pytest.mark.parametrize(("user", "message"), [("root", "root is the lab's user"), ("Ops", "invalid user name"), ("a b", "invalid user name")])
+def test_a_lab_user_that_cannot_be_is_refused_before_anything_is_made(user, message):
+    with pytest.raises(UserError, match=f"--user: .*{message}"):
+        lab.up("unitbaduser", 1, user=user)
+    assert not lab.lab_dir("unitbaduser").exists()
+
+
+def test_a_lab_with_a_user_names_it_in_its_cluster_file(tmp_path):
+    import yaml
+
+    from clusterctl.config.loader import load_text
+
+    key = tmp_path / "id_ed25519"
+    key.write_text("k")
+    hosts = [lab.LabHost("node1", "c1", "10.213.0.11")]
+    text = lab.render_cluster_file("t", hosts, key, tmp_path / "known_hosts", "ops")
+    assert yaml.safe_load(text)["ssh"]["user"] == "ops" and "passwordless sudo" in text
+    assert load_text(text, str(tmp_path / "c.yaml")).spec.ssh.user == "ops"
+    assert yaml.safe_load(lab.render_cluster_file("t", hosts, tmp_path / "k", tmp_path / "kh"))["ssh"]["user"] == "root"
+
+
+def test_the_host_image_has_sudo_and_the_init_makes_the_user():
+    """Lab hosts are containers of an image built once: a change to what builds it names a new image."""
+    assert ",sudo" in lab._asset("build-host-image.sh").read_text()
+    assert "LAB_USER" in lab._asset("host-init.sh").read_text()
