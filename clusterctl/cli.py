@@ -6,6 +6,8 @@ pays only for what it uses (start-up time counts in a no-op run).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from clusterctl.errors import EXIT_BAD_INPUT, EXIT_HOSTS_FAILED, UserError
+from clusterctl.errors import EXIT_BAD_INPUT, EXIT_HOSTS_FAILED, EXIT_INTERRUPTED, UserError
 
 app = typer.Typer(
     help="Turn SSH-reachable Linux hosts into one container cluster.",
@@ -210,6 +212,21 @@ def _select(cluster, hosts: Optional[list[str]]) -> Optional[frozenset[str]]:
     return frozenset(hosts)
 
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops a run as Ctrl-C does (the manager ends remote work, then cleans up)."""
+    import signal
+
+    def interrupt(signum, frame):  # noqa: ANN001 - a signal handler's signature
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait: float = 10.0, down: bool = False) -> None:
     from clusterctl.lock import cluster_lock
     from clusterctl.phases.manager import Options, execute
@@ -241,13 +258,14 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
 
     verb = ("down --dry-run" if down else "plan") if dry_run else ("down" if down else "up")
     console.print(f"[bold]{verb}[/bold] cluster [bold]{cluster.name}[/bold] ({len(endpoints)} hosts, {cluster.path})")
-    if dry_run:
-        report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle)
-    else:
-        holder = f"clusterctl {'down' if down else 'up'} -f {cluster.path}"
-        lock = _cluster_lock_in_consul(cluster, holder, lock_wait)
-        with cluster_lock(cluster_dir(cluster.name, cluster.path), cluster.name, holder, wait=lock_wait):
-            report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle, lock)
+    with _sigterm_as_interrupt():
+        if dry_run:
+            report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle)
+        else:
+            holder = f"clusterctl {'down' if down else 'up'} -f {cluster.path}"
+            lock = _cluster_lock_in_consul(cluster, holder, lock_wait)
+            with cluster_lock(cluster_dir(cluster.name, cluster.path), cluster.name, holder, wait=lock_wait):
+                report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle, lock)
     if output == Output.json:
         print(report_json(report))
     else:
@@ -258,6 +276,14 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
         from rich.markup import escape
 
         console.print(f"[bold red]error:[/bold red] {escape(line)}", soft_wrap=True)
+    if report.interrupted:
+        ended = f"; remote commands ended on {', '.join(report.ended_on)}" if report.ended_on else ""
+        console.print(
+            f"[bold red]interrupted[/bold red] during {report.interrupted}{ended}; the steps above are what was done. "
+            "The next `up` plans from what the hosts now run.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
     if report.refused:  # a cluster-wide refusal: one line, whatever the number of hosts
         from rich.markup import escape
 

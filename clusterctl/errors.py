@@ -9,6 +9,8 @@ EXIT_OK = 0
 EXIT_HOSTS_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_LOCKED = 3
+# Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 
 class UserError(Exception):

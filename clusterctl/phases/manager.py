@@ -7,7 +7,9 @@ on. A dry run stops after planning and sends nothing but the read-only probe.
 from __future__ import annotations
 
 import shlex
+import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -21,6 +23,26 @@ from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
 from clusterctl.transport.ssh import Connector, Endpoint, KnownHosts, Session, SSHError, explain
 
 OK, CHANGED, PLANNED, FAILED, SKIPPED = "ok", "changed", "planned", "failed", "skipped"
+
+# How long commands already running may go on after Ctrl-C or SIGTERM before they are ended.
+GRACE_SECONDS = 5.0
+# Every remote script of a phase first records its process group in the SSH user's own cache
+# dir ($1: the run's ID), so that an interrupted run can end it: closing a channel does not stop
+# a remote command that is not writing (a wait, a `docker load` reading what was sent).
+RECORD_PGID = r"""( p="${HOME:-/nonexistent}/.cache/clusterctl"; umask 077; mkdir -p "$p" && cut -d' ' -f5 "/proc/$$/stat" > "$p/run-$1.pid" ) 2>/dev/null
+trap 'rm -f "${HOME:-/nonexistent}/.cache/clusterctl/run-$1.pid"' EXIT
+"""
+END_RUN = r"""p="${HOME:-/nonexistent}/.cache/clusterctl/run-$1.pid"
+[ -r "$p" ] || exit 0
+g=$(cat "$p"); case "$g" in '' | *[!0-9]*) exit 0 ;; esac
+rm -f "$p"
+kill -TERM -- "-$g" 2>/dev/null || true
+"""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: no new work is started, work in flight was given GRACE_SECONDS and
+    then ended on its host; the phases' clean-up and the lock's release still run."""
 
 
 @dataclass
@@ -68,6 +90,10 @@ class RunReport:
     refused: dict[str, str] = field(default_factory=dict)
     # What operator-side steps changed beyond the hosts (e.g. Consul's ACLs), one line each.
     notes: list[str] = field(default_factory=list)
+    # The step the run was in when Ctrl-C or SIGTERM stopped it (None: it was not stopped), and
+    # the hosts whose remote commands were then ended.
+    interrupted: str | None = None
+    ended_on: list[str] = field(default_factory=list)
 
     @property
     def failed_hosts(self) -> list[HostReport]:
@@ -121,6 +147,15 @@ class Manager:
         self.refused: dict[str, str] = {}
         # Per phase name: an operator-side step run before each of its passes (see execute).
         self.settle: dict[str, Callable[[Context, Callable], Inputs]] = {}
+        # Interrupts (Ctrl-C, SIGTERM): this run's ID names its remote scripts' records; which
+        # hosts have work running now; where the run was; whose work was ended.
+        self.run_id = uuid.uuid4().hex[:16]
+        self.in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
+        self.interrupted = False
+        self.current = "connect"
+        self.ended_on: list[str] = []
+        self.in_pass: list[str] = []
 
     def consul_api(self, name: str, token: str | None = None):
         """A py-consul client on the host's Consul agent, through its SSH session."""
@@ -148,8 +183,48 @@ class Manager:
         self.reports[name].steps.append(step)
         self.progress(name, step)
 
-    def _parallel(self, names: Sequence[str], work: Callable[[str], object], timeout: float | None = None):
-        return run_parallel(names, work, workers=self.options.workers, timeout=timeout)
+    def _parallel(self, names: Sequence[str], work: Callable[[str], object], timeout: float | None = None, force: bool = False):
+        """work(name) on each host at once. Once the run is interrupted, nothing new starts
+        (`force`: clean-up that must run anyway); an interrupt while waiting ends the work."""
+        if self.interrupted and not force:
+            raise Interrupted()
+
+        def tracked(name: str):
+            with self._in_flight_lock:
+                self.in_flight.add(name)
+            try:
+                return work(name)
+            finally:
+                with self._in_flight_lock:
+                    self.in_flight.discard(name)
+
+        try:
+            return run_parallel(names, tracked, workers=self.options.workers, timeout=timeout)
+        except KeyboardInterrupt:
+            self.stop()
+            raise Interrupted() from None
+
+    def stop(self) -> None:
+        """Stop the run: work in flight gets GRACE_SECONDS, then its remote process group is
+        ended (END_RUN, on a channel of its own); a second Ctrl-C ends clusterctl at once."""
+        self.interrupted = True
+        deadline = time.monotonic() + GRACE_SECONDS
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with self._in_flight_lock:
+            left = sorted(n for n in self.in_flight if n in self.sessions)
+        if not left:
+            return
+        end = shlex.join(["sh", "-c", END_RUN, "sh", self.run_id])
+        run_parallel(left, lambda n: self.sessions[n].run(end, timeout=10), workers=self.options.workers, timeout=15)
+        self.ended_on = left
+        deadline = time.monotonic() + GRACE_SECONDS
+        while self.in_flight and time.monotonic() < deadline:  # their channels close as they end
+            time.sleep(0.1)
+
+    def _remote(self, script: Script) -> str:
+        """The command line of a phase's script on a host: recorded first, so it can be ended."""
+        return shlex.join(["sh", "-c", RECORD_PGID + script.render(), "sh", self.run_id])
 
     def connect(self) -> None:
         def work(name: str) -> Session:
@@ -233,7 +308,7 @@ class Manager:
 
         def work(name: str):
             script = Script((wanted[name],))
-            return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout)
+            return self.sessions[name].run(self._remote(script), timeout=timeout)
 
         results = self._parallel(list(wanted), work, timeout=timeout + 5)
         for name in results:
@@ -261,18 +336,37 @@ class Manager:
 
         def work(name: str):
             script = Script(tuple(todo[name]))
-            return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout)
+            return self.sessions[name].run(self._remote(script), timeout=timeout)
 
-        for name, out in self._parallel(list(todo), work, timeout=timeout + 5).items():
+        for name, out in self._parallel(list(todo), work, timeout=timeout + 5, force=True).items():
             self.reports[name].round_trips = self.sessions[name].round_trips
             if not out.ok or not out.value.ok:  # type: ignore[union-attr]
                 why = _strip_kind(out) if not out.ok else out.value.tail(2)  # type: ignore[union-attr]
                 self._record(name, Step(phase.name, FAILED, f"clean-up failed: {one_line(why)}"))
 
     def _run_passes(self, phase: Phase, more_phases_follow: bool, ran: dict[str, list[Cmd]]) -> None:
-        passes = max(1, int(getattr(phase, "passes", 1)))
+        """The passes, then one step per host recorded, also when the run is interrupted: the
+        hosts whose commands were running then are named."""
         steps: dict[str, Step] = {}
         recorded: set[str] = set()
+        self.current = phase.name
+        try:
+            self._passes(phase, more_phases_follow, ran, steps, recorded)
+        except Interrupted:
+            for name in self.in_pass:
+                note = "interrupted: its remote commands were ended" if name in self.ended_on else "interrupted while it ran"
+                steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, note))
+            raise
+        finally:
+            self.in_pass = []
+            for name in self.reports:
+                if name in steps and name not in recorded:
+                    self._record(name, steps[name])
+
+    def _passes(
+        self, phase: Phase, more_phases_follow: bool, ran: dict[str, list[Cmd]], steps: dict[str, Step], recorded: set[str]
+    ) -> None:
+        passes = max(1, int(getattr(phase, "passes", 1)))
         waiting: list[str] = []
         timeout = self.cluster.spec.ssh.command_timeout
         settle = self.settle.get(phase.name)
@@ -332,16 +426,18 @@ class Manager:
 
             def work(name: str):
                 script = Script(tuple(plans[name]))
-                return self.sessions[name].run(shlex.join(["sh", "-c", script.render()]), timeout=timeout, stdin=script.stdin)
+                return self.sessions[name].run(self._remote(script), timeout=timeout, stdin=script.stdin)
 
             for name in now:
                 ran.setdefault(name, []).extend(plans[name])
+            self.in_pass = list(now)
             together = [n for n in now if n not in one_at_a_time]
             results = self._parallel(together, work, timeout=timeout + 5) if together else {}
             for name in [n for n in now if n in one_at_a_time]:  # rolling: each waits for the cluster first
                 results.update(self._parallel([name], work, timeout=timeout + 5))
                 if not results[name].ok or not results[name].value.ok:  # type: ignore[union-attr]
                     break  # stop rolling: the others keep their running agents
+            self.in_pass = []
             failed = False
             for name, out in results.items():
                 rendered = [c.display() for c in plans[name]]
@@ -372,9 +468,6 @@ class Manager:
                 self._reprobe(changed if passes == 1 else list(self._alive()), phase)
         for name in waiting:
             steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, f"not reached within {passes} passes"))
-        for name in self.reports:
-            if name in steps and name not in recorded:
-                self._record(name, steps[name])
 
     def _reprobe(self, names: list[str], phase: Phase) -> None:
         # Hosts failed in this phase are not alive any more; their failure is already noted.
@@ -431,15 +524,22 @@ def execute(
     cluster's own lock in Consul; it raises LockHeld to refuse)."""
     t0 = time.monotonic()
     with Manager(cluster, endpoints, known_hosts, options, progress, inputs) as m:
-        m.connect()
-        m.probe()
-        m.settle = dict(settle or {})
-        if prepare is not None:
-            m.inputs = prepare(m.context(), m.consul_api)
-        with lock(m.context(), m.consul_api) if lock is not None else nullcontext():
-            if m.preflight(phases):
-                for i, phase in enumerate(phases):
-                    m.run_phase(phase, more_phases_follow=i < len(phases) - 1)
+        try:
+            m.connect()
+            m.current = "probe"
+            m.probe()
+            m.settle = dict(settle or {})
+            if prepare is not None:
+                m.current = "prepare"
+                m.inputs = prepare(m.context(), m.consul_api)
+            with lock(m.context(), m.consul_api) if lock is not None else nullcontext():
+                if m.preflight(phases):
+                    for i, phase in enumerate(phases):
+                        m.run_phase(phase, more_phases_follow=i < len(phases) - 1)
+        except (Interrupted, KeyboardInterrupt):
+            # Stopped: what ran is in the report, the lock is released, phases cleaned up.
+            if not m.interrupted:
+                m.stop()
         return RunReport(
             cluster=cluster.name,
             dry_run=options.dry_run,
@@ -449,4 +549,6 @@ def execute(
             errors=list(m.errors),
             refused=dict(m.refused),
             notes=list(m.inputs.notes),
+            interrupted=m.current if m.interrupted else None,
+            ended_on=list(m.ended_on),
         )

@@ -21,6 +21,8 @@ def report_dict(report: RunReport) -> dict[str, Any]:
         "errors": report.errors,
         "refused": dict(report.refused),
         "notes": list(report.notes),
+        "interrupted": report.interrupted,
+        "ended_on": list(report.ended_on),
         "hosts": [
             {
                 "name": h.name,

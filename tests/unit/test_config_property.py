@@ -108,6 +108,10 @@ def cluster_data(draw: st.DrawFn) -> dict[str, Any]:
         data["ssh"] = ssh
     if draw(st.booleans()):
         data["docker"] = {"install": draw(st.sampled_from(["package", "script", "none"]))}
+        if draw(st.booleans()):
+            data["docker"]["start_timeout"] = draw(st.integers(1, 3600))
+    if draw(st.booleans()):
+        data["filebox"] = {"binaries": ["consul"], "relay": draw(st.booleans()), "relay_port": draw(ports)}
     data["hosts"] = draw(hosts())
     if draw(st.booleans()):
         data["network"] = {
@@ -124,6 +128,7 @@ def cluster_data(draw: st.DrawFn) -> dict[str, Any]:
             {"name": n, "image": "nginx:1", "replicas": draw(st.integers(0, len(data["hosts"])))}
             | ({"port": draw(ports)} if draw(st.booleans()) else {})
             | ({"check": {"http": "/health", "interval": "10s"}} if draw(st.booleans()) else {})
+            | ({"env": {"PLAIN": "x", "SECRET": {"from_env": "OPERATOR_VAR"}}} if draw(st.booleans()) else {})
             for n in draw(st.lists(service_names, max_size=3, unique=True))
         ]
     return data

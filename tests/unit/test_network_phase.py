@@ -30,7 +30,7 @@ from clusterctl.lab.busybox import rootfs_tar
 from clusterctl.network.facts import parse_network_probe
 from clusterctl.phases import PHASES
 from clusterctl.phases.base import Context, Inputs, PhaseError, PlanError
-from clusterctl.phases.manager import Manager, Options, execute
+from clusterctl.phases.manager import RECORD_PGID, Manager, Options, execute
 from clusterctl.phases.network import NetworkPhase, network_inputs, plan_network
 from clusterctl.transport.ssh import RunResult
 
@@ -170,8 +170,8 @@ class FakeSession:
             chunks: list[bytes] = []
             stdin.write_to(chunks.append)
             data = b"".join(chunks)
-        assert argv[:2] == ["sh", "-c"]
-        return self.world.run(self.name, argv[2], data)
+        assert argv[:2] == ["sh", "-c"] and argv[2].startswith(RECORD_PGID)  # recorded, so it can be ended
+        return self.world.run(self.name, argv[2].removeprefix(RECORD_PGID), data)
 
     def close(self) -> None:
         pass
