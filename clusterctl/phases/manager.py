@@ -201,7 +201,8 @@ class Manager:
         try:
             return run_parallel(names, tracked, workers=self.options.workers, timeout=timeout)
         except KeyboardInterrupt:
-            self.stop()
+            if not self.interrupted:  # a second Ctrl-C (e.g. during clean-up) waits no more
+                self.stop()
             raise Interrupted() from None
 
     def stop(self) -> None:
