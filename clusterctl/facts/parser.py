@@ -106,6 +106,8 @@ class HostFacts:
     default_ifname: str | None
     docker: DockerFacts
     nameservers: tuple[str, ...] = ()
+    # resolv.conf nameserver values that are not addresses (skipped; named in the probe's step).
+    skipped_nameservers: tuple[str, ...] = ()
     # /etc/docker/daemon.json as found ("" when absent).
     daemon_json: str = ""
     # daemon.json's mtime and the engine's start, epoch seconds (None: unknown, e.g. no engine).
@@ -252,19 +254,21 @@ def worst_checks(checks: Iterable[tuple[Any, Any]]) -> dict[Any, str]:
     return out
 
 
-def _nameservers(entries: Any) -> tuple[str, ...]:
-    """resolv.conf's nameserver addresses; a line that is not an address is skipped, as the
-    resolver itself skips it."""
+def _nameservers(entries: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """resolv.conf's nameserver addresses, and the values that are not addresses: those are
+    skipped, as the resolver itself skips them (and named in the probe's step)."""
     import ipaddress
 
-    out = []
+    out, bad = [], []
     for entry in entries if isinstance(entries, list) else []:
         value = entry.get("ip") if isinstance(entry, dict) else None
-        try:
-            out.append(str(ipaddress.ip_address(value))) if isinstance(value, str) else None
-        except ValueError:
+        if not isinstance(value, str):
             continue
-    return tuple(out)
+        try:
+            out.append(str(ipaddress.ip_address(value)))
+        except ValueError:
+            bad.append(value)
+    return tuple(out), tuple(bad)
 
 
 def _consul_checks(checks: Any) -> dict[str, str] | None:
@@ -308,7 +312,8 @@ def parse_probe_output(text: str) -> HostFacts:
         addresses=_parse_addresses(data.get("addresses") or []),
         default_ifname=_default_ifname(data.get("routes") or []),
         docker=_docker(data.get("docker") or {}),
-        nameservers=_nameservers(data.get("nameservers")),
+        nameservers=_nameservers(data.get("nameservers"))[0],
+        skipped_nameservers=_nameservers(data.get("nameservers"))[1],
         daemon_json=data.get("daemon_json") or "",
         daemon_json_mtime=_epoch(data.get("daemon_json_mtime")),
         engine_started=_epoch(data.get("engine_started")),

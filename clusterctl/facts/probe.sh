@@ -28,7 +28,9 @@ printf ',"init":'; js "$init"
 printf ',"apt":%s' "$(command -v apt-get >/dev/null && echo true || echo false)"
 printf ',"ssh_connection":'; js "${SSH_CONNECTION:-}"
 printf ',"nameservers":'
-sed -n 's/^nameserver[[:space:]]*\([^[:space:]]*\).*/{"ip":"\1"}/p' /etc/resolv.conf 2>/dev/null | jsonl
+# Each value as a JSON string, whatever it holds (a quote in a garbage line stays data).
+sed -n 's/^nameserver[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/resolv.conf 2>/dev/null |
+	while read -r v; do printf '{"ip":'; js "$v"; printf '}\n'; done | jsonl
 # The directory may be root's alone (made by a write under umask 077).
 printf ',"daemon_json":'; js "$(root_read cat /etc/docker/daemon.json 2>/dev/null)"
 # Whether the engine runs what daemon.json says (it reads it only when it starts): the file's

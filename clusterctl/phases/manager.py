@@ -264,6 +264,9 @@ class Manager:
                 msg = f"{f.os_pretty or f.os_id} {f.arch}, docker {f.docker.server_version or ('stopped' if f.docker.installed else 'absent')}"
                 if f.docker.server_version and f.docker.image_store != "classic":
                     msg += f" ({f.docker.image_store} image store)"
+                if f.skipped_nameservers:
+                    skipped = ", ".join(repr(v) for v in f.skipped_nameservers)
+                    msg = one_line(f"{msg}; /etc/resolv.conf: skipped nameserver {skipped} (not an address)")
                 if label == "probe":
                     self._record(name, Step(label, OK, msg, out.seconds))
             else:

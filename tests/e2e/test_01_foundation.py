@@ -5,12 +5,15 @@ Tests run in file order and share the session's lab; each leaves the lab as it f
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
 
 import paramiko
 import yaml
 
+from clusterctl.lab import lab as lab_mod
 from clusterctl.lock import cluster_lock
 from tests.e2e.conftest import MIXED_STACKS
 
@@ -77,6 +80,24 @@ def test_second_up_changes_nothing_in_one_round_trip(cli, lab):
     for host in report["hosts"]:
         assert host["round_trips"] == 1
         assert all(p["changed"] is False for p in host["phases"])
+
+
+def test_garbage_nameserver_lines_are_skipped_and_named_without_a_traceback(cli, lab):
+    """A resolv.conf line that is not an address (once a traceback for the whole run): the
+    others converge, this host too, and its probe step names the lines it skipped."""
+    container = lab.container("node2")
+    saved = lab.docker("exec", container, "cat", "/etc/resolv.conf").stdout
+    garbage = 'nameserver not-an-address\nnameserver 10.0.0.300\nnameserver "q\\\n'
+    subprocess.run([lab_mod.docker_cli(), "exec", "-i", container, "sh", "-c", "cat >> /etc/resolv.conf"], input=garbage, text=True, check=True)
+    try:
+        proc = cli("up", "-f", str(lab.cluster_file), "--output", "json")
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        report = json.loads(proc.stdout)
+        probe = {h["name"]: next(p for p in h["phases"] if p["phase"] == "probe")["message"] for h in report["hosts"]}
+        assert "skipped nameserver 'not-an-address', '10.0.0.300', '\"q\\\\'" in probe["node2"], probe
+        assert "skipped" not in probe["node1"] and report["changed"] is False
+    finally:
+        subprocess.run([lab_mod.docker_cli(), "exec", "-i", container, "sh", "-c", "cat > /etc/resolv.conf"], input=saved, text=True, check=True)
 
 
 def test_exec_single_host_passes_output_and_exit_code(cli, lab):

@@ -87,3 +87,16 @@ def test_probe_runs_under_posix_dash_and_parses():
     f = parse_probe_output(out.stdout)
     assert f.kernel == os.uname().release and f.arch == os.uname().machine
     assert any(a.interface.ip.is_loopback for a in f.addresses)
+
+
+def test_engine_and_daemon_json_times_and_odd_nameservers():
+    data = json.loads(FIXTURE.read_text())
+    data.update(daemon_json_mtime=1_700_000_100, engine_started=1_700_000_000,
+                nameservers=[{"ip": "10.0.0.53"}, {"ip": '"q\\'}, {"ip": "::1"}, {"ip": 7}])  # fmt: skip
+    f = parse_probe_output(json.dumps(data))
+    assert (f.daemon_json_mtime, f.engine_started) == (1_700_000_100, 1_700_000_000)
+    assert f.nameservers == ("10.0.0.53", "::1") and f.skipped_nameservers == ('"q\\',)
+    for odd in (None, -1, True, "12", 1.5):
+        data.update(daemon_json_mtime=odd, engine_started=odd)
+        f = parse_probe_output(json.dumps(data))
+        assert (f.daemon_json_mtime, f.engine_started) == (None, None), odd

@@ -602,3 +602,4 @@ def test_one_hosts_odd_facts_fail_that_host_only(d, fake_ssh):
     why = steps["node2"]["odd"].message
     assert why == "could not plan this host (OverflowError: cannot convert float infinity to integer \\x1b[31m)"
     assert report.hosts[2].facts.nameservers == ("10.0.0.53",)
+    assert steps["node3"]["probe"].message.endswith("; /etc/resolv.conf: skipped nameserver 'bogus!' (not an address)")
