@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,28 @@ from pathlib import Path
 import pytest
 
 from clusterctl.lab import lab as lab_mod
+
+
+@contextmanager
+def watching_processes(lab, hosts=("node1", "node2", "node3")):
+    """Every host's process list (`ps -eo args`), polled all along the block: the lists seen,
+    to show that no secret was ever on a command line."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            for host in hosts:
+                seen.append(lab.docker("exec", lab.container(host), "ps", "-eo", "args", check=False).stdout)
+            time.sleep(0.1)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        poller.join(10)
 
 
 def _engine_ok() -> bool:

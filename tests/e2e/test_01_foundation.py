@@ -15,7 +15,7 @@ import yaml
 
 from clusterctl.lab import lab as lab_mod
 from clusterctl.lock import cluster_lock
-from tests.e2e.conftest import MIXED_STACKS
+from tests.e2e.conftest import MIXED_STACKS, watching_processes
 
 pytestmark = __import__("pytest").mark.e2e
 
@@ -44,22 +44,8 @@ def test_up_installs_and_starts_docker_on_bare_hosts(cli, lab, state_dir):
     engine's first start, so the engine phase has nothing left to change (no restart). The
     swarm is formed in this run: a poll of every host's process list all along never shows a
     join token, nor the gossip key or a TLS private key."""
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            for host in ("node1", "node2", "node3"):
-                seen.append(lab.docker("exec", lab.container(host), "ps", "-eo", "args", check=False).stdout)
-            time.sleep(0.1)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
+    with watching_processes(lab) as seen:
         code, report = cli.json("up", "-f", str(lab.cluster_file))
-    finally:
-        stop.set()
-        poller.join(10)
     assert code == 0, report
     key = (state_dir / "clusters" / f"lab-{lab.name}" / "gossip.key").read_text().strip()
     assert len(seen) > 30 and any("consul agent" in s for s in seen)

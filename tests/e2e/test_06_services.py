@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from clusterctl.lab import lab as lab_mod
+from tests.e2e.conftest import watching_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +155,6 @@ def test_a_secret_env_value_is_on_no_command_line_plan_report_or_label(cli, lab,
     """env: {KEY: {from_env: NAME}}: read from the operator's environment, on stdin into a 0600
     env file on the host, `--env-file` for docker; a poll of every host's processes during `up`
     never shows it, nor do `plan -o json`, the report or the container's labels."""
-    import threading
     import uuid
 
     from tests.conftest import CLI
@@ -167,22 +167,8 @@ def test_a_secret_env_value_is_on_no_command_line_plan_report_or_label(cli, lab,
     code, plan = operator.json("plan", "-f", str(f))
     assert code == 0 and secret not in json.dumps(plan)
     assert any("--env-file /etc/clusterctl/env/hello.env" in c for h in plan["hosts"] for p in h["phases"] for c in p["commands"])
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def poll() -> None:
-        while not stop.is_set():
-            for host in ("node1", "node2", "node3"):
-                seen.append(lab.docker("exec", lab.container(host), "ps", "-eo", "args", check=False).stdout)
-            time.sleep(0.1)
-
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
+    with watching_processes(lab) as seen:
         code, report = operator.json("up", "-f", str(f))
-    finally:
-        stop.set()
-        poller.join(10)
     assert code == 0, json.dumps(report, indent=1)[-3000:]
     assert len(seen) > 10 and not any(secret in s for s in seen)
     assert secret not in json.dumps(report)
