@@ -86,3 +86,14 @@ def test_a_service_taken_out_is_deregistered_and_its_definition_removed(cli, nr_
     assert "web" in catalog and "spare" not in catalog, catalog
     again = _up(cli, files["web"])
     assert again["changed"] is False and [h["round_trips"] for h in again["hosts"]] == [1, 1], json.dumps(again, indent=1)[-3000:]
+
+
+def test_down_as_a_sudo_user_removes_it_all_and_a_second_down_changes_nothing(cli, files):
+    code, report = cli.json("down", "-f", str(files["web"]), "--yes")
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    left = ("sudo -n sh -c \"docker ps -aq --filter label=clusterctl.cluster | wc -l; "
+            "docker images -q --filter label=clusterctl.role | wc -l; "
+            "ls -d /etc/clusterctl /var/lib/clusterctl 2>/dev/null | wc -l\"")  # fmt: skip
+    assert on_all(cli, files["web"], left) == {"node1": "0 0 0", "node2": "0 0 0"}
+    code, again = cli.json("down", "-f", str(files["web"]), "--yes")
+    assert code == 0 and again["changed"] is False and [h["round_trips"] for h in again["hosts"]] == [1, 1], json.dumps(again)[-3000:]
