@@ -35,7 +35,7 @@ class Placement:
 
 def spread_group(service: Service, host: Host) -> str:
     # Without `spread` every host is its own group; a host without the label is a group of its own.
-    return host.labels.get(service.spread, "") if service.spread else host.name
+    return host.labels.get(service.spread.label, "") if service.spread else host.name
 
 
 def place_service(
