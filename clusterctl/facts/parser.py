@@ -79,6 +79,18 @@ class DockerFacts:
         return bool(self.cli)
 
     @property
+    def cpus(self) -> int | None:
+        """The engine's CPU count (docker info NCPU); None when Docker did not say."""
+        n = self.info.get("NCPU")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    @property
+    def memory(self) -> int | None:
+        """The engine's memory in bytes (docker info MemTotal); None when Docker did not say."""
+        n = self.info.get("MemTotal")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    @property
     def image_store(self) -> str:
         """"containerd" when the engine keeps images in containerd's store, else "classic"."""
         status = self.info.get("DriverStatus") or []
