@@ -204,44 +204,56 @@ def place(
     up = [h.name in available for h in hosts]
     state = Hosts(hosts, capacities or {}, reserve)
     port_of = {s.name: ports.get(s.name, s.port) for s in services}
-    matching = {s.name: [i for i, h in enumerate(hosts) if s.allows(h)] for s in services}
+    # Services with the same constraints and spread label share their hosts' grouping.
+    partitions: dict[tuple, dict[str, list[int]]] = {}
+    partition_of: dict[str, dict[str, list[int]]] = {}
+    for svc in services:
+        key = (tuple(sorted(svc.constraints.items())), svc.spread.label if svc.spread else None)
+        if key not in partitions:
+            partition: dict[str, list[int]] = {}
+            for i, h in enumerate(hosts):
+                if svc.allows(h):
+                    partition.setdefault(spread_group(svc, h), []).append(i)
+            partitions[key] = partition
+        partition_of[svc.name] = partitions[key]
     # Replicas running now hold their room and port first, in the file's order.
     held: dict[str, set[int]] = {}
     for svc in services:
         need, port, mine = request_of(svc), port_of[svc.name], set()
-        allowed = set(matching[svc.name])
         for i in sorted(position[n] for n in running.get(svc.name, ()) if n in position):
-            if up[i] and i in allowed and i not in state.port_owner.get(port, {}) and state.fits(i, need):
+            if up[i] and svc.allows(hosts[i]) and i not in state.port_owner.get(port, {}) and state.fits(i, need):
                 state.take(i, svc.name, need, port)
                 mine.add(i)
         held[svc.name] = mine
     out: dict[str, tuple[str, ...]] = {}
     notes: list[str] = []
     for svc in services:
-        chosen, note = place_one(svc, hosts, matching[svc.name], up, held[svc.name], state, port_of[svc.name])
+        chosen, note = place_one(svc, hosts, partition_of[svc.name], up, held[svc.name], state, port_of[svc.name])
         out[svc.name] = tuple(hosts[i].name for i in chosen)
         notes += note
     return Placement(out, tuple(notes))
 
 
 def place_one(
-    svc: Service, hosts: tuple[Host, ...], matching: list[int], up: list[bool], held: set[int], state: Hosts, port: int | None
+    svc: Service, hosts: tuple[Host, ...], partition: Mapping[str, list[int]], up: list[bool], held: set[int], state: Hosts, port: int | None
 ) -> tuple[list[int], list[str]]:
     """The host indexes of one service's replicas, in file order (its room taken from `state`),
-    and notes on spread targets it could not meet."""
-    need = request_of(svc)
+    and notes on spread targets it could not meet. `partition`: spread group -> the hosts
+    meeting its constraints."""
+    cpu, memory = need = request_of(svc)
     taken = state.port_owner.get(port, {}) if port is not None else {}
+    free_cpu, free_memory = state.free_cpu, state.free_memory
     groups: dict[str, tuple[list[int], list[int]]] = {}  # group -> (held here, other candidates)
-    for i in matching:
-        kept, free = groups.setdefault(spread_group(svc, hosts[i]), ([], []))
-        if i in held:
-            kept.append(i)
-        elif up[i] and i not in taken and state.fits(i, need):
-            free.append(i)
+    for g, members in partition.items():
+        groups[g] = (
+            [i for i in members if i in held],
+            [i for i in members if i not in held and up[i] and i not in taken and free_cpu[i] >= cpu and free_memory[i] >= memory],
+        )
     weights = group_weights(svc, groups)
     names = list(weights)
     caps = [len(groups[g][0]) + len(groups[g][1]) if weights[g] else 0 for g in names]
     if sum(caps) < svc.replicas:
+        matching = sorted(i for members in partition.values() for i in members)
         raise PlacementError(refusal(svc, hosts, matching, up, state, taken, need, sum(caps), weights))
     counts, quotas = apportion(svc.replicas, [weights[g] for g in names], caps, [len(groups[g][0]) for g in names])
     chosen: list[int] = []
@@ -258,6 +270,9 @@ def place_one(
                          f"{float(wanted):g} replicas, {count} fit there; the others took the rest")  # fmt: skip
         more = count - min(count, len(kept))
         if more:
+            # One replica per host: a host's room changes only once it is chosen, and then it is
+            # out for this service, so one sort of the group's candidates picks them all (a heap
+            # a group pays off once a host can take several replicas of one service).
             if svc.strategy == "binpack":
                 best = sorted(free, key=lambda i: (-state.used(i), -state.replicas[i], i))[:more]
             else:
