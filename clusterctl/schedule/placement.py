@@ -225,25 +225,46 @@ def place(
                 state.take(i, svc.name, need, port)
                 mine.add(i)
         held[svc.name] = mine
+    # First every service keeps what its share allows of what runs, giving back the room of the
+    # rest (a replica scaled away or over its target), so that no earlier service is placed
+    # around room that is about to be freed; then the new replicas, in the file's order.
+    for svc in services:
+        if held[svc.name]:
+            share_out(svc, hosts, partition_of[svc.name], up, held[svc.name], state, port_of[svc.name])
     out: dict[str, tuple[str, ...]] = {}
     notes: list[str] = []
     for svc in services:
-        chosen, note = place_one(svc, hosts, partition_of[svc.name], up, held[svc.name], state, port_of[svc.name])
+        kept = held[svc.name]
+        if len(kept) == svc.replicas:  # all its replicas run and stay: nothing to choose
+            chosen = sorted(kept)
+        else:
+            chosen, note = place_new(svc, hosts, partition_of[svc.name], up, kept, state, port_of[svc.name])
+            notes += note
         out[svc.name] = tuple(hosts[i].name for i in chosen)
-        notes += note
     return Placement(out, tuple(notes))
 
 
-def place_one(
+class Share(NamedTuple):
+    """One service's spread groups: who runs there and stays, the other candidates, and the
+    number of replicas each group gets with its exact quota."""
+
+    groups: dict[str, tuple[list[int], list[int]]]  # group -> (running and kept, candidates)
+    counts: dict[str, int]
+    quotas: dict[str, Fraction]
+    weights: dict[str, Fraction]
+    room: int  # how many replicas the groups with a share could hold
+
+
+def share_out(
     svc: Service, hosts: tuple[Host, ...], partition: Mapping[str, list[int]], up: list[bool], held: set[int], state: Hosts, port: int | None
-) -> tuple[list[int], list[str]]:
-    """The host indexes of one service's replicas, in file order (its room taken from `state`),
-    and notes on spread targets it could not meet. `partition`: spread group -> the hosts
-    meeting its constraints."""
+) -> Share:
+    """The service's groups and counts (apportion) from the room there is now; a running
+    replica over its group's count is dropped from `held` and its room given back.
+    `partition`: spread group -> the hosts meeting its constraints."""
     cpu, memory = need = request_of(svc)
     taken = state.port_owner.get(port, {}) if port is not None else {}
     free_cpu, free_memory = state.free_cpu, state.free_memory
-    groups: dict[str, tuple[list[int], list[int]]] = {}  # group -> (held here, other candidates)
+    groups: dict[str, tuple[list[int], list[int]]] = {}
     for g, members in partition.items():
         groups[g] = (
             [i for i in members if i in held],
@@ -252,23 +273,38 @@ def place_one(
     weights = group_weights(svc, groups)
     names = list(weights)
     caps = [len(groups[g][0]) + len(groups[g][1]) if weights[g] else 0 for g in names]
-    if sum(caps) < svc.replicas:
-        matching = sorted(i for members in partition.values() for i in members)
-        raise PlacementError(refusal(svc, hosts, matching, up, state, taken, need, sum(caps), weights))
     counts, quotas = apportion(svc.replicas, [weights[g] for g in names], caps, [len(groups[g][0]) for g in names])
-    chosen: list[int] = []
-    notes: list[str] = []
-    total_weight = sum(weights.values())
-    for g, count, quota in zip(names, counts, quotas):
-        kept, free = groups[g]
+    for g, count in zip(names, counts):
+        kept = groups[g][0]
         for i in kept[count:]:  # more run here than its share: the last ones in the file go
             state.give_back(i, need, port)
-        chosen += kept[:count]
-        wanted = svc.replicas * weights[g] / total_weight if total_weight else Fraction(0)
+            held.discard(i)
+        del kept[count:]
+    return Share(groups, dict(zip(names, counts)), dict(zip(names, quotas)), weights, sum(caps))
+
+
+def place_new(
+    svc: Service, hosts: tuple[Host, ...], partition: Mapping[str, list[int]], up: list[bool], held: set[int], state: Hosts, port: int | None
+) -> tuple[list[int], list[str]]:
+    """The host indexes of one service's replicas, in file order (the new ones' room taken from
+    `state`), and notes on spread targets it could not meet."""
+    share = share_out(svc, hosts, partition, up, held, state, port)
+    need = request_of(svc)
+    if share.room < svc.replicas:
+        taken = state.port_owner.get(port, {}) if port is not None else {}
+        matching = sorted(i for members in partition.values() for i in members)
+        raise PlacementError(refusal(svc, hosts, matching, up, state, taken, need, share.room, share.weights))
+    chosen: list[int] = []
+    notes: list[str] = []
+    total_weight = sum(share.weights.values())
+    for g, (kept, free) in share.groups.items():
+        count, quota = share.counts[g], share.quotas[g]
+        chosen += kept
+        wanted = svc.replicas * share.weights[g] / total_weight if total_weight else Fraction(0)
         if svc.spread and svc.spread.targets and math.ceil(quota) < math.floor(wanted):
             notes.append(f"services.{svc.name}: spread target {svc.spread.label}={g or '(none)'} wants "
                          f"{float(wanted):g} replicas, {count} fit there; the others took the rest")  # fmt: skip
-        more = count - min(count, len(kept))
+        more = count - len(kept)
         if more:
             # One replica per host: a host's room changes only once it is chosen, and then it is
             # out for this service, so one sort of the group's candidates picks them all (a heap

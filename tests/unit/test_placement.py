@@ -271,3 +271,14 @@ def test_scaling_up_never_moves_a_running_replica(case, more, data):
         return
     for s in services:
         assert set(before.hosts_of[s.name]) <= set(after.hosts_of[s.name]), s.name
+
+
+def test_room_a_replica_scaled_away_frees_is_there_for_the_services_before_it():
+    # gone (after web in the file) scaled to 0 on h1: its room is given back before web is
+    # placed, so web spreads onto hetzner now, not only once gone's replica has been removed.
+    hosts = hosts_of(("a1", {"provider": "aws"}), ("h1", {"provider": "hetzner"}), ("a2", {"provider": "aws"}))
+    web = svc(name="web", replicas=2, spread="provider", resources={"cpu": 0.25})
+    gone = svc(name="gone", replicas=0, resources={"cpu": 1})
+    sizes = {h.name: Room(1000, 1 << 30) for h in hosts}
+    placed = place([web, gone], hosts, {"a1", "h1", "a2"}, {"gone": {"h1"}}, capacities=sizes)
+    assert placed.hosts_of == {"web": ("a1", "h1"), "gone": ()}
