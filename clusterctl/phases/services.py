@@ -43,7 +43,7 @@ def placement(ctx: Context) -> Placement:
         # Hosts outside a `--host` run count as up: this run neither starts nor removes
         # anything there, and a replica on a selected host is not moved because of them.
         # Hosts outside the run were not probed: sized from the file, else by default.
-        engines = {name: (f.docker.cpus, f.docker.memory) for name, f in ctx.facts.items()}
+        engines = {name: f.engine_size() for name, f in ctx.facts.items()}
         return place_file(spec, set(ctx.facts) | ctx.outside, running, service_ports(ctx), engines)
     except PlacementError as exc:
         raise PhaseError(str(exc)) from None
