@@ -119,7 +119,12 @@ def check_cores(value: float) -> float:
 
 
 # Memory in bytes, written back as a size; CPU in cores (0.25 is a quarter of one).
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0), PlainSerializer(format_size, return_type=str)]
+# (json_schema_input_type: the schema, for editors, says what the file holds: a string.)
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size, json_schema_input_type=Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?[BKMGTbkmgt]$", examples=["64M", "1.5G"])]),
+    PlainSerializer(format_size, return_type=str),
+]
 Cores = Annotated[float, BeforeValidator(reject_bool), AfterValidator(check_cores)]
 # Docker refuses a memory limit under 6 MiB.
 MIN_MEMORY = 6 << 20
@@ -508,18 +513,17 @@ def spread_mapping(value: object) -> object:
     return {"label": value} if isinstance(value, str) else value
 
 
+def check_label_key(value: str) -> str:
+    if not LABEL_KEY_RE.match(value):
+        raise ValueError(f"invalid label key {value!r}")
+    return value
+
+
 class SpreadTargets(Strict):
-    label: str
+    label: Annotated[str, AfterValidator(check_label_key)]
     # Label value -> its share of the replicas, "50%". Values not listed (and hosts without
     # the label) share what the targets leave evenly; when they add up to 100%, nothing.
     targets: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, v: str) -> str:
-        if not LABEL_KEY_RE.match(v):
-            raise ValueError(f"invalid label key {v!r}")
-        return v
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -562,7 +566,7 @@ class Service(Strict):
     env: dict[str, str | FromEnv] = Field(default_factory=dict)
     # Replicas go evenly over this host label's values (e.g. provider), then over hosts; or
     # {label: provider, targets: {aws: 50%, hetzner: 30%}}: values not listed share the rest.
-    spread: Annotated[SpreadTargets | None, BeforeValidator(spread_mapping)] = None
+    spread: Annotated[SpreadTargets | None, BeforeValidator(spread_mapping, json_schema_input_type=str | SpreadTargets | None)] = None
     # Per replica, enforced by Docker and never overcommitted on a host.
     resources: Resources | None = None
     # Which host of a spread group takes the next replica: spread, the one with the most room

@@ -903,3 +903,11 @@ def test_a_filebox_file_whose_dest_cannot_be_is_refused_on_its_line(entry, fragm
 def test_a_filebox_file_with_a_relative_src_is_placed_later():
     spec = load_text(TWO_HOSTS + "filebox:\n  files: [conf/app.json, 'conf/a.json:/etc/a.json']\n", FILE).spec
     assert spec.filebox.files == ("conf/app.json", "conf/a.json:/etc/a.json")
+
+
+def test_the_schema_says_what_the_file_holds_for_sizes_and_spread():
+    from clusterctl.config.models import ClusterFile
+
+    defs = ClusterFile.model_json_schema()["$defs"]
+    assert defs["Resources"]["properties"]["memory"]["anyOf"][0]["type"] == "string"
+    assert {"type": "string"} in defs["Service"]["properties"]["spread"]["anyOf"]
