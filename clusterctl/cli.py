@@ -557,10 +557,12 @@ def place(
     contacts no host and creates no state dir (for previews, reviews and the bench)."""
     import json
 
+    from clusterctl.config.loader import load
     from clusterctl.images.app import read_app_spec
     from clusterctl.schedule.placement import PlacementError, describe, place_file, request_of
 
-    cluster = _load(file)
+    # No SSH here: the identity files the file names need not be on this machine (a review).
+    cluster = load(_resolve_file(file, create_lab=False), identity_files=False)
     spec = cluster.spec
     # An app's port is in its clusterctl-app.yaml: read, not built (placement needs only the port).
     ports = {s.name: s.port or (read_app_spec(cluster.resolve_path(s.app)).port if s.app else None) for s in spec.services}

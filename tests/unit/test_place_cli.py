@@ -44,3 +44,10 @@ def test_the_table_shows_each_service_with_its_hosts(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if "web" in line or "api" in line]
     assert "a1, h1" in rows[0] and "1 cpu, 1G" in rows[0] and "a1, a2, h1" in rows[1], proc.stdout
+
+
+def test_the_ssh_keys_the_file_names_need_not_be_here(tmp_path):
+    text = "ssh: {identity_file: ~/no-such-key}\n" + FILE.replace("cpu: 2, memory", "cpu: 1, memory")
+    _, proc = _validate(tmp_path, text, "-o", "json", command="place")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["services"][0] == {"name": "web", "hosts": ["a1", "h1"]}
