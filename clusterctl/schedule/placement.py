@@ -17,7 +17,9 @@ Each service, in the file's order:
    with `strategy: spread` the one with the most room left (then the fewest replicas, then file
    order), with `binpack` the one with the least room that still fits.
 Running replicas hold their room and their port before any service is placed, so a scale-up of
-one service never pushes out a replica of another. Hosts that did not answer are not candidates:
+one service never pushes out a replica of another, and every service drops the running replicas
+it no longer wants (scaled away, over its group's count) before any new replica is placed, so no
+service is placed around room about to be freed. Hosts that did not answer are not candidates:
 their replicas go to hosts that did.
 """
 
