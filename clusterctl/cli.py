@@ -545,6 +545,52 @@ def validate(file: FileOpt = None, output: OutputOpt = Output.table) -> None:
 
 
 @app.command()
+def place(
+    file: FileOpt = None,
+    all_up: Annotated[
+        bool, typer.Option("--all-up", help="Count every host as up: always so, since place asks no host; the flag says it.")
+    ] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Print where each service's replicas go, from the file alone: every host up, nothing
+    running yet, each host sized by its `capacity` (else 2 cpu, 4G) less placement.reserve;
+    contacts no host and creates no state dir (for previews, reviews and the bench)."""
+    import json
+
+    from clusterctl.config.loader import load
+    from clusterctl.images.app import read_app_spec
+    from clusterctl.schedule.placement import PlacementError, describe, place_file, request_of
+
+    # No SSH here: the identity files the file names need not be on this machine (a review).
+    cluster = load(_resolve_file(file, create_lab=False), identity_files=False)
+    spec = cluster.spec
+    # An app's port is in its clusterctl-app.yaml: read, not built (placement needs only the port).
+    ports = {s.name: s.port or (read_app_spec(cluster.resolve_path(s.app)).port if s.app else None) for s in spec.services}
+    try:
+        placed = place_file(spec, {h.name for h in spec.hosts}, ports=ports)
+    except PlacementError as exc:
+        raise UserError(f"{cluster.path}: {exc}") from None
+    if output == Output.json:
+        doc = {
+            "cluster": cluster.name,
+            "services": [{"name": s.name, "hosts": list(placed.hosts_of[s.name])} for s in spec.services],
+            "notes": list(placed.notes),
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("service", "replicas", "each", "hosts", title=f"placement of {cluster.name} (all hosts up)")
+        for s in spec.services:
+            hosts = placed.hosts_of[s.name]
+            table.add_row(s.name, str(len(hosts)), describe(request_of(s)), ", ".join(hosts) or "-")
+        Console(highlight=False).print(table)
+    for note in placed.notes:
+        _err_console().print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+
+
+@app.command()
 def schema() -> None:
     """Print the cluster file's JSON Schema (for editor completion and checks)."""
     import json

@@ -61,6 +61,9 @@ class Replica:
     extra_labels: tuple[tuple[str, str], ...] = field(default=())
     # Names of the secret env values, which come from env_file_path (their values never here).
     secret_env: tuple[str, ...] = ()
+    # Docker's limits (--cpus, --memory): what placement counted for this replica on its host.
+    cpus: float | None = None
+    memory: str | None = None
 
     @property
     def container(self) -> str:
@@ -72,6 +75,8 @@ class Replica:
             "image": self.image, "address": self.address, "port": self.port, "command": self.command,
             "env": self.env, "filebox": self.filebox_container, "network": self.network,
             **({"secret_env": list(self.secret_env)} if self.secret_env else {}),
+            # Only when set: a replica without limits keeps the digest it had before they existed.
+            **({"cpus": self.cpus} if self.cpus else {}), **({"memory": self.memory} if self.memory else {}),
         }  # fmt: skip
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -95,6 +100,10 @@ class Replica:
             argv += ["-e", f"{key}={value}"]
         if self.secret_env:
             argv += ["--env-file", env_file_path(self.service)]
+        if self.cpus:
+            argv += ["--cpus", f"{self.cpus:g}"]
+        if self.memory:
+            argv += ["--memory", self.memory]
         argv.append(self.image)
         argv += list(self.command or ())
         where = f" on {self.address}:{self.port}" if self.port else ""

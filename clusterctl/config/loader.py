@@ -298,7 +298,8 @@ def _problems(err: dict[str, Any]) -> list[tuple[Loc, str]]:
     return [(tuple(err.get("loc", ())), _message(err))]
 
 
-def load_text(text: str, file: str, path: Path | None = None) -> Cluster:
+def load_text(text: str, file: str, path: Path | None = None, identity_files: bool = True) -> Cluster:
+    """`identity_files=False`: the SSH keys the file names need not exist (`place` uses no SSH)."""
     data, lines = read_yaml(text, file)
     if data is None:  # nothing, "---" or "null" alone: a document with nothing in it
         raise ConfigError(file, "", "the file is empty; it needs at least a hosts list")
@@ -306,13 +307,13 @@ def load_text(text: str, file: str, path: Path | None = None) -> Cluster:
         raise ConfigError(file, "", f"the top level must be a mapping of keys, not {type(data).__name__}", 1)
     spec = validate(ClusterFile, data, lines, file)
     cluster = Cluster(path=path or Path(file), spec=spec, lines=lines)
-    missing = _missing_files(cluster, file)
+    missing = _missing_files(cluster, file, identity_files)
     if missing:
         raise in_file_order(missing)
     return cluster
 
 
-def _missing_files(cluster: Cluster, file: str) -> list[ConfigError]:
+def _missing_files(cluster: Cluster, file: str, identity_files: bool = True) -> list[ConfigError]:
     """Identity files and app folders named in the file must exist now, before any host is contacted."""
     wanted: list[tuple[Loc, str, str]] = []  # (key path, value, what it names)
     if cluster.spec.ssh.identity_file:
@@ -322,6 +323,8 @@ def _missing_files(cluster: Cluster, file: str) -> list[ConfigError]:
             wanted.append((("hosts", i, "identity_file"), host.identity_file, "identity file"))
         if host.bastion is not None and not isinstance(host.bastion, str) and host.bastion.identity_file:
             wanted.append((("hosts", i, "bastion", "identity_file"), host.bastion.identity_file, "identity file"))
+    if not identity_files:
+        wanted = []
     for i, svc in enumerate(cluster.spec.services):
         if svc.app is not None:
             wanted.append((("services", i, "app"), svc.app, "app folder"))
@@ -357,6 +360,6 @@ def read_text_file(path: Path) -> str:
         raise ConfigError(str(path), "", f"not UTF-8 text (byte {exc.start})", line) from None
 
 
-def load(path: str | Path) -> Cluster:
+def load(path: str | Path, identity_files: bool = True) -> Cluster:
     p = Path(path)
-    return load_text(read_text_file(p), str(p), p)
+    return load_text(read_text_file(p), str(p), p, identity_files)

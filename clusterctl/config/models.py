@@ -11,7 +11,18 @@ import posixpath
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from fractions import Fraction
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 # Patterns end in \Z, not $: "$" also matches before a trailing newline ("web\n" would pass).
 NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})\Z")
@@ -73,6 +84,51 @@ def reject_bool(value: object) -> object:
 
 Port = Annotated[int, BeforeValidator(reject_bool), Field(ge=1, le=65535)]
 
+# Sizes are binary multiples, as Docker reads them (64M = 64 MiB); B for a plain byte count.
+SIZE_RE = re.compile(r"^([0-9]{1,12}(?:\.[0-9]{1,6})?)([BKMGT])\Z", re.IGNORECASE)
+SIZE_UNITS = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: object) -> object:
+    """'64M' -> 67108864; a bare number is refused (64 bytes or 64 MiB? the unit says)."""
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        raise ValueError(f"a size needs a unit: {value}M or {value}G, say (B, K, M, G, T)")
+    if not isinstance(value, str):
+        return value
+    match = SIZE_RE.match(value.strip())
+    if not match:
+        raise ValueError(f"invalid size {value!r}: a number and a unit, e.g. 64M or 1.5G (B, K, M, G, T)")
+    return int(Fraction(match[1]) * SIZE_UNITS[match[2].upper()])
+
+
+def format_size(size: int) -> str:
+    """67108864 -> '64M': the largest unit that says it exactly (loads back to the same size)."""
+    for unit in ("T", "G", "M", "K"):
+        if size and size % SIZE_UNITS[unit] == 0:
+            return f"{size // SIZE_UNITS[unit]}{unit}"
+    return f"{size}B"
+
+
+def check_cores(value: float) -> float:
+    # Placement counts millicores in integers, so that "never overcommits" is exact.
+    if not 0 <= value <= 4096:
+        raise ValueError(f"cpu must be between 0 and 4096 cores, got {value:g}")
+    if abs(value * 1000 - round(value * 1000)) > 1e-6:
+        raise ValueError(f"cpu takes at most 3 decimals (millicores), got {value!r}")
+    return value
+
+
+# Memory in bytes, written back as a size; CPU in cores (0.25 is a quarter of one).
+# (json_schema_input_type: the schema, for editors, says what the file holds: a string.)
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size, json_schema_input_type=Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?[BKMGTbkmgt]$", examples=["64M", "1.5G"])]),
+    PlainSerializer(format_size, return_type=str),
+]
+Cores = Annotated[float, BeforeValidator(reject_bool), AfterValidator(check_cores)]
+# Docker refuses a memory limit under 6 MiB.
+MIN_MEMORY = 6 << 20
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -119,6 +175,39 @@ def parse_bastion(value: object) -> object:
 Role = Literal["server", "client"]
 
 
+class Resources(Strict):
+    """An amount of CPU (cores) and memory: what a replica gets (`docker run --cpus --memory`),
+    or what a host has (its `capacity`). Either may be left out."""
+
+    cpu: Cores | None = None
+    memory: Size | None = None
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("cpu must be more than 0 (or left out)")
+        return v
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int | None) -> int | None:
+        if v is not None and v < MIN_MEMORY:
+            raise ValueError(f"memory must be at least 6M (Docker's smallest limit), got {format_size(v)}")
+        return v
+
+
+class Reserve(Strict):
+    """What each host keeps back from replicas: the system, Docker and the Consul agent."""
+
+    cpu: Cores = 0.5
+    memory: Size = 512 << 20
+
+
+class PlacementSection(Strict):
+    reserve: Reserve = Field(default_factory=Reserve)
+
+
 class Host(Strict):
     name: Name
     # Where SSH connects (may be a public address or a forwarded port).
@@ -133,6 +222,9 @@ class Host(Strict):
     # consul.servers_spread; clusterctl/schedule/servers.py). Given roles always win.
     roles: tuple[Role, ...] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    # What the host has for replicas before placement.reserve (default: what Docker reports,
+    # NCPU and MemTotal; `clusterctl place`, which asks no host, assumes 2 cpu and 4G).
+    capacity: Resources | None = None
 
     @field_validator("cluster_address")
     @classmethod
@@ -413,6 +505,48 @@ class FromEnv(Strict):
         return v
 
 
+PERCENT_RE = re.compile(r"^([0-9]{1,3}(?:\.[0-9]{1,3})?)%\Z")
+
+
+def spread_mapping(value: object) -> object:
+    """`spread: provider` is `spread: {label: provider}` (even over its values)."""
+    return {"label": value} if isinstance(value, str) else value
+
+
+def check_label_key(value: str) -> str:
+    if not LABEL_KEY_RE.match(value):
+        raise ValueError(f"invalid label key {value!r}")
+    return value
+
+
+class SpreadTargets(Strict):
+    label: Annotated[str, AfterValidator(check_label_key)]
+    # Label value -> its share of the replicas, "50%". Values not listed (and hosts without
+    # the label) share what the targets leave evenly; when they add up to 100%, nothing.
+    targets: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets(cls, v: object) -> object:
+        if not isinstance(v, dict):
+            return v
+        total = Fraction(0)
+        for key, share in v.items():
+            if not isinstance(key, str) or not LABEL_VALUE_RE.match(key):
+                raise ValueError(f"invalid label value {key!r}")
+            match = PERCENT_RE.match(share) if isinstance(share, str) else None
+            if match is None or Fraction(match[1]) > 100:
+                raise ValueError(f"{key}: a target is a percentage from 0% to 100%, e.g. 50%, got {share!r}")
+            total += Fraction(match[1])
+        if total > 100:
+            raise ValueError(f"the targets add up to {float(total):g}%, more than 100%")
+        return v
+
+    def shares(self) -> dict[str, Fraction]:
+        """Label value -> its target share in percent, exactly."""
+        return {k: Fraction(PERCENT_RE.match(v)[1]) for k, v in self.targets.items()}  # type: ignore[index]
+
+
 class Service(Strict):
     """An app run as microcontainers on some hosts, one replica per host, each registered in
     Consul as NAME.service.consul on its host's cluster address."""
@@ -430,8 +564,14 @@ class Service(Strict):
     # {from_env: NAME}, is read from the operator's environment when `up` runs, reaches the host
     # only on stdin into a 0600 env file (`--env-file`) and shows as <secret> everywhere.
     env: dict[str, str | FromEnv] = Field(default_factory=dict)
-    # Replicas go evenly over this host label's values (e.g. provider), then over hosts.
-    spread: str | None = None
+    # Replicas go evenly over this host label's values (e.g. provider), then over hosts; or
+    # {label: provider, targets: {aws: 50%, hetzner: 30%}}: values not listed share the rest.
+    spread: Annotated[SpreadTargets | None, BeforeValidator(spread_mapping, json_schema_input_type=str | SpreadTargets | None)] = None
+    # Per replica, enforced by Docker and never overcommitted on a host.
+    resources: Resources | None = None
+    # Which host of a spread group takes the next replica: spread, the one with the most room
+    # left; binpack, the one with the least room that still fits.
+    strategy: Literal["spread", "binpack"] = "spread"
     # Only hosts whose labels match: a value, or a list of allowed values.
     constraints: dict[str, str | tuple[str, ...]] = Field(default_factory=dict)
     check: ServiceCheck = Field(default_factory=ServiceCheck)
@@ -459,13 +599,6 @@ class Service(Strict):
                     raise ValueError(f"{key}: a secret is {{from_env: NAME}}, NAME a variable of the operator's environment")
             elif not isinstance(value, str):
                 raise ValueError(f"{key}: a value is a string (quote numbers), or {{from_env: NAME}} for a secret")
-        return v
-
-    @field_validator("spread")
-    @classmethod
-    def _spread(cls, v: str | None) -> str | None:
-        if v is not None and not LABEL_KEY_RE.match(v):
-            raise ValueError(f"invalid label key {v!r}")
         return v
 
     @field_validator("constraints")
@@ -505,6 +638,7 @@ class ClusterFile(Strict):
     network: NetworkSection = Field(default_factory=NetworkSection)
     consul: ConsulSection = Field(default_factory=ConsulSection)
     filebox: FileboxSection = Field(default_factory=FileboxSection)
+    placement: PlacementSection = Field(default_factory=PlacementSection)
     services: tuple[Service, ...] = ()
 
     @model_validator(mode="after")
@@ -547,9 +681,17 @@ class ClusterFile(Strict):
             names.add(svc.name)
             if svc.app is not None and not self.filebox.binaries:
                 problems.append(ServiceIndexedError(i, "app", "an app runs from the filebox, but filebox.binaries is empty"))
-            if svc.spread and not any(svc.spread in h.labels for h in self.hosts):
-                problems.append(ServiceIndexedError(i, "spread", f"no host has the label {svc.spread!r}"))
             matching = [h for h in self.hosts if svc.allows(h)]
+            if svc.spread and not any(svc.spread.label in h.labels for h in self.hosts):
+                problems.append(ServiceIndexedError(i, "spread", f"no host has the label {svc.spread.label!r}"))
+            elif svc.spread:
+                values = {h.labels.get(svc.spread.label) for h in matching}
+                where = " matching its constraints" if svc.constraints else ""
+                problems.extend(
+                    SectionError(("services", i, "spread", "targets", value), f"no host{where} has {svc.spread.label}: {value}")
+                    for value, share in svc.spread.shares().items()
+                    if share and value not in values
+                )
             if svc.replicas > len(matching):
                 where = " matching its constraints" if svc.constraints else ""
                 problems.append(ServiceIndexedError(

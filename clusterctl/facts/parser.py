@@ -79,6 +79,18 @@ class DockerFacts:
         return bool(self.cli)
 
     @property
+    def cpus(self) -> int | None:
+        """The engine's CPU count (docker info NCPU); None when Docker did not say."""
+        n = self.info.get("NCPU")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    @property
+    def memory(self) -> int | None:
+        """The engine's memory in bytes (docker info MemTotal); None when Docker did not say."""
+        n = self.info.get("MemTotal")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    @property
     def image_store(self) -> str:
         """"containerd" when the engine keeps images in containerd's store, else "classic"."""
         status = self.info.get("DriverStatus") or []
@@ -117,6 +129,13 @@ class HostFacts:
     managed_files: dict[str, str] = field(default_factory=dict)
     # Routes, Docker networks, swarm nodes, iptables rules, Weave (the probe's network block).
     network: NetworkFacts = field(default_factory=NetworkFacts)
+    # The host's CPUs (nproc) and memory in bytes (/proc/meminfo); None when unknown.
+    cpus: int | None = None
+    memory: int | None = None
+
+    def engine_size(self) -> tuple[int | None, int | None]:
+        """CPUs and memory for placement: what Docker reports (NCPU, MemTotal), else the OS."""
+        return self.docker.cpus or self.cpus, self.docker.memory or self.memory
 
     def address_of(self, ifname: str) -> str | None:
         for a in self.addresses:
@@ -317,6 +336,8 @@ def parse_probe_output(text: str) -> HostFacts:
         daemon_json=data.get("daemon_json") or "",
         daemon_json_mtime=_epoch(data.get("daemon_json_mtime")),
         engine_started=_epoch(data.get("engine_started")),
+        cpus=_epoch(data.get("cpus")) or None,
+        memory=(_epoch(data.get("mem_kb")) or 0) * 1024 or None,
         managed_files={f["path"]: f["sha256"] for f in data.get("managed_files") or [] if "path" in f},
         network=parse_network_probe(
             (data.get("docker") or {}).get("network"), [r.get("route", "") for r in data.get("routes") or []]

@@ -48,6 +48,9 @@ engine_started() {
 }
 printf ',"daemon_json_mtime":%s' "$(num "$(root_read stat -c %Y /etc/docker/daemon.json 2>/dev/null)")"
 printf ',"engine_started":%s' "$(num "$(engine_started)")"
+# The host's size, for placement when Docker does not tell it (not installed or running yet).
+printf ',"cpus":%s' "$(num "$(nproc 2>/dev/null)")"
+printf ',"mem_kb":%s' "$(num "$(sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\) kB$/\1/p' /proc/meminfo 2>/dev/null)")"
 # Files clusterctl manages on the host, by content hash, so writes happen only when they differ.
 printf ',"managed_files":'
 root_read find /etc/clusterctl -type f -exec sha256sum {} + 2>/dev/null |

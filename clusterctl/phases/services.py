@@ -17,14 +17,14 @@ from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.commands.files import sha256, write_secret_tree
 from clusterctl.config.loader import Cluster
-from clusterctl.config.models import Host, Service, duration_seconds
+from clusterctl.config.models import Host, Service, duration_seconds, format_size
 from clusterctl.errors import UserError
 from clusterctl.facts.parser import Container, HostFacts
 from clusterctl.phases.base import Context, ContextMemo, PhaseError, PlanError, cluster_containers
 from clusterctl.secrets import Secret
 from clusterctl.shipping.store import image_ref
 from clusterctl.shipping.stream import load_missing_images
-from clusterctl.schedule.placement import Placement, PlacementError, place
+from clusterctl.schedule.placement import Placement, PlacementError, place_file
 
 
 def service_containers(ctx: Context, facts: HostFacts) -> dict[str, Container]:
@@ -42,7 +42,9 @@ def placement(ctx: Context) -> Placement:
     try:
         # Hosts outside a `--host` run count as up: this run neither starts nor removes
         # anything there, and a replica on a selected host is not moved because of them.
-        return place(spec.services, spec.hosts, set(ctx.facts) | ctx.outside, running, service_ports(ctx))
+        # Hosts outside the run were not probed: sized from the file, else by default.
+        engines = {name: f.engine_size() for name, f in ctx.facts.items()}
+        return place_file(spec, set(ctx.facts) | ctx.outside, running, service_ports(ctx), engines)
     except PlacementError as exc:
         raise PhaseError(str(exc)) from None
 
@@ -82,6 +84,8 @@ def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.R
         check_interval=svc.check.interval,
         check_timeout=svc.check.timeout,
         deadline=duration_seconds(svc.check.deadline),
+        cpus=svc.resources.cpu if svc.resources else None,
+        memory=format_size(svc.resources.memory) if svc.resources and svc.resources.memory else None,
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fractions import Fraction
 
 from clusterctl.config.loader import MAX_FILE_BYTES, Cluster, load, load_text
 from clusterctl.config.models import Bastion
@@ -328,6 +329,61 @@ def test_service_errors_name_the_key_and_line(case):
     entry, key, line, *fragments = case
     err = refused(TWO_HOSTS + "services:\n" + entry)
     expect(err, key, line, *fragments)
+
+
+LABELLED = """
+hosts:
+  - {name: a1, address: 10.0.0.1, labels: {provider: aws}}
+  - {name: h1, address: 10.0.0.2, labels: {provider: hetzner}, capacity: {cpu: 8, memory: 16G}}
+"""
+RESOURCE_ERRORS = [
+    ("resources: {cpu: 0}", "services[0].resources.cpu", "more than 0"),
+    ("resources: {cpu: 0.0001}", "services[0].resources.cpu", "at most 3 decimals"),
+    ("resources: {cpu: true}", "services[0].resources.cpu", "not true/false"),
+    ("resources: {memory: 64}", "services[0].resources.memory", "a size needs a unit"),
+    ("resources: {memory: 64 MB}", "services[0].resources.memory", "invalid size '64 MB'"),
+    ("resources: {memory: 1M}", "services[0].resources.memory", "at least 6M"),
+    ("resources: {disk: 1G}", "services[0].resources.disk", "unknown key"),
+    ("strategy: pack", "services[0].strategy", "'spread' or 'binpack'"),
+    ("spread: {label: provider, targets: {aws: 60%, hetzner: 50%}}", "services[0].spread.targets", "add up to 110%, more than 100%"),
+    ("spread: {label: provider, targets: {aws: 0.5}}", "services[0].spread.targets", "aws: a target is a percentage"),
+    ("spread: {label: provider, targets: {aws: 101%}}", "services[0].spread.targets", "from 0% to 100%"),
+    ("spread: {label: 'a b'}", "services[0].spread.label", "invalid label key"),
+    ("spread: {label: provider, targets: {gcp: 50%}}", "services[0].spread.targets.gcp", "no host has provider: gcp"),
+    ("spread: {targets: {aws: 50%}}", "services[0].spread.label", "required key is missing"),
+]
+
+
+@pytest.mark.parametrize("case", RESOURCE_ERRORS, ids=[e[1] + ":" + e[2] for e in RESOURCE_ERRORS])
+def test_resource_and_spread_errors_name_the_key_and_line(case):
+    key_value, key, fragment = case
+    err = refused(LABELLED + f"services:\n  - name: web\n    image: nginx\n    {key_value}\n")
+    expect(err, key, 7, fragment)
+
+
+def test_host_capacity_and_reserve_errors():
+    err = refused(TWO_HOSTS.replace("10.0.0.2", "10.0.0.2\n    capacity: {memory: 2X}"))
+    expect(err, "hosts[1].capacity.memory", 6, "invalid size")
+    err = refused(TWO_HOSTS + "placement:\n  reserve: {cpu: -1}\n")
+    expect(err, "placement.reserve.cpu", 7, "between 0 and 4096")
+
+
+def test_resources_targets_capacity_and_reserve_load_and_normalize():
+    text = LABELLED + (
+        "placement: {reserve: {cpu: 0.25, memory: 256M}}\nservices:\n"
+        "  - {name: web, image: nginx, resources: {cpu: 0.25, memory: 1.5G}, strategy: binpack,"
+        " spread: {label: provider, targets: {aws: 33.3%}}}\n"
+        "  - {name: api, image: nginx, spread: provider}\n"
+    )
+    cluster = load_text(text, FILE)
+    web, api = cluster.spec.services
+    assert (web.resources.cpu, web.resources.memory, web.strategy) == (0.25, 1536 << 20, "binpack")
+    assert web.spread.shares() == {"aws": Fraction(333, 10)} and api.spread.label == "provider" and not api.spread.targets
+    assert cluster.spec.hosts[1].capacity.memory == 16 << 30 and cluster.spec.placement.reserve.memory == 256 << 20
+    normal = cluster.normalized()
+    assert normal["services"][0]["resources"] == {"cpu": 0.25, "memory": "1536M"}
+    assert normal["placement"] == {"reserve": {"cpu": 0.25, "memory": "256M"}}
+    assert load_text(yaml.safe_dump(normal), FILE).spec == cluster.spec.model_copy(update={"name": "cluster"})
 
 
 def test_app_needs_a_filebox():
@@ -847,3 +903,11 @@ def test_a_filebox_file_whose_dest_cannot_be_is_refused_on_its_line(entry, fragm
 def test_a_filebox_file_with_a_relative_src_is_placed_later():
     spec = load_text(TWO_HOSTS + "filebox:\n  files: [conf/app.json, 'conf/a.json:/etc/a.json']\n", FILE).spec
     assert spec.filebox.files == ("conf/app.json", "conf/a.json:/etc/a.json")
+
+
+def test_the_schema_says_what_the_file_holds_for_sizes_and_spread():
+    from clusterctl.config.models import ClusterFile
+
+    defs = ClusterFile.model_json_schema()["$defs"]
+    assert defs["Resources"]["properties"]["memory"]["anyOf"][0]["type"] == "string"
+    assert {"type": "string"} in defs["Service"]["properties"]["spread"]["anyOf"]

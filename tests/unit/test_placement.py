@@ -1,13 +1,25 @@
 """Placement of service replicas: examples, then hypothesis properties over generated clusters."""
 
 from collections import Counter
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterctl.config.models import Host, Service
-from clusterctl.schedule.placement import PlacementError, place, place_service, spread_group
+from clusterctl.schedule.placement import (
+    NOTHING,
+    Placement,
+    PlacementError,
+    Room,
+    apportion,
+    group_weights,
+    place,
+    place_service,
+    request_of,
+    spread_group,
+)
 
 
 def hosts_of(*specs):
@@ -79,59 +91,194 @@ def test_zero_replicas_place_nothing():
     assert place_service(svc(replicas=0), CLOUDS, ALL) == ()
 
 
+def test_resources_never_overcommit_and_a_refusal_says_what_is_missing_where():
+    sizes = {h.name: Room(2000, 2 << 30) for h in CLOUDS}
+    big = svc(name="big", replicas=3, resources={"cpu": 1.5})
+    small = svc(name="small", replicas=5, resources={"cpu": 0.5, "memory": "1G"})
+    placed = place([big, small], CLOUDS, ALL, capacities=sizes)
+    assert placed.hosts_of == {"big": ("h1", "h2", "h3"), "small": CLOUDS_NAMES}
+    with pytest.raises(PlacementError) as info:
+        place([big, small.model_copy(update={"resources": small.resources.model_copy(update={"memory": 1536 << 20})})], CLOUDS, ALL - {"a2"}, capacities={**sizes, "h1": Room(2000, 1 << 30)})
+    assert str(info.value) == (
+        "services.small: 5 replicas need 5 hosts (one per host), but 3 are up (a2 did not answer)"
+        " with room for 0.5 cpu, 1536M (h1 lacks 512M)"
+    )
+    # The reserve is kept back on every host.
+    with pytest.raises(PlacementError, match=r"0 are up with room for 1.5 cpu \(h1 lacks 0.5 cpu, h2 lacks 0.5 cpu"):
+        place([big], CLOUDS, ALL, capacities=sizes, reserve=Room(1000, 0))
+
+
+CLOUDS_NAMES = tuple(h.name for h in CLOUDS)
+
+
+def test_spread_and_binpack_pick_the_host_with_the_most_and_the_least_room():
+    sizes = {h.name: Room(4000, 8 << 30) for h in CLOUDS}
+    first = svc(name="first", replicas=2, resources={"cpu": 2})  # on h1 and h2
+    spread = svc(name="spread", replicas=1, resources={"cpu": 1})
+    packed = svc(name="packed", replicas=1, resources={"cpu": 1}, strategy="binpack")
+    assert place([first, spread], CLOUDS, ALL, capacities=sizes).hosts_of["spread"] == ("h3",)
+    assert place([first, packed], CLOUDS, ALL, capacities=sizes).hosts_of["packed"] == ("h1",)
+
+
+def test_spread_targets_share_the_replicas_and_a_full_group_gives_its_share_to_the_others():
+    s = svc(replicas=4, spread={"label": "provider", "targets": {"aws": "25%", "hetzner": "75%"}})
+    assert Counter(h[0] for h in place_service(s, CLOUDS, ALL)) == {"h": 3, "a": 1}
+    # 80% of 4 is 3.2: hetzner gets 3 (rounded down, the nearest), aws the one left.
+    s = svc(replicas=4, spread={"label": "provider", "targets": {"hetzner": "80%"}})
+    assert Counter(h[0] for h in place_service(s, CLOUDS, ALL)) == {"h": 3, "a": 1}
+    # aws wants 4 of 5 but has 2 hosts: hetzner takes the rest, and the placement says so.
+    s = svc(replicas=5, spread={"label": "provider", "targets": {"aws": "80%", "hetzner": "20%"}})
+    placed = place([s], CLOUDS, ALL)
+    assert placed.hosts_of["web"] == CLOUDS_NAMES and placed.notes == (
+        "services.web: spread target provider=aws wants 4 replicas, 2 fit there; the others took the rest",
+    )
+    # Targets adding up to 100% leave nothing to the values they do not list.
+    s = svc(replicas=3, spread={"label": "provider", "targets": {"hetzner": "100%"}})
+    assert place_service(s, CLOUDS, ALL) == ("h1", "h2", "h3")
+    with pytest.raises(PlacementError, match=r"2 are up \(h1 did not answer\); a1, a2 get 0% of its spread targets"):
+        place_service(s, CLOUDS, ALL - {"h1"})
+
+
+def test_apportion_keeps_counts_within_one_of_the_quota_and_prefers_what_runs():
+    third = [Fraction(1)] * 3
+    assert apportion(4, third, [9, 9, 9], [0, 0, 0]) == ([2, 1, 1], [Fraction(4, 3)] * 3)
+    assert apportion(4, third, [9, 9, 9], [1, 1, 2])[0] == [1, 1, 2]  # what runs meets the quotas: kept
+    assert apportion(4, third, [9, 9, 9], [0, 2, 2])[0] == [1, 1, 2]  # 0 is not within one of 4/3: one moves
+    assert apportion(4, third, [9, 9, 9], [4, 0, 0])[0] == [2, 1, 1]  # 4 in one group is not within one
+    assert apportion(4, third, [0, 1, 9], [0, 0, 0])[0] == [0, 1, 3]  # water filling over the room
+
+
 # --- properties ---------------------------------------------------------------------------------
 PROVIDERS = ["aws", "gcp", "hetzner"]
+TARGETS = [{"aws": "50%", "hetzner": "50%"}, {"aws": "70%"}, {"hetzner": "100%"},
+           {"aws": "33.3%", "gcp": "33.3%", "hetzner": "33.4%"}, {"gcp": "10%", "aws": "0%"}]  # fmt: skip
+REQUESTS = [None, {"cpu": 0.25}, {"cpu": 1.5}, {"memory": "256M"}, {"cpu": 0.5, "memory": "1G"}]
 
 
 @st.composite
-def clusters(draw):
-    n = draw(st.integers(1, 9))
+def clusters(draw, max_services=3):
+    n = draw(st.integers(1, 10))
     labels = [draw(st.sampled_from(PROVIDERS + [None])) for _ in range(n)]
     hosts = hosts_of(*[(f"n{i}", {"provider": p} if p else {}) for i, p in enumerate(labels)])
+    names = [h.name for h in hosts]
     available = {h.name for h in hosts if draw(st.booleans()) or draw(st.booleans())}
-    running = set(draw(st.lists(st.sampled_from([h.name for h in hosts]), max_size=n)))
-    spread = draw(st.sampled_from([None, "provider"]))
-    constraint = draw(st.sampled_from([None, "aws", ("aws", "gcp")]))
-    replicas = draw(st.integers(0, n))
-    s = svc(replicas=replicas, spread=spread, constraints={"provider": constraint} if constraint else {})
-    return hosts, available, running, s
+    sizes = {h.name: Room(draw(st.sampled_from([1000, 2000, 4000])), draw(st.sampled_from([1, 2, 4])) << 30) for h in hosts}
+    reserve = draw(st.sampled_from([NOTHING, Room(500, 512 << 20)]))
+    services = []
+    for k in range(draw(st.integers(1, max_services))):
+        spread = draw(st.sampled_from([None, "provider", "targets"]))
+        if spread == "targets":
+            spread = {"label": "provider", "targets": draw(st.sampled_from(TARGETS))}
+        constraint = draw(st.sampled_from([None, "aws", ("aws", "gcp")]))
+        services.append(Service(
+            name=f"s{k}", image="i", replicas=draw(st.integers(0, n)), spread=spread,
+            constraints={"provider": constraint} if constraint else {},
+            resources=draw(st.sampled_from(REQUESTS)), strategy=draw(st.sampled_from(["spread", "binpack"])),
+            port=draw(st.sampled_from([None, 80, 80 + k])),
+        ))  # fmt: skip
+    running = {s.name: set(draw(st.lists(st.sampled_from(names), max_size=n))) for s in services}
+    return hosts, available, running, services, sizes, reserve
 
 
-@settings(max_examples=400, deadline=None)
+def placed_or_none(hosts, available, running, services, sizes, reserve) -> Placement | None:
+    try:
+        return place(services, hosts, available, running, capacities=sizes, reserve=reserve)
+    except PlacementError as exc:
+        assert str(exc).startswith("services.") and "\n" not in str(exc)
+        return None
+
+
+def check_placement(case, placed: Placement) -> None:
+    hosts, available, _, services, sizes, reserve = case
+    by_name = {h.name: h for h in hosts}
+    used: dict[str, list[int]] = {h.name: [0, 0] for h in hosts}
+    ports: set[tuple[str, int]] = set()
+    for s in services:
+        chosen = placed.hosts_of[s.name]
+        # Exactly `replicas` distinct hosts, each available and allowed, in file order.
+        assert len(chosen) == len(set(chosen)) == s.replicas
+        assert all(n in available and s.allows(by_name[n]) for n in chosen)
+        assert list(chosen) == [h.name for h in hosts if h.name in chosen]
+        for n in chosen:
+            used[n][0] += request_of(s).cpu
+            used[n][1] += request_of(s).memory
+            if s.port is not None:
+                assert (n, s.port) not in ports
+                ports.add((n, s.port))
+    # Never overcommitted.
+    for n, (cpu, memory) in used.items():
+        assert cpu <= sizes[n].cpu - reserve.cpu or cpu == 0
+        assert memory <= sizes[n].memory - reserve.memory or memory == 0
+
+
+@settings(max_examples=300, deadline=None)
 @given(clusters())
 def test_placement_properties(case):
-    hosts, available, running, s = case
-    eligible = [h for h in hosts if h.name in available and s.allows(h)]
-    if s.replicas > len(eligible):
-        with pytest.raises(PlacementError):
-            place_service(s, hosts, available, running)
+    hosts, available, running, services, sizes, reserve = case
+    placed = placed_or_none(*case)
+    if placed is None:
         return
-    chosen = place_service(s, hosts, available, running)
-    by_name = {h.name: h for h in hosts}
-    # Exactly `replicas` distinct hosts, each available and allowed.
-    assert len(chosen) == len(set(chosen)) == s.replicas
-    assert all(n in available and s.allows(by_name[n]) for n in chosen)
-    # Even over the spread groups: a group holds 2+ more than another only if that other one
-    # has no eligible host left.
-    groups = Counter(spread_group(s, by_name[n]) for n in chosen)
-    sizes = Counter(spread_group(s, h) for h in eligible)
-    for a in sizes:
-        for b in sizes:
-            if groups[a] > groups[b] + 1:
-                assert groups[b] == sizes[b]
+    check_placement(case, placed)
     # Deterministic, and stable: placing again with the result as what runs gives the same hosts.
-    assert place_service(s, hosts, available, running) == chosen
-    assert place_service(s, hosts, available, set(chosen)) == chosen
+    assert placed_or_none(*case) == placed
+    again = placed_or_none(hosts, available, placed.hosts_of, services, sizes, reserve)
+    assert again is not None and again.hosts_of == placed.hosts_of
 
 
-@settings(max_examples=200, deadline=None)
-@given(clusters(), st.integers(0, 3))
-def test_scaling_up_never_moves_a_running_replica(case, more):
-    hosts, available, _, s = case
-    eligible = [h for h in hosts if h.name in available and s.allows(h)]
-    if s.replicas > len(eligible):
+@settings(max_examples=300, deadline=None)
+@given(clusters(max_services=1))
+def test_spread_is_within_one_replica_of_its_targets_unless_a_group_is_out_of_room(case):
+    hosts, available, running, services, sizes, reserve = case
+    placed = placed_or_none(*case)
+    if placed is None:
         return
-    before = place_service(s, hosts, available)
-    bigger = s.model_copy(update={"replicas": min(len(eligible), s.replicas + more)})
-    after = place_service(bigger, hosts, available, set(before))
-    assert set(before) <= set(after)
+    s = services[0]
+    chosen = set(placed.hosts_of[s.name])
+    matching = [h for h in hosts if s.allows(h)]
+    weights = group_weights(s, (spread_group(s, h) for h in matching))
+    total = sum(weights.values())
+    count = Counter(spread_group(s, h) for h in matching if h.name in chosen)
+    need = request_of(s)
+
+    def room_left(g):  # a host of the group that could still take a replica
+        return any(
+            spread_group(s, h) == g and h.name in available and h.name not in chosen
+            and need.cpu <= sizes[h.name].cpu - reserve.cpu and need.memory <= sizes[h.name].memory - reserve.memory
+            for h in matching
+        )  # fmt: skip
+
+    wanted = {g: s.replicas * w / total if total else 0 for g, w in weights.items()}
+    short = [g for g in weights if count[g] < wanted[g] and not room_left(g)]  # full below its share
+    for g in weights:
+        if count[g] < int(wanted[g]):
+            assert not room_left(g), (g, count, wanted)  # under by a whole replica only when full
+        if not short:
+            assert count[g] <= -(-wanted[g] // 1), (g, count, wanted)  # over only to make up for a full group
+
+
+@settings(max_examples=300, deadline=None)
+@given(clusters(), st.integers(1, 3), st.data())
+def test_scaling_up_never_moves_a_running_replica(case, more, data):
+    hosts, available, running, services, sizes, reserve = case
+    before = placed_or_none(hosts, available, {}, services, sizes, reserve)
+    if before is None:
+        return
+    k = data.draw(st.integers(0, len(services) - 1))
+    bigger = list(services)
+    bigger[k] = services[k].model_copy(update={"replicas": services[k].replicas + more})
+    after = placed_or_none(hosts, available, before.hosts_of, bigger, sizes, reserve)
+    if after is None:
+        return
+    for s in services:
+        assert set(before.hosts_of[s.name]) <= set(after.hosts_of[s.name]), s.name
+
+
+def test_room_a_replica_scaled_away_frees_is_there_for_the_services_before_it():
+    # gone (after web in the file) scaled to 0 on h1: its room is given back before web is
+    # placed, so web spreads onto hetzner now, not only once gone's replica has been removed.
+    hosts = hosts_of(("a1", {"provider": "aws"}), ("h1", {"provider": "hetzner"}), ("a2", {"provider": "aws"}))
+    web = svc(name="web", replicas=2, spread="provider", resources={"cpu": 0.25})
+    gone = svc(name="gone", replicas=0, resources={"cpu": 1})
+    sizes = {h.name: Room(1000, 1 << 30) for h in hosts}
+    placed = place([web, gone], hosts, {"a1", "h1", "a2"}, {"gone": {"h1"}}, capacities=sizes)
+    assert placed.hosts_of == {"web": ("a1", "h1"), "gone": ()}

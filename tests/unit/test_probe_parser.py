@@ -21,6 +21,16 @@ def test_recorded_probe_of_a_running_docker_host():
     assert [a.ip for a in f.global_addresses()] == ["10.77.0.11"]  # docker0 and lo are skipped
 
 
+def test_the_hosts_size_is_dockers_else_the_oses():
+    data = json.loads(FIXTURE.read_text())
+    assert parse_probe_output(json.dumps(data)).engine_size() == (2, 25276510208)  # NCPU, MemTotal
+    data.update(cpus=4, mem_kb=2048)
+    data["docker"]["info"] = {"ServerErrors": ["Cannot connect to the Docker daemon"]}
+    assert parse_probe_output(json.dumps(data)).engine_size() == (4, 2 << 20)  # nproc, /proc/meminfo
+    data.update(cpus=None, mem_kb="x")
+    assert parse_probe_output(json.dumps(data)).engine_size() == (None, None)
+
+
 def test_docker_down_and_containers_with_labels():
     data = json.loads(FIXTURE.read_text())
     data["docker"]["info"] = {"ServerErrors": ["Cannot connect to the Docker daemon"]}

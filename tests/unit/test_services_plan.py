@@ -318,3 +318,24 @@ def test_secret_bundle_paths_stay_under_their_root():
             secrets_bundle({bad: b"x"}, nested=True)
     with pytest.raises(ValueError):
         secrets_bundle({"env/x": b"x"})  # flat only, unless nested
+
+
+def test_resources_become_docker_limits_and_change_the_digest():
+    ctx = ctx_for(FILE.replace("    port: 8080\n", "    port: 8080\n    resources: {cpu: 0.25, memory: 64M}\n"))
+    run = next(c for c in plan(ctx, "n1") if c.argv[:2] == ("docker", "run"))
+    assert run.argv[run.argv.index("--cpus") : run.argv.index("--cpus") + 4] == ("--cpus", "0.25", "--memory", "64M")
+    limited = replica(ctx, ctx.cluster.spec.services[0], ctx.cluster.spec.host("n1"), ctx.facts["n1"])
+    plain = replica(ctx_for(), ctx_for().cluster.spec.services[0], ctx.cluster.spec.host("n1"), ctx.facts["n1"])
+    assert limited.digest() != plain.digest() and "--cpus" not in plain.run().argv
+
+
+def test_replicas_are_sized_from_dockers_facts_less_the_reserve_else_the_files_capacity():
+    # The fixture's engine has 2 CPUs; 0.5 is reserved: 1.5 left, short of 2 on every host.
+    too_big = FILE.replace("    port: 8080\n", "    port: 8080\n    resources: {cpu: 2}\n")
+    with pytest.raises(PhaseError, match=r"services\.web: 2 replicas need 2 hosts \(one per host\), but 0 are up with room for 2 cpu \(n1 lacks 0.5 cpu, n2 lacks 0.5 cpu, n3 lacks 0.5 cpu\)"):
+        ServicesPhase().check(ctx_for(too_big))
+    ServicesPhase().check(ctx_for(too_big.replace("placement:", "").replace("services:", "placement: {reserve: {cpu: 0}}\nservices:")))
+    bigger = too_big.replace("labels: {provider: gcp}}", "labels: {provider: gcp}, capacity: {cpu: 4}}")
+    bigger = bigger.replace("labels: {provider: aws}}\n  - {name: n2", "labels: {provider: aws}, capacity: {cpu: 4}}\n  - {name: n2")
+    ctx = ctx_for(bigger)
+    assert plan(ctx, "n2") == [] and plan(ctx, "n1") and plan(ctx, "n3")
