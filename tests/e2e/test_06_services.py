@@ -279,3 +279,18 @@ def test_more_replicas_than_hosts_is_one_line_and_sends_nothing(cli, lab, svc):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {f}:") and "services[0].replicas: 4 replicas need 4 hosts" in line, line
+
+
+def test_resources_that_do_not_fit_are_refused_and_ones_that_fit_are_enforced(cli, lab, svc):
+    """Each lab host reports this machine's size (2 cores): 3 cpus a replica fit nowhere, one line
+    naming the service and what each host lacks, nothing changed; 0.25 cpu and 64M fit and are
+    Docker's limits on each replica."""
+    f = _file(lab, svc, "huge", resources={"cpu": 3, "memory": "64M"})
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 1 and report["changed"] is False, json.dumps(report)[-3000:]
+    why = report["refused"]["services"]
+    assert why.startswith("services.hello: 2 replicas need 2 hosts") and "lacks" in why and "node1" in why, why
+    report = _up(cli, _file(lab, svc, "small", resources={"cpu": 0.25, "memory": "64M"}))
+    limits = {h: lab.docker("exec", lab.container(h), "docker", "inspect", "-f", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}",
+                            "clusterctl-svc-hello", check=False).stdout.strip() for h in ("node1", "node3")}  # fmt: skip
+    assert limits == {"node1": "250000000 67108864", "node3": "250000000 67108864"}, limits
