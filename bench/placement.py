@@ -7,7 +7,9 @@ on 6, constraints on 4, binpack on 4), side by side with, in the same run:
   - the placement of the converged cluster (every replica already running where it goes);
   - the placer of before (commit 124167a, one replica at a time, quadratic) and this one on a
     small cluster both can do in seconds (no resources: the old one has none), and this one on
-    the case the old one was measured on (1,000 hosts, 10 services of 100: 53 s).
+    the case the old one was measured on (1,000 hosts, 10 services of 100: 53 s);
+  - several replicas a host (`ports: dynamic`): 10,000 replicas over 400 hosts, placed, placed
+    again converged, and rebalanced, beside the floor of the same replicas.
 
 Usage: .venv/bin/python bench/placement.py [--runs N]     (medians of N runs, default 5)
 """
@@ -32,7 +34,9 @@ SIZES = (Room(4000, 8 << 30), Room(8000, 16 << 30), Room(16000, 32 << 30))
 RESERVE = Room(500, 512 << 20)
 
 
-def cluster(n_hosts: int, n_services: int, replicas: int, resources: bool = True) -> tuple[list[Host], list[Service], dict[str, Room]]:
+def cluster(
+    n_hosts: int, n_services: int, replicas: int, resources: bool = True, dynamic: bool = False
+) -> tuple[list[Host], list[Service], dict[str, Room]]:
     hosts = [
         Host(name=f"n{i:04d}", address=f"10.{i // 250}.{i % 250}.1",
              labels={"provider": PROVIDERS[i % 3 if i % 5 else 0], "region": f"r{i % 7}", "disk": "ssd" if i % 4 else "hdd"})
@@ -50,25 +54,30 @@ def cluster(n_hosts: int, n_services: int, replicas: int, resources: bool = True
             name=f"svc{k:02d}", image="app:1", replicas=replicas, spread=spread,
             constraints={"disk": "ssd"} if k % 5 == 4 else {},
             resources={"cpu": (0.1, 0.25, 0.5)[k % 3], "memory": ("64M", "128M", "256M")[k % 3]} if resources else None,
-            strategy="binpack" if k % 5 == 3 else "spread", port=8000 + k,
+            strategy="binpack" if k % 5 == 3 else "spread", port=8000 + k, ports="dynamic" if dynamic else "fixed",
         ))  # fmt: skip
     return hosts, services, sizes
 
 
-def floor(hosts: list[Host], services: list[Service], sizes: dict[str, Room]) -> dict[str, tuple[str, ...]]:
-    """The same replicas with no choice: each service's first matching hosts that fit."""
+def floor(hosts: list[Host], services: list[Service], sizes: dict[str, Room], several: bool = False) -> dict[str, tuple[str, ...]]:
+    """The same replicas with no choice: each service's first matching hosts that fit (with
+    `several`, each filled in turn before the next)."""
     free = {h.name: [sizes[h.name].cpu - RESERVE.cpu, sizes[h.name].memory - RESERVE.memory] for h in hosts}
     out = {}
     for s in services:
         need, chosen = request_of(s), []
         for h in hosts:
             room = free[h.name]
-            if s.allows(h) and room[0] >= need.cpu and room[1] >= need.memory:
+            if not s.allows(h):
+                continue
+            while len(chosen) < s.replicas and room[0] >= need.cpu and room[1] >= need.memory:
                 room[0] -= need.cpu
                 room[1] -= need.memory
                 chosen.append(h.name)
-                if len(chosen) == s.replicas:
+                if not several:
                     break
+            if len(chosen) == s.replicas:
+                break
         out[s.name] = tuple(chosen)
     return out
 
@@ -132,6 +141,25 @@ def main() -> None:
     issue_names = {h.name for h in issue_hosts}
     issue, _ = timed(lambda: place(issue_services, issue_hosts, issue_names, capacities=issue_sizes), runs)
     print(f"| this one, 1,000 hosts, 10 services of 100 (the old one: 53 s) | {issue:.4f} | {1000 / issue:,.0f} |")
+
+    # Several replicas a host: the heap of each spread group takes them one by one.
+    dyn_hosts, dyn_services, dyn_sizes = cluster(400, 20, 500, dynamic=True)
+    dyn_names = {h.name for h in dyn_hosts}
+    dyn_first, dyn_placed = timed(lambda: place(dyn_services, dyn_hosts, dyn_names, {}, ports, dyn_sizes, RESERVE), runs)
+    dyn_again, dyn_same = timed(lambda: place(dyn_services, dyn_hosts, dyn_names, dyn_placed.hosts_of, ports, dyn_sizes, RESERVE), runs)
+    assert dyn_same.hosts_of == dyn_placed.hosts_of, "a re-run moved a replica"
+    dyn_rebalanced, _ = timed(
+        lambda: place(dyn_services, dyn_hosts, dyn_names, dyn_placed.hosts_of, ports, dyn_sizes, RESERVE, rebalance=True), runs
+    )
+    dyn_floor, _ = timed(lambda: floor(dyn_hosts, dyn_services, dyn_sizes, several=True), runs)
+    most = max(dyn_placed.hosts_of[s.name].count(h.name) for s in dyn_services for h in dyn_hosts[:20])
+    print(f"\nseveral a host (ports: dynamic): {len(dyn_hosts)} hosts, {replicas} replicas (up to {most} of one service on a host)")
+    print(f"| what | seconds | placements/s |\n|---|---:|---:|")
+    print(f"| place, nothing running | {dyn_first:.3f} | {replicas / dyn_first:,.0f} |")
+    print(f"| place, converged | {dyn_again:.3f} | {replicas / dyn_again:,.0f} |")
+    print(f"| rebalance, converged | {dyn_rebalanced:.3f} | {replicas / dyn_rebalanced:,.0f} |")
+    print(f"| floor: assign with no choice | {dyn_floor:.3f} | {replicas / dyn_floor:,.0f} |")
+    print(f"place / floor: {dyn_first / dyn_floor:.2f}x")
 
 
 if __name__ == "__main__":

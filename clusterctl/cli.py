@@ -7,6 +7,7 @@ pays only for what it uses (start-up time counts in a no-op run).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 
 import sys
 from enum import Enum
@@ -145,7 +146,6 @@ def _prepare(cluster, dry_run: bool):
     from clusterctl.phases.consul_acl import acl_inputs, settle
 
     def prepare(ctx, consul_api):
-        from dataclasses import replace
 
         from clusterctl.phases.consul_tls import tls_inputs
 
@@ -227,7 +227,18 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait: float = 10.0, down: bool = False) -> None:
+def _converge(
+    file,
+    output,
+    accept_new,
+    workers,
+    hosts,
+    dry_run: bool,
+    lock_wait: float = 10.0,
+    down: bool = False,
+    rebalance: bool = False,
+    rollback: str | None = None,
+) -> None:
     from clusterctl.lock import cluster_lock
     from clusterctl.phases.manager import Options, execute
     from clusterctl.report.render import print_table, progress_line, report_json
@@ -239,7 +250,16 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     endpoints = resolve_endpoints(cluster)
     known = _known_hosts(cluster, accept_new)
     prepare, settle = None, None
-    if down:
+    if rollback is not None:
+        from clusterctl.phases.base import Inputs
+        from clusterctl.phases.rollback import RollbackPhase
+
+        known_services = [s.name for s in cluster.spec.services]
+        if rollback not in known_services:
+            raise UserError(f"{cluster.path}: no service named {rollback!r} (services: {', '.join(known_services) or 'none'})")
+        phases = (RollbackPhase(rollback),)
+        inputs = Inputs()  # it runs what the hosts kept: nothing built, no secret read
+    elif down:
         from clusterctl.phases.base import Inputs
         from clusterctl.phases.down import DOWN_PHASES as phases
 
@@ -248,7 +268,7 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
         from clusterctl.phases import PHASES as phases
         from clusterctl.phases.network import network_inputs
 
-        inputs = network_inputs(cluster, _inputs(cluster, dry_run), dry_run)
+        inputs = replace(network_inputs(cluster, _inputs(cluster, dry_run), dry_run), rebalance=rebalance)
         prepare, settle = _prepare(cluster, dry_run)
     console = _err_console()
     options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)
@@ -256,13 +276,14 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
     def progress(host, step):
         console.print(progress_line(host, step), soft_wrap=True)
 
-    verb = ("down --dry-run" if down else "plan") if dry_run else ("down" if down else "up")
+    verb = "rollback" if rollback is not None else ("down" if down else "up")
+    verb = {"up": "plan"}.get(verb, f"{verb} --dry-run") if dry_run else verb
     console.print(f"[bold]{verb}[/bold] cluster [bold]{cluster.name}[/bold] ({len(endpoints)} hosts, {cluster.path})")
     with _sigterm_as_interrupt():
         if dry_run:
             report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle)
         else:
-            holder = f"clusterctl {'down' if down else 'up'} -f {cluster.path}"
+            holder = f"clusterctl {verb} -f {cluster.path}"
             lock = _cluster_lock_in_consul(cluster, holder, lock_wait)
             with cluster_lock(cluster_dir(cluster.name, cluster.path), cluster.name, holder, wait=lock_wait):
                 report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle, lock)
@@ -297,6 +318,12 @@ def _converge(file, output, accept_new, workers, hosts, dry_run: bool, lock_wait
         raise typer.Exit(EXIT_HOSTS_FAILED)
 
 
+RebalanceOpt = Annotated[
+    bool,
+    typer.Option("--rebalance", help="Move running replicas to meet their spread (hosts added, spread drifted); new ones serve before old ones go."),
+]
+
+
 @app.command()
 def up(
     file: FileOpt = None,
@@ -306,9 +333,10 @@ def up(
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
     lock_wait: LockWaitOpt = 10.0,
+    rebalance: RebalanceOpt = False,
 ) -> None:
     """Bring every host to the desired state: Docker, engine DNS, network, filebox, Consul, services; then prune."""
-    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait)
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, rebalance=rebalance)
 
 
 @app.command()
@@ -318,9 +346,27 @@ def plan(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
+    rebalance: RebalanceOpt = False,
 ) -> None:
-    """Print the exact per-host commands `up` would run; sends only the read-only probe."""
-    _converge(file, output, accept_new_host_keys, workers, host, dry_run=True)
+    """Print the exact per-host commands `up` would run; sends only the read-only probe. Notes
+    name the moves a rebalance would make."""
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run=True, rebalance=rebalance)
+
+
+@app.command()
+def rollback(
+    service: Annotated[str, typer.Argument(help="A service of the cluster file.")],
+    file: FileOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would change; change nothing.")] = False,
+    output: OutputOpt = Output.table,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+    host: HostsOpt = None,
+    lock_wait: LockWaitOpt = 10.0,
+) -> None:
+    """Return a service to the version its last rollout replaced (kept on each host), one host at
+    a time; what ran is kept in turn. The next `up` rolls it to the file again."""
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, rollback=service)
 
 
 @app.command()
@@ -386,7 +432,7 @@ def logs(
     import re
     import shlex
 
-    from clusterctl.commands.service import container_name
+    from clusterctl.commands.service import CONTAINER_PREFIX, RETIRED_SUFFIX, container_name
 
     cluster = _load(file)
     known = [s.name for s in cluster.spec.services]
@@ -396,25 +442,35 @@ def logs(
         raise UserError(f"--since: not a duration or a timestamp: {since!r}")
     only = _select(cluster, host)
     names = [h.name for h in cluster.hosts if only is None or h.name in only]
-    docker_logs = ["docker", "logs", "--tail", str(tail), *(["--since", since] if since else []), container_name(service)]
-    # Hosts without a replica print nothing; docker needs root (sudo -n for other users).
+    docker_logs = ["docker", "logs", "--tail", str(tail), *(["--since", since] if since else [])]
+    filters = ["--filter", f"label=clusterctl.cluster={cluster.name}", "--filter", f"label=clusterctl.service={service}"]
+    # Every replica of the service on the host (slots 1, 2, ...); docker needs root (sudo -n
+    # for other users). Hosts without a replica print nothing.
     line = (
         'S=; [ "$(id -u)" = 0 ] || S="sudo -n"; '
-        f'if $S docker inspect {shlex.quote(container_name(service))} >/dev/null 2>&1; then '
-        f"echo clusterctl-replica-found; $S {shlex.join(docker_logs)} 2>&1; fi"
+        f"for c in $($S docker ps -a {shlex.join(filters)} --format '{{{{.Names}}}}' | sort); do "
+        f'case "$c" in *{RETIRED_SUFFIX}) continue ;; esac; '  # a previous version a rollout kept
+        f'echo "clusterctl-replica-found $c"; $S {shlex.join(docker_logs)} "$c" 2>&1; done'
     )
     results = _run_on_hosts(cluster, names, line, accept_new_host_keys, workers, 60.0)
-    width = max(len(n) for n in names)
+    first = container_name(service)
+    out: list[tuple[str, str]] = []
     found = 0
     for n, o in results.items():
         if not o.ok:
-            print(f"{n:<{width}} ! {o.error}", file=sys.stderr)
+            print(f"{n} ! {o.error}", file=sys.stderr)
             continue
-        rows = o.value.stdout.splitlines()
-        if rows[:1] == ["clusterctl-replica-found"]:
-            found += 1
-            for row in rows[1:]:
-                print(f"{n:<{width}} | {row}")
+        who = n
+        for row in o.value.stdout.splitlines():
+            if row.startswith("clusterctl-replica-found "):
+                found += 1
+                name = row.split(" ", 1)[1]
+                who = n if name == first else f"{n}/{name.removeprefix(CONTAINER_PREFIX)}"
+                continue
+            out.append((who, row))
+    width = max((len(w) for w, _ in out), default=0)
+    for who, row in out:
+        print(f"{who:<{width}} | {row}")
     if not found:
         print(f"no replica of {service} on {', '.join(names)}", file=sys.stderr)
     if any(not o.ok for o in results.values()) or not found:
@@ -559,6 +615,8 @@ def place(
 
     from clusterctl.config.loader import load
     from clusterctl.images.app import read_app_spec
+    from collections import Counter
+
     from clusterctl.schedule.placement import PlacementError, describe, place_file, request_of
 
     # No SSH here: the identity files the file names need not be on this machine (a review).
@@ -584,7 +642,8 @@ def place(
         table = Table("service", "replicas", "each", "hosts", title=f"placement of {cluster.name} (all hosts up)")
         for s in spec.services:
             hosts = placed.hosts_of[s.name]
-            table.add_row(s.name, str(len(hosts)), describe(request_of(s)), ", ".join(hosts) or "-")
+            on = ", ".join(f"{h} x{n}" if n > 1 else h for h, n in Counter(hosts).items())
+            table.add_row(s.name, str(len(hosts)), describe(request_of(s)), on or "-")
         Console(highlight=False).print(table)
     for note in placed.notes:
         _err_console().print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from clusterctl.commands.service import RETIRED_SUFFIX
 from clusterctl.commands.consul import CONTAINER as CONSUL_CONTAINER
 from clusterctl.config.loader import Cluster
 from clusterctl.phases.consul import server_choice
@@ -118,6 +119,8 @@ def cluster_status(
                 row.filebox = ",".join(sorted({c.labels.get("clusterctl.filebox.version", "?")[:12] for c in boxes}))
             for c in f.docker.containers:
                 svc = c.labels.get("clusterctl.service")
+                if c.name.endswith(RETIRED_SUFFIX):  # a previous version a rollout kept: not a replica
+                    continue
                 if c.labels.get("clusterctl.role") == "service" and c.labels.get("clusterctl.cluster") == cluster.name and svc:
                     row.services[svc] = "running" if c.running else "stopped"
             rows.append(row)

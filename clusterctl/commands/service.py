@@ -2,14 +2,20 @@
 
 A replica publishes its port on its host's cluster address and is registered with the host's
 Consul agent at that address: any container on any host (on the cluster network or a plain
-`docker run`) reaches NAME.service.consul:PORT, and the agent's health check, which runs in the
-host's network namespace, reaches the replica the same way clients do.
+`docker run`) reaches NAME.service.consul:PORT (a fixed port) or finds each replica's own host
+port in the SRV records of NAME.service.consul (`ports: dynamic`), and the agent's health check,
+which runs in the host's network namespace, reaches the replica the same way clients do.
+
+A host may run several replicas of a service, numbered by slot: the first is the service's
+name everywhere (container clusterctl-svc-NAME, Consul service ID NAME), slot N the name with
+".N" (clusterctl-svc-NAME.N, NAME.N): a dot no service name holds, so no two replicas collide.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field
 
 from clusterctl.commands.base import Cmd, sh_args
@@ -20,12 +26,17 @@ CONTAINER_PREFIX = "clusterctl-svc-"
 ROLE = "service"
 
 
-def container_name(service: str) -> str:
-    return CONTAINER_PREFIX + service
+def replica_id(service: str, slot: int = 1) -> str:
+    """The replica's name: its Consul service ID, and its container's after the prefix."""
+    return service if slot == 1 else f"{service}.{slot}"
 
 
-def definition_path(service: str) -> str:
-    return f"{SERVICES_DIR}/{service}.json"
+def container_name(rid: str) -> str:
+    return CONTAINER_PREFIX + rid
+
+
+def definition_path(rid: str) -> str:
+    return f"{SERVICES_DIR}/{rid}.json"
 
 
 # Secret env values of a service: one 0600 file each in a root-only dir, read by `docker run
@@ -64,10 +75,22 @@ class Replica:
     # Docker's limits (--cpus, --memory): what placement counted for this replica on its host.
     cpus: float | None = None
     memory: str | None = None
+    # Which of the service's replicas on this host (1, 2, ...), and the host port it publishes
+    # (None: the container port, a fixed one).
+    slot: int = 1
+    host_port: int | None = None
+
+    @property
+    def id(self) -> str:
+        return replica_id(self.service, self.slot)
 
     @property
     def container(self) -> str:
-        return container_name(self.service)
+        return container_name(self.id)
+
+    @property
+    def published(self) -> int | None:
+        return self.host_port or self.port
 
     def digest(self) -> str:
         """Changes whenever the container would run differently (the check is Consul's, not Docker's)."""
@@ -77,6 +100,7 @@ class Replica:
             **({"secret_env": list(self.secret_env)} if self.secret_env else {}),
             # Only when set: a replica without limits keeps the digest it had before they existed.
             **({"cpus": self.cpus} if self.cpus else {}), **({"memory": self.memory} if self.memory else {}),
+            **({"host_port": self.host_port} if self.host_port and self.host_port != self.port else {}),
         }  # fmt: skip
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -88,6 +112,10 @@ class Replica:
             "--label", f"clusterctl.service={self.service}",
             "--label", f"clusterctl.config={self.digest()}",
         ]  # fmt: skip
+        if self.slot != 1:
+            argv += ["--label", f"clusterctl.slot={self.slot}"]
+        if self.published:
+            argv += ["--label", f"clusterctl.port={self.published}"]
         for key, value in self.extra_labels:
             argv += ["--label", f"{key}={value}"]
         if self.filebox_container:
@@ -95,7 +123,7 @@ class Replica:
         if self.network:
             argv += ["--network", self.network]
         if self.port:
-            argv += ["-p", f"{_host_part(self.address)}:{self.port}:{self.port}"]
+            argv += ["-p", f"{_host_part(self.address)}:{self.published}:{self.port}"]
         for key, value in self.env:
             argv += ["-e", f"{key}={value}"]
         if self.secret_env:
@@ -103,19 +131,21 @@ class Replica:
         if self.cpus:
             argv += ["--cpus", f"{self.cpus:g}"]
         if self.memory:
-            argv += ["--memory", self.memory]
+            # The same as swap+memory: no swap beyond the limit (Docker's default lets a
+            # replica use as much swap again, unseen by the placement).
+            argv += ["--memory", self.memory, "--memory-swap", self.memory]
         argv.append(self.image)
         argv += list(self.command or ())
-        where = f" on {self.address}:{self.port}" if self.port else ""
-        return Cmd(tuple(argv), f"start {self.service}{where}")
+        where = f" on {self.address}:{self.published}" if self.port else ""
+        return Cmd(tuple(argv), f"start {self.id}{where}")
 
     def definition(self, token: str | None = None) -> str:
         """The agent's service definition (JSON; Consul reads it from its -config-dir), with the
         service's ACL token (it may write this service only) when Consul runs ACLs: the file is
         then a secret, written 0600 from stdin."""
-        target = f"{_host_part(self.address)}:{self.port}"
+        target = f"{_host_part(self.address)}:{self.published}"
         check: dict[str, object] = {
-            "id": f"{self.service}-alive",
+            "id": f"{self.id}-alive",
             "name": f"{self.service} answers on {target}",
             "interval": self.check_interval,
             "timeout": self.check_timeout,
@@ -126,10 +156,10 @@ class Replica:
             check["tcp"] = target
         doc = {
             "service": {
-                "id": self.service,
+                "id": self.id,
                 "name": self.service,
                 "address": self.address,
-                "port": self.port,
+                "port": self.published,
                 "tags": ["clusterctl"],
                 "meta": {"host": self.host, "container": self.container},
                 "check": check,
@@ -144,44 +174,65 @@ def _host_part(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def remove(service: str, grace: float = 0) -> Cmd:
+def remove(rid: str, grace: float = 0) -> Cmd:
     """With `grace`: SIGTERM first, and up to that many seconds for in-flight requests to end
     (the replica was deregistered before, so no new ones come), then removed."""
     if grace <= 0:
-        return Cmd(("docker", "rm", "-f", container_name(service)), f"remove the {service} container", check=False)
+        return Cmd(("docker", "rm", "-f", container_name(rid)), f"remove the {rid} container", check=False)
     return sh_args(
         'docker stop -t "$2" "$1" >/dev/null 2>&1; docker rm -f "$1" >/dev/null',
-        container_name(service), str(max(1, round(grace))),
-        description=f"remove the {service} container (stopped first: up to {grace:g}s for in-flight requests)",
+        container_name(rid), str(max(1, round(grace))),
+        description=f"remove the {rid} container (stopped first: up to {grace:g}s for in-flight requests)",
         check=False,
     )  # fmt: skip
 
 
-def start(service: str) -> Cmd:
-    return Cmd(("docker", "start", container_name(service)), f"start the stopped {service} container")
+def start(rid: str) -> Cmd:
+    return Cmd(("docker", "start", container_name(rid)), f"start the stopped {rid} container")
 
 
-def remove_definition(service: str) -> Cmd:
-    return Cmd(("rm", "-f", definition_path(service)), f"deregister {service} from this host's consul agent")
+def remove_definitions(rids: list[str]) -> Cmd:
+    return Cmd(("rm", "-f", *(definition_path(r) for r in rids)), f"deregister {', '.join(rids)} from this host's consul agent")
 
 
 def reload_agent() -> Cmd:
     return consul_cli("reload", description="reload consul's service definitions")
 
 
-def wait_deregistered(service: str, node: str, timeout: float = 15.0) -> Cmd:
+# An agent whose sync to the servers failed (e.g. "ACL not found" from a server that has just
+# restarted) tries again only after 15 s and a random stagger of as much again: the catalog
+# waits allow for one such retry.
+CATALOG_WAIT = 45.0
+
+
+def wait_deregistered(rids: list[str], node: str, timeout: float = CATALOG_WAIT) -> Cmd:
     """Until the catalog (asked through the host's agent, so the leader answers) no longer lists
-    the service on this node: the agent syncs a removal to the servers on its own time, and a
-    replica stopped before that is still handed out by DNS."""
+    these replicas (service IDs) on this node: the agent syncs a removal to the servers on its
+    own time, and a replica stopped before that is still handed out by DNS."""
+    return _wait_catalog(rids, node, False, timeout, f"wait until the catalog no longer hands out {', '.join(rids)} here")
+
+
+def wait_registered(rids: list[str], node: str, timeout: float = CATALOG_WAIT) -> Cmd:
+    """Until the catalog lists these replicas on this node: a check passing on the agent is not
+    yet an answer of DNS, which reads the catalog (the agent syncs on its own time)."""
+    return _wait_catalog(rids, node, True, timeout, f"wait until the catalog hands out {', '.join(rids)}")
+
+
+def _wait_catalog(rids: list[str], node: str, present: bool, timeout: float, description: str) -> Cmd:
     return sh_args(
-        'i=0; while docker exec "$1" timeout 3 wget -qO- "http://127.0.0.1:8500/v1/catalog/service/$2" 2>/dev/null | grep -qF "\\"Node\\":\\"$3\\""; do '
-        'i=$((i+1)); if [ "$i" -ge "$4" ]; then echo "the catalog still lists $2 on $3 after $5s" >&2; exit 1; fi; sleep 0.2; done',
-        CONSUL_CONTAINER, service, node, str(max(1, int(timeout * 5))), f"{timeout:g}",
-        description=f"wait until the catalog no longer hands out {service} here",
+        'n=$1 node=$2 tries=$3 after=$4 want=$5; shift 5; i=0; while :; do '
+        'if out=$(docker exec "$n" timeout 3 wget -qO- "http://127.0.0.1:8500/v1/catalog/node/$node" 2>/dev/null); then '
+        'left=""; for r in "$@"; do case "$out" in *"\\"ID\\":\\"$r\\""*) [ "$want" = 1 ] || left="$left $r" ;; *) [ "$want" = 1 ] && left="$left $r" ;; esac; done; '
+        '[ -z "$left" ] && exit 0; else left=" (its agent did not answer)"; fi; '
+        'i=$((i+1)); if [ "$i" -ge "$tries" ]; then '
+        'if [ "$want" = 1 ]; then echo "the catalog does not list$left on $node after ${after}s" >&2; else echo "the catalog still lists$left on $node after ${after}s" >&2; fi; '
+        'exit 1; fi; sleep 0.2; done',
+        CONSUL_CONTAINER, node, str(max(1, int(timeout * 5))), f"{timeout:g}", "1" if present else "0", *rids,
+        description=description,
     )  # fmt: skip
 
 
-def wait_healthy(service: str, timeout: float) -> Cmd:
+def wait_healthy(rid: str, timeout: float) -> Cmd:
     """Until the host's agent reports the replica's checks passing (the endpoint answers 200
     only then; BusyBox wget fails on its 503)."""
     return sh_args(
@@ -190,12 +241,12 @@ def wait_healthy(service: str, timeout: float) -> Cmd:
         'i=$((i+1)); '
         'if [ "$i" -ge "$3" ]; then echo "$2 is not healthy after $4s; its last output:" >&2; docker logs --tail 5 "$5" >&2; exit 1; fi; '
         "sleep 0.5; done",
-        CONSUL_CONTAINER, service, str(max(1, int(timeout * 2))), f"{timeout:g}", container_name(service),
-        description=f"wait until consul reports {service} healthy",
+        CONSUL_CONTAINER, rid, str(max(1, int(timeout * 2))), f"{timeout:g}", container_name(rid),
+        description=f"wait until consul reports {rid} healthy",
     )  # fmt: skip
 
 
-def wait_running(service: str, timeout: float) -> Cmd:
+def wait_running(rid: str, timeout: float) -> Cmd:
     """Without Consul: until the container has run for a second without exiting."""
     return sh_args(
         'i=0; while :; do s=$(docker inspect -f "{{.State.Status}} {{.RestartCount}}" "$1" 2>/dev/null); '
@@ -203,6 +254,123 @@ def wait_running(service: str, timeout: float) -> Cmd:
         'i=$((i+1)); '
         'if [ "$i" -ge "$2" ]; then echo "$1 is not running ($s); its last output:" >&2; docker logs --tail 5 "$1" >&2; exit 1; fi; '
         "sleep 0.5; done",
-        container_name(service), str(max(3, int(timeout * 2))),
-        description=f"wait until {service} keeps running",
+        container_name(rid), str(max(3, int(timeout * 2))),
+        description=f"wait until {rid} keeps running",
+    )  # fmt: skip
+
+
+# Rollouts keep what they replace, stopped, as the previous version (the automatic rollback of a
+# successor that fails its check, and `clusterctl rollback`): the container under this suffix
+# (no service name or slot holds it), its definition in ROLLBACK_DIR (outside consul's config
+# dir: not loaded). With start-first the old replica runs on until its successor passes.
+RETIRED_SUFFIX = ".prev"
+ROLLBACK_DIR = f"{ROOT}/rollback"
+
+
+def retired_name(rid: str) -> str:
+    return container_name(rid) + RETIRED_SUFFIX
+
+
+def rollback_path(rid: str) -> str:
+    return f"{ROLLBACK_DIR}/{rid}.json"
+
+
+def stash_definitions(rids: list[str]) -> Cmd:
+    """Deregister by moving the definitions aside (kept for a rollback)."""
+    return sh_args(
+        'mkdir -p -m 700 "$1" && d=$1 && shift && for f; do mv -f "$f" "$d/"; done',
+        ROLLBACK_DIR, *(definition_path(r) for r in rids),
+        description=f"deregister {', '.join(rids)} from this host's consul agent (definitions kept: the previous version)",
+    )  # fmt: skip
+
+
+def retire(rid: str, grace: float) -> Cmd:
+    """Stop the replica (SIGTERM, up to `grace` s) and keep it under its retired name."""
+    return sh_args(
+        'docker rm -f "$1$3" >/dev/null 2>&1; docker stop -t "$2" "$1" >/dev/null && docker rename "$1" "$1$3"',
+        container_name(rid), str(max(1, round(grace))), RETIRED_SUFFIX,
+        description=f"stop {rid} (up to {grace:g}s for in-flight requests) and keep it as the previous version",
+    )  # fmt: skip
+
+
+def drop_retired(rids: list[str], why: str = "") -> Cmd:
+    """What rollouts kept of these replicas (containers, definitions) goes."""
+    return sh_args(
+        'p=$1 s=$2 d=$3 && shift 3 && for r; do docker rm -f "$p$r$s" >/dev/null 2>&1 || true; rm -f "$d/$r.json"; done',
+        CONTAINER_PREFIX, RETIRED_SUFFIX, ROLLBACK_DIR, *rids,
+        description=f"remove the previous {', '.join(rids)}" + (f" ({why})" if why else ""),
+    )  # fmt: skip
+
+
+def passes_or_rolls_back(rid: str, timeout: float, registered: bool, previous: str | None, restore: bool) -> Cmd:
+    """Until the new replica `rid` passes (its Consul check; unregistered: keeps running for a
+    second). If it does not within `timeout`: it and its definition are removed, and with
+    `restore` (stop-first) the kept replica `previous` runs again with its definition; the
+    command fails with one line naming both. `previous` None: a new replica with nothing to go
+    back to."""
+    reload = reload_agent().argv
+    back = f"{previous} runs the previous version again" if restore else f"{previous} keeps serving the previous version"
+    tail = f"rolled back: {back}" if previous else "nothing to roll back to"
+    return sh_args(
+        'rid=$1 c=$2 tries=$3 after=$4 reg=$5 prev=$6 restore=$7 why=$8 def=$9; shift 9; i=0; '
+        'while :; do '
+        f'if [ "$reg" = 1 ]; then docker exec {shlex.quote(CONSUL_CONTAINER)} timeout 3 wget -qO /dev/null "http://127.0.0.1:8500/v1/agent/health/service/id/$rid" 2>/dev/null && exit 0; '
+        'else s=$(docker inspect -f "{{.State.Status}} {{.RestartCount}}" "$c" 2>/dev/null); [ "$s" = "running 0" ] && [ "$i" -ge 2 ] && exit 0; fi; '
+        'i=$((i+1)); [ "$i" -ge "$tries" ] && break; sleep 0.5; done; '
+        'out=$(docker logs --tail 5 "$c" 2>&1); [ -z "$out" ] || printf "%s: its last output:\\n%s\\n" "$rid" "$out" >&2; '
+        'docker rm -f "$c" >/dev/null 2>&1; rm -f "$def"; '
+        'if [ "$restore" = 1 ] && [ -n "$prev" ]; then '
+        f'p={shlex.quote(CONTAINER_PREFIX)}"$prev"; docker rename "$p{RETIRED_SUFFIX}" "$p" && docker start "$p" >/dev/null; '
+        f'[ -f {shlex.quote(ROLLBACK_DIR)}/"$prev.json" ] && mv -f {shlex.quote(ROLLBACK_DIR)}/"$prev.json" {shlex.quote(SERVICES_DIR)}/"$prev.json"; fi; '
+        '[ "$reg" = 1 ] && "$@" >/dev/null 2>&1; '
+        'echo "$rid did not pass its check within ${after}s; $why" >&2; exit 1',
+        rid, container_name(rid), str(max(3, int(timeout * 2))), f"{timeout:g}", "1" if registered else "0",
+        previous or "", "1" if restore else "0", tail, definition_path(rid), *reload,
+        description=f"wait until {rid} passes its check, else roll back" + (f" to {previous}" if previous else ""),
+    )  # fmt: skip
+
+
+# `clusterctl rollback`: what a rollout kept becomes the running version and what ran is kept in
+# its place, so a second rollback goes forward again.
+
+
+def restore_retired(rids: list[str]) -> Cmd:
+    """Kept replicas whose IDs no replica holds (start-first kept them): started again under
+    their own names, their definitions back in consul's config dir."""
+    return sh_args(
+        'p=$1 s=$2 d=$3 live=$4 && shift 4 && for r; do docker rename "$p$r$s" "$p$r" && docker start "$p$r" >/dev/null && '
+        '{ [ ! -f "$d/$r.json" ] || mv -f "$d/$r.json" "$live/$r.json"; }; done',
+        CONTAINER_PREFIX, RETIRED_SUFFIX, ROLLBACK_DIR, SERVICES_DIR, *rids,
+        description=f"start the previous {', '.join(rids)} again",
+    )  # fmt: skip
+
+
+def set_aside_definitions(rids: list[str]) -> Cmd:
+    """Deregister replicas that trade places with their previous version (same IDs): their
+    definitions go beside the kept ones, as NAME.next."""
+    return sh_args(
+        'd=$1 live=$2 && shift 2 && mkdir -p -m 700 "$d" && for r; do [ ! -f "$live/$r.json" ] || mv -f "$live/$r.json" "$d/$r.next.json"; done',
+        ROLLBACK_DIR, SERVICES_DIR, *rids,
+        description=f"deregister {', '.join(rids)} from this host's consul agent (kept: the version to go forward to)",
+    )  # fmt: skip
+
+
+def swap_with_previous(rid: str, grace: float) -> Cmd:
+    """The running replica stops (SIGTERM, up to `grace` s) and trades names with its kept
+    previous version, which starts."""
+    return sh_args(
+        'c=$1 s=$3; docker stop -t "$2" "$c" >/dev/null && docker rename "$c" "$c.next" && docker rename "$c$s" "$c" && '
+        'docker rename "$c.next" "$c$s" && docker start "$c" >/dev/null',
+        container_name(rid), str(max(1, round(grace))), RETIRED_SUFFIX,
+        description=f"stop {rid} (up to {grace:g}s for in-flight requests), start its previous version in its place",
+    )  # fmt: skip
+
+
+def promote_definitions(rids: list[str]) -> Cmd:
+    """The kept definitions go live; the set-aside ones are kept in their place."""
+    return sh_args(
+        'd=$1 live=$2 && shift 2 && for r; do { [ ! -f "$d/$r.json" ] || mv -f "$d/$r.json" "$live/$r.json"; } && '
+        '{ [ ! -f "$d/$r.next.json" ] || mv -f "$d/$r.next.json" "$d/$r.json"; }; done',
+        ROLLBACK_DIR, SERVICES_DIR, *rids,
+        description=f"register the previous {', '.join(rids)} with consul",
     )  # fmt: skip

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -204,8 +205,34 @@ class Reserve(Strict):
     memory: Size = 512 << 20
 
 
+def parse_port_range(value: object) -> object:
+    """'20000-32000' -> (20000, 32000)."""
+    if isinstance(value, str):
+        low, sep, high = value.partition("-")
+        if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+            raise ValueError(f"invalid port range {value!r}: LOW-HIGH, e.g. 20000-32000")
+        return (int(low), int(high))
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"invalid port range {value!r}: LOW-HIGH, e.g. 20000-32000")
+    return value
+
+
 class PlacementSection(Strict):
     reserve: Reserve = Field(default_factory=Reserve)
+    # Host ports for the replicas of `ports: dynamic` services (below Linux's ephemeral range,
+    # 32768-60999, as Nomad's 20000-32000 is).
+    port_range: Annotated[tuple[Port, Port], BeforeValidator(parse_port_range, json_schema_input_type=str)] = (20000, 32000)
+
+    @field_validator("port_range")
+    @classmethod
+    def _port_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] > v[1]:
+            raise ValueError(f"port range {v[0]}-{v[1]} is empty: LOW-HIGH with LOW <= HIGH")
+        return v
+
+    @field_serializer("port_range")
+    def _port_range_text(self, v: tuple[int, int]) -> str:
+        return f"{v[0]}-{v[1]}"
 
 
 class Host(Strict):
@@ -470,8 +497,10 @@ def duration_seconds(value: str) -> float:
     raise ValueError(value)
 
 
-def replicas_need(n: int) -> str:
-    return f"{n} replica{'s' if n != 1 else ''} need{'s' if n == 1 else ''} {n} host{'s' if n != 1 else ''} (one per host)"
+def replicas_need(n: int, one_per_host: bool = True) -> str:
+    if not one_per_host:
+        return f"{n} replica{'s' if n != 1 else ''} need{'s' if n == 1 else ''} a host"
+    return f"{n} replica{'s' if n != 1 else ''} need{'s' if n == 1 else ''} {n} host{'s' if n != 1 else ''} (one per host: a fixed port)"
 
 
 class ServiceCheck(Strict):
@@ -490,6 +519,17 @@ class ServiceCheck(Strict):
         if v is not None and (not v.startswith("/") or any(c.isspace() for c in v)):
             raise ValueError(f"http must be a path starting with '/', got {v!r}")
         return v
+
+
+class ServiceUpdate(Strict):
+    """How a changed service replaces its running replicas."""
+
+    # stop-first: the old replica is drained and stopped, then the new one starts (a fixed port
+    # passes from one to the other); start-first: the new one starts beside it on a port of
+    # its own and passes its check before the old one is drained (`ports: dynamic`).
+    order: Literal["stop-first", "start-first"] = "stop-first"
+    # How many hosts replace their replicas at once (each host's changed replicas together).
+    parallel: int = Field(default=1, ge=1, le=100)
 
 
 class FromEnv(Strict):
@@ -548,8 +588,8 @@ class SpreadTargets(Strict):
 
 
 class Service(Strict):
-    """An app run as microcontainers on some hosts, one replica per host, each registered in
-    Consul as NAME.service.consul on its host's cluster address."""
+    """An app run as microcontainers on some hosts, each replica registered in Consul as
+    NAME.service.consul on its host's cluster address (SRV records give each one's port)."""
 
     name: Annotated[str, AfterValidator(check_service_name)]
     # app: an app folder (clusterctl-app.yaml or package.json), relative to this file, built as a
@@ -559,6 +599,10 @@ class Service(Strict):
     replicas: int = Field(default=1, ge=0, le=1000)
     # The container port, published on the host's cluster address; default: the app's port.
     port: Port | None = None
+    # fixed: the port above is also the host port, so one replica per host (A-record clients
+    # keep NAME.service.consul:PORT); dynamic: each replica gets a host port of its own from
+    # placement.port_range (found through SRV records), so a host may run several.
+    ports: Literal["fixed", "dynamic"] = "fixed"
     command: tuple[str, ...] | None = Field(default=None, min_length=1)
     # Plain values go on the replica's command line (`-e`, shown in plans); a secret one,
     # {from_env: NAME}, is read from the operator's environment when `up` runs, reaches the host
@@ -577,6 +621,9 @@ class Service(Strict):
     check: ServiceCheck = Field(default_factory=ServiceCheck)
     # A replica being replaced or removed gets SIGTERM and this long to finish in-flight requests.
     stop_grace: Duration = "10s"
+    # A replaced replica is kept (stopped, with start-first running) until its successor passes
+    # its check within check.deadline; one that does not is removed and the old one serves again.
+    update: ServiceUpdate = Field(default_factory=ServiceUpdate)
 
     @field_validator("image")
     @classmethod
@@ -620,6 +667,21 @@ class Service(Strict):
         if (self.app is None) == (self.image is None):
             raise ValueError("give exactly one of app (an app folder to build) or image (an image reference)")
         return self
+
+    @model_validator(mode="after")
+    def _start_first(self) -> Service:
+        if self.update.order == "start-first" and self.one_per_host:
+            raise ValueError(
+                "update.order start-first starts each new replica beside the old one, on a port of its own: "
+                "it needs ports: dynamic (a fixed port is the old replica's until it stops)"
+            )
+        return self
+
+    @property
+    def one_per_host(self) -> bool:
+        """Whether its replicas publish one fixed host port (its own or its app's): then a
+        host runs one of them at most."""
+        return self.ports == "fixed" and (self.port is not None or self.app is not None)
 
     def allows(self, host: Host) -> bool:
         """Whether the host's labels meet every constraint."""
@@ -692,12 +754,12 @@ class ClusterFile(Strict):
                     for value, share in svc.spread.shares().items()
                     if share and value not in values
                 )
-            if svc.replicas > len(matching):
+            if svc.replicas > len(matching) and (svc.one_per_host or not matching):
                 where = " matching its constraints" if svc.constraints else ""
                 problems.append(ServiceIndexedError(
                     i,
                     "constraints" if svc.constraints else "replicas",
-                    f"{replicas_need(svc.replicas)}, but this file has {len(matching)}{where}",
+                    f"{replicas_need(svc.replicas, svc.one_per_host)}, but this file has {len(matching)}{where}",
                 ))  # fmt: skip
         if problems:
             raise CrossCheckErrors(problems)

@@ -132,6 +132,8 @@ class HostFacts:
     # The host's CPUs (nproc) and memory in bytes (/proc/meminfo); None when unknown.
     cpus: int | None = None
     memory: int | None = None
+    # TCP ports some socket listens on (the host's network namespace).
+    listening: frozenset[int] = frozenset()
 
     def engine_size(self) -> tuple[int | None, int | None]:
         """CPUs and memory for placement: what Docker reports (NCPU, MemTotal), else the OS."""
@@ -299,6 +301,17 @@ def _consul_checks(checks: Any) -> dict[str, str] | None:
     )
 
 
+def _ports(values: Any) -> frozenset[int]:
+    """/proc/net/tcp's hex port numbers -> ports (odd values skipped)."""
+    out = set()
+    for v in values if isinstance(values, list) else ():
+        try:
+            out.add(int(v, 16))
+        except (TypeError, ValueError):
+            continue
+    return frozenset(p for p in out if 0 < p < 65536)
+
+
 def _consul_voters(raft: Any) -> dict[str, bool] | None:
     if not isinstance(raft, dict) or not isinstance(raft.get("Servers"), list):
         return None
@@ -338,6 +351,7 @@ def parse_probe_output(text: str) -> HostFacts:
         engine_started=_epoch(data.get("engine_started")),
         cpus=_epoch(data.get("cpus")) or None,
         memory=(_epoch(data.get("mem_kb")) or 0) * 1024 or None,
+        listening=_ports(data.get("listening")),
         managed_files={f["path"]: f["sha256"] for f in data.get("managed_files") or [] if "path" in f},
         network=parse_network_probe(
             (data.get("docker") or {}).get("network"), [r.get("route", "") for r in data.get("routes") or []]

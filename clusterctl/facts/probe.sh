@@ -51,6 +51,9 @@ printf ',"engine_started":%s' "$(num "$(engine_started)")"
 # The host's size, for placement when Docker does not tell it (not installed or running yet).
 printf ',"cpus":%s' "$(num "$(nproc 2>/dev/null)")"
 printf ',"mem_kb":%s' "$(num "$(sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\) kB$/\1/p' /proc/meminfo 2>/dev/null)")"
+# TCP ports something listens on (state 0A), so a dynamic replica port never takes one.
+printf ',"listening":'
+awk 'FNR > 1 && $4 == "0A" { n = split($2, a, ":"); print "\"" a[n] "\"" }' /proc/net/tcp /proc/net/tcp6 2>/dev/null | sort -u | jsonl
 # Files clusterctl manages on the host, by content hash, so writes happen only when they differ.
 printf ',"managed_files":'
 root_read find /etc/clusterctl -type f -exec sha256sum {} + 2>/dev/null |

@@ -7,14 +7,18 @@ Optional members, all read with getattr so simple phases need none of them:
 - check(ctx): raise PhaseError when the cluster as a whole cannot take this phase (e.g. a
   network range that overlaps a host's network); the manager calls it before any phase runs
   and again before this one, and then runs nothing of this phase on any host;
-- rolling(ctx, host, facts): this host's change runs alone;
+- rolling(ctx, host, facts): this host's change runs alone (or in batches of
+  rolling_batch(ctx) hosts); a failed batch stops the rest of the rolling hosts;
 - passes: N > 1 plans the phase again from fresh facts after a pass that changed something,
   until the plan is empty, at most N passes (a swarm: init, then joins, then node labels);
 - wave(ctx, host, facts) -> int: a pass runs only the hosts of the lowest wave that has work;
   the others wait for the next pass, planned again from fresh facts. A dry run shows them all;
 - lookups(ctx) -> {host: Cmd}: read-only commands whose stdout the next plan needs (e.g. join
   tokens: secrets, never recorded or printed); run before planning a pass, never in a dry run,
-  and handed to the plan as ctx.lookups[host].
+  and handed to the plan as ctx.lookups[host];
+- notes(ctx) -> [str]: cluster-wide remarks on the first pass's plan (a rebalance's moves),
+  in the run's report;
+- finish(ctx, ran): after the phase's passes, however they ended (remove a relay).
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Inputs:
     acl: Any = field(default=None, repr=False)
     # What the operator-side steps changed in the cluster beyond the hosts, one line each.
     notes: tuple[str, ...] = ()
+    # `up --rebalance`: running replicas move to meet their spread (else they stay).
+    rebalance: bool = False
 
     def __post_init__(self) -> None:
         if self.gossip_key is not None and not isinstance(self.gossip_key, Secret):

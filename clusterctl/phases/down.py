@@ -37,8 +37,10 @@ class ServicesDown:
     title = "Service replicas removed"
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
-        names = sorted(c.labels.get("clusterctl.service", "") for c in cluster_containers(ctx, facts, service_build.ROLE))
-        return _root([service_build.remove(n) for n in names if n], facts)
+        # Every replica (NAME, NAME.2, ...) and what rollouts kept (NAME.prev), by container name.
+        prefix = service_build.CONTAINER_PREFIX
+        names = sorted(c.name.removeprefix(prefix) for c in cluster_containers(ctx, facts, service_build.ROLE) if c.name.startswith(prefix))
+        return _root([service_build.remove(n) for n in names], facts)
 
 
 class ConsulDown:

@@ -120,6 +120,17 @@ class Options:
     only: frozenset[str] | None = None
 
 
+def _phase_notes(phase: Phase, ctx: Context) -> list[str]:
+    """The phase's cluster-wide remarks on its plan (e.g. the moves a rebalance would make)."""
+    fn = getattr(phase, "notes", None)
+    if fn is None:
+        return []
+    try:
+        return list(fn(ctx))
+    except PhaseError:  # the phase's check has said it already
+        return []
+
+
 class Manager:
     """Owns the sessions of one run; use as a context manager so connections always close."""
 
@@ -145,6 +156,8 @@ class Manager:
         hosts = [h for h in cluster.hosts if options.only is None or h.name in options.only]
         self.reports = {h.name: HostReport(h.name, h.address) for h in hosts}
         self.refused: dict[str, str] = {}
+        # What phases said about the cluster while planning (phase `notes`), one line each.
+        self.phase_notes: list[str] = []
         # Per phase name: an operator-side step run before each of its passes (see execute).
         self.settle: dict[str, Callable[[Context, Callable], Inputs]] = {}
         # Interrupts (Ctrl-C, SIGTERM): this run's ID names its remote scripts' records; which
@@ -412,6 +425,8 @@ class Manager:
                     why = one_line(f"could not plan this host ({type(exc).__name__}: {exc})")
                     self._record(name, _merge(steps.get(name), Step(phase.name, FAILED, why)))
                     recorded.add(name)
+            if n == 0:
+                self.phase_notes += _phase_notes(phase, ctx)
             todo = [n for n, cmds in plans.items() if cmds]
             for name in plans:
                 if name not in todo and name not in steps and name not in recorded:
@@ -437,10 +452,13 @@ class Manager:
             self.in_pass = list(now)
             together = [n for n in now if n not in one_at_a_time]
             results = self._parallel(together, work, timeout=timeout + 5) if together else {}
-            for name in [n for n in now if n in one_at_a_time]:  # rolling: each waits for the cluster first
-                results.update(self._parallel([name], work, timeout=timeout + 5))
-                if not results[name].ok or not results[name].value.ok:  # type: ignore[union-attr]
-                    break  # stop rolling: the others keep their running agents
+            rolling_now = [n for n in now if n in one_at_a_time]
+            batch = max(1, int(getattr(phase, "rolling_batch", lambda _ctx: 1)(ctx)))
+            for i in range(0, len(rolling_now), batch):  # rolling: each batch waits for the cluster first
+                group = rolling_now[i : i + batch]
+                results.update(self._parallel(group, work, timeout=timeout + 5))
+                if any(not results[n].ok or not results[n].value.ok for n in group):  # type: ignore[union-attr]
+                    break  # stop rolling: the others keep what they run
             self.in_pass = []
             failed = False
             for name, out in results.items():
@@ -552,7 +570,7 @@ def execute(
             seconds=time.monotonic() - t0,
             errors=list(m.errors),
             refused=dict(m.refused),
-            notes=list(m.inputs.notes),
+            notes=[*m.inputs.notes, *m.phase_notes],
             interrupted=m.current if m.interrupted else None,
             ended_on=list(m.ended_on),
         )

@@ -5,12 +5,20 @@ Per host, in order: replicas no longer placed here are removed (and deregistered
 the host lacks are loaded (only the app's own layers cross: the base is there already), changed
 replicas are replaced, definitions are written, the agent reloads once, and `up` waits for each
 started replica's health check. Hosts that replace a running replica go one at a time, so the
-other replicas keep serving.
+other replicas keep serving; a host that only gives up replicas of a service that other hosts
+start (a rebalance, a move off a host) goes after them, so the new ones serve first.
+
+A host's replicas of a service are its slots 1..N (commands/service.py names them): the lowest
+slots that run stay, new ones take the lowest free numbers. A `ports: dynamic` replica keeps the
+host port it runs on; a new one takes the lowest port of placement.port_range that no socket
+on the host listens on and no replica there holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from dataclasses import replace
+from collections.abc import Iterator, Mapping
 
 from clusterctl.commands import service as build
 from clusterctl.commands.base import Cmd
@@ -27,24 +35,46 @@ from clusterctl.shipping.stream import load_missing_images
 from clusterctl.schedule.placement import Placement, PlacementError, place_file
 
 
+def slot_of(c: Container) -> int:
+    value = c.labels.get("clusterctl.slot", "1")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def port_of(c: Container) -> int | None:
+    value = c.labels.get("clusterctl.port", "")
+    return int(value) if value.isdigit() and 0 < int(value) < 65536 else None
+
+
 def service_containers(ctx: Context, facts: HostFacts) -> dict[str, Container]:
-    """This cluster's service replicas on a host, by service name."""
+    """This cluster's service replicas on a host, by replica ID (NAME, NAME.2, ...)."""
     replicas = cluster_containers(ctx, facts, build.ROLE)
-    return {c.labels["clusterctl.service"]: c for c in replicas if c.labels.get("clusterctl.service")}
+    return {
+        build.replica_id(c.labels["clusterctl.service"], slot_of(c)): c
+        for c in replicas
+        if c.labels.get("clusterctl.service") and not c.name.endswith(build.RETIRED_SUFFIX)  # kept by a rollout: not a replica
+    }
 
 
-def placement(ctx: Context) -> Placement:
-    spec = ctx.cluster.spec
+def running_replicas(ctx: Context) -> dict[str, list[str]]:
+    """Service name -> the host of each replica found (a host once per replica)."""
     running: dict[str, list[str]] = {}
     for name, facts in ctx.facts.items():
-        for svc in service_containers(ctx, facts):
-            running.setdefault(svc, []).append(name)
+        for c in service_containers(ctx, facts).values():
+            running.setdefault(c.labels["clusterctl.service"], []).append(name)
+    return running
+
+
+def placement(ctx: Context, rebalance: bool | None = None) -> Placement:
+    """Where the replicas go in this run (rebalanced when the operator asked for it)."""
+    spec = ctx.cluster.spec
+    running = running_replicas(ctx)
     try:
         # Hosts outside a `--host` run count as up: this run neither starts nor removes
         # anything there, and a replica on a selected host is not moved because of them.
         # Hosts outside the run were not probed: sized from the file, else by default.
         engines = {name: f.engine_size() for name, f in ctx.facts.items()}
-        return place_file(spec, set(ctx.facts) | ctx.outside, running, service_ports(ctx), engines)
+        again = ctx.inputs.rebalance if rebalance is None else rebalance
+        return place_file(spec, set(ctx.facts) | ctx.outside, running, service_ports(ctx), engines, again)
     except PlacementError as exc:
         raise PhaseError(str(exc)) from None
 
@@ -59,7 +89,7 @@ def service_ports(ctx: Context) -> dict[str, int | None]:
     return {s.name: service_port(ctx, s) for s in ctx.cluster.spec.services}
 
 
-def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.Replica:
+def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts, slot: int = 1, host_port: int | None = None) -> build.Replica:
     spec = ctx.cluster.spec
     address = host.cluster_address or facts.cluster_address()
     if not address:
@@ -86,7 +116,61 @@ def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts) -> build.R
         deadline=duration_seconds(svc.check.deadline),
         cpus=svc.resources.cpu if svc.resources else None,
         memory=format_size(svc.resources.memory) if svc.resources and svc.resources.memory else None,
+        slot=slot,
+        host_port=host_port,
     )
+
+
+def free_ports(ctx: Context, facts: HostFacts, held: set[int]) -> Iterator[int]:
+    """placement.port_range's ports, lowest first, that nothing on the host listens on and no
+    replica there (running or not) publishes, nor `held`."""
+    low, high = ctx.cluster.spec.placement.port_range
+    taken = set(facts.listening) | held
+    taken |= {p for c in facts.docker.containers if (p := port_of(c)) is not None}
+    return (p for p in range(low, high + 1) if p not in taken)
+
+
+def wanted_replicas(ctx: Context, placed: Placement, host: Host, facts: HostFacts) -> list[build.Replica]:
+    """The replicas the placement puts on this host, in the file's order, slot by slot: the
+    lowest slots found here stay (with their host ports), new ones take the lowest free slots
+    and ports."""
+    on_host = Counter(placed.services_on(host.name))
+    current = service_containers(ctx, facts)
+    dynamic = {s.name for s in ctx.cluster.spec.services if s.ports == "dynamic" and service_port(ctx, s)}
+    by_name = {s.name: s for s in ctx.cluster.spec.services}
+    slots: dict[str, list[tuple[bool, int]]] = {}
+    for c in current.values():
+        name, slot = c.labels["clusterctl.service"], slot_of(c)
+        if name not in by_name:
+            continue
+        # Up-to-date replicas stay first (a rollout stopped between start-first's successor
+        # and the old one's removal keeps the successor).
+        fresh = replica(ctx, by_name[name], host, facts, slot, port_of(c) if name in dynamic else None)
+        slots.setdefault(name, []).append((not (c.running and c.labels.get("clusterctl.config") == fresh.digest()), slot))
+    out: list[build.Replica] = []
+    chosen_ports: set[int] = set()
+    ports: Iterator[int] | None = None
+    for svc in ctx.cluster.spec.services:
+        count = on_host.get(svc.name, 0)
+        if not count:
+            continue
+        kept = [slot for _, slot in sorted(slots.get(svc.name, ()))[:count]]
+        new = [n for n in range(1, count + len(kept) + 1) if n not in kept][: count - len(kept)]
+        for slot in sorted(kept + new):
+            host_port = None
+            if svc.name in dynamic:
+                c = current.get(build.replica_id(svc.name, slot))
+                low, high = ctx.cluster.spec.placement.port_range
+                host_port = port_of(c) if c is not None else None
+                if host_port is None or not low <= host_port <= high or host_port in chosen_ports:
+                    if ports is None:
+                        ports = free_ports(ctx, facts, chosen_ports)
+                    host_port = next(ports, None)
+                    if host_port is None:
+                        raise PlanError(f"services.{svc.name}: no free port left in placement.port_range {low}-{high}")
+                chosen_ports.add(host_port)
+            out.append(replica(ctx, svc, host, facts, slot, host_port))
+    return out
 
 
 def secret_env_inputs(cluster: Cluster, environ: Mapping[str, str]) -> dict[str, dict[str, Secret]]:
@@ -134,20 +218,35 @@ class ServicesPhase:
     name = "services"
     title = "Service replicas placed, started and registered in Consul"
     # A host that lacks an app image gets it in a pass of its own (one stdin a script: the
-    # image stream, or the definitions, which carry the services' tokens).
-    passes = 2
+    # image stream, or the definitions, which carry the services' tokens); a host giving up
+    # replicas that others start goes in a wave after theirs.
+    passes = 3
 
     def __init__(self) -> None:
         self._placement = ContextMemo(placement)
+        self._starting = ContextMemo(lambda ctx: starting_elsewhere(ctx, self._placement(ctx)))
 
     def check(self, ctx: Context) -> None:
         if ctx.cluster.spec.services or any(service_containers(ctx, f) for f in ctx.facts.values()):
             self._placement(ctx)
 
+    def notes(self, ctx: Context) -> list[str]:
+        """Spread targets the placement could not meet, and the moves of a rebalance: the ones
+        this run makes (`up --rebalance`), else the ones it would make."""
+        if not ctx.cluster.spec.services:
+            return []
+        placed = self._placement(ctx)
+        out = list(placed.notes)
+        if ctx.inputs.rebalance:
+            for name, (losing, gaining) in placement(ctx, rebalance=False).moves(placed).items():
+                out.append(f"services.{name}: rebalancing, {_moves(losing, gaining)}")
+        else:
+            for name, (losing, gaining) in placed.moves(placement(ctx, rebalance=True)).items():
+                out.append(f"services.{name}: a rebalance (up --rebalance) would move {_moves(losing, gaining)}")
+        return out
+
     def _wanted(self, ctx: Context, host: Host, facts: HostFacts) -> list[build.Replica]:
-        spec = ctx.cluster.spec
-        names = set(self._placement(ctx).services_on(host.name))
-        return [replica(ctx, s, host, facts) for s in spec.services if s.name in names]
+        return wanted_replicas(ctx, self._placement(ctx), host, facts)
 
     def rolling(self, ctx: Context, host: Host, facts: HostFacts) -> bool:
         """A host replacing a running replica goes alone: the other replicas keep serving."""
@@ -155,9 +254,25 @@ class ServicesPhase:
             return False
         current = service_containers(ctx, facts)
         return any(
-            (c := current.get(r.service)) is not None and c.running and c.labels.get("clusterctl.config") != r.digest()
+            (c := current.get(r.id)) is not None and c.running and c.labels.get("clusterctl.config") != r.digest()
             for r in self._wanted(ctx, host, facts)
         )
+
+    def rolling_batch(self, ctx: Context) -> int:
+        """How many hosts replace replicas at once: the smallest update.parallel of the services."""
+        return min((s.update.parallel for s in ctx.cluster.spec.services), default=1)
+
+    def wave(self, ctx: Context, host: Host, facts: HostFacts) -> int:
+        """1 when this host gives up a running replica of a service another host is about to
+        start one of: it goes once those serve."""
+        if not ctx.cluster.spec.services:
+            return 0
+        wanted = {r.id for r in self._wanted(ctx, host, facts)}
+        starting = self._starting(ctx)
+        for rid, c in service_containers(ctx, facts).items():
+            if c.running and rid not in wanted and starting.get(c.labels["clusterctl.service"], set()) - {host.name}:
+                return 1
+        return 0
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
         current = service_containers(ctx, facts)
@@ -170,8 +285,9 @@ class ServicesPhase:
             return []
         consul = ctx.cluster.spec.consul.enabled
         wanted = self._wanted(ctx, host, facts)
-        # Secret env files, compared by content (never by a label: a hash of a password is
-        # not shown to whoever can read labels); a new value recreates the replica.
+        # Secret env files (one per service, shared by its replicas), compared by content (never
+        # by a label: a hash of a password is not shown to whoever can read labels); a new value
+        # recreates the replicas.
         env_files = {r.service: env_file(ctx, r) for r in wanted if r.secret_env}
         env_writes = {n: b for n, b in env_files.items() if facts.managed_files.get(build.env_file_path(n)) != sha256(b)}
         stale_env = sorted(
@@ -181,55 +297,90 @@ class ServicesPhase:
         # What changes: a replica to (re)start, and the definitions to take away or write.
         start: list[build.Replica] = []
         for r in wanted:
-            c = current.get(r.service)
+            c = current.get(r.id)
             if c is None or c.labels.get("clusterctl.config") != r.digest() or not c.running or r.service in env_writes:
                 start.append(r)
-        registering = {r.service: r for r in wanted if consul and r.port}
+        # A running replica that changes is kept until its successor passes: start-first, the
+        # successor starts on a slot and port of its own beside it; stop-first, it is stopped
+        # and kept aside while its successor takes its slot and port.
+        spec_of = {s.name: s for s in ctx.cluster.spec.services}
+        replaced = [r for r in start if r.id in current and current[r.id].running]
+        successors = start_first_successors(ctx, facts, wanted, [r for r in replaced if spec_of[r.service].update.order == "start-first"])
+        stop_first = {r.id for r in replaced if r.id not in successors}
+        wanted = [successors.get(r.id, r) for r in wanted]
+        start = [successors.get(r.id, r) for r in start]
+        starting = {r.id for r in start}
+        registering = {r.id: r for r in wanted if consul and r.port}
         # A replica about to stop is deregistered first, so clients stop being sent to it, and
         # registered again once it runs: its check starts critical, so the wait below sees a
-        # fresh check pass, never the old replica's last result.
-        drain = sorted(registered - (set(registering) - {r.service for r in start}))
-        definitions = {name: r.definition(service_token(ctx, name)) for name, r in registering.items()}
+        # fresh check pass, never the old replica's last result. (Start-first: the old one is
+        # deregistered once its successor passes.)
+        drain = sorted(registered - (set(registering) - starting) - set(successors))
+        stash = [rid for rid in drain if rid in stop_first]
+        definitions = {rid: r.definition(service_token(ctx, r.service)) for rid, r in registering.items()}
         write = [
             r
-            for name, r in registering.items()
-            if name in drain or facts.managed_files.get(build.definition_path(name)) != sha256(definitions[name])
+            for rid, r in registering.items()
+            if rid in drain or facts.managed_files.get(build.definition_path(rid)) != sha256(definitions[rid])
         ]
-        apps = tuple(app for r in wanted if (app := ctx.inputs.apps.get(r.service)) is not None)
+        written = {r.id for r in write}
+        apps = tuple({r.service: app for r in wanted if (app := ctx.inputs.apps.get(r.service)) is not None}.values())
         loads = [load] if apps and (load := load_missing_images(apps, facts)) is not None else []
         if loads and (write or env_writes):  # images first, in a pass of their own; the rest once they are there
             return [as_root(c, facts.sudo) for c in loads]
-        cmds: list[Cmd] = [build.remove_definition(name) for name in drain]
+        cmds: list[Cmd] = []
+        # The previous version a rollout kept (`clusterctl rollback`) stays while its service runs
+        # here and until the next rollout of the service keeps its own; a definition kept
+        # without its container is stale.
+        kept = retired_replicas(ctx, facts)
+        placed_here = {r.service for r in wanted}
+        rolling_out = {r.service for r in replaced if r.id not in successors}
+        starting_first = {r.service for r in replaced if r.id in successors}
+        old_generation = sorted(rid for rid, svc in kept.items() if svc not in placed_here or svc in rolling_out)
+        # Start-first: the version kept before goes only once the successors pass (a rollout
+        # that fails leaves it for `clusterctl rollback`).
+        replaced_generation = sorted(rid for rid, svc in kept.items() if svc in starting_first and rid not in old_generation)
+        stale_defs = sorted(
+            rid for path in facts.managed_files
+            if path.startswith(build.ROLLBACK_DIR + "/") and (rid := path.removeprefix(build.ROLLBACK_DIR + "/").removesuffix(".json")) not in kept
+        )  # fmt: skip
+        if old_generation or stale_defs:
+            cmds.append(build.drop_retired(sorted(set(old_generation) | set(stale_defs)), "a newer rollout or none to go back to"))
         if drain:
-            cmds.append(build.reload_agent())
-            cmds += [build.wait_deregistered(name, host.name) for name in drain]
+            if stash:
+                cmds.append(build.stash_definitions(stash))
+            if rest := [rid for rid in drain if rid not in stop_first]:
+                cmds.append(build.remove_definitions(rest))
+            cmds += [build.reload_agent(), build.wait_deregistered(drain, host.name)]
         grace = {s.name: duration_seconds(s.stop_grace) for s in ctx.cluster.spec.services}
-        for name in sorted(set(current) - {r.service for r in wanted}):
+        for rid in sorted(set(current) - {r.id for r in wanted} - set(successors)):
             # Gone from this host (frees its port first); a service gone from the file stops at once.
-            cmds.append(build.remove(name, grace.get(name, 0) if current[name].running else 0))
+            c = current[rid]
+            cmds.append(build.remove(rid, grace.get(c.labels["clusterctl.service"], 0) if c.running else 0))
         if stale_env:
             cmds.append(Cmd(("rm", "-f", *stale_env), "remove the secret env of services gone from this host"))
         cmds += loads
         if write or env_writes:
             # One stdin: definitions (with their tokens) and env files, before the replicas run
             # (docker reads the env file when it creates the container); loaded once they run.
-            files = {_under_root(build.definition_path(r.service)): definitions[r.service].encode() for r in write}
+            files = {_under_root(build.definition_path(r.id)): definitions[r.id].encode() for r in write}
             files.update({_under_root(build.env_file_path(n)): b for n, b in env_writes.items()})
             what = []
             if write:
-                what.append(f"register {', '.join(r.service for r in write)} with consul (0600: with their tokens)")
+                what.append(f"register {', '.join(r.id for r in write)} with consul (0600: with their tokens)")
             if env_writes:
                 what.append(f"write the secret env of {', '.join(sorted(env_writes))} (0600)")
             cmds.append(write_secret_tree(build.ROOT, files, "; ".join(what)))
-        for r in wanted:
-            if r in start:
-                c = current.get(r.service)
-                if c is not None and c.labels.get("clusterctl.config") == r.digest() and r.service not in env_writes:
-                    cmds.append(build.start(r.service))
-                else:
-                    if c is not None:
-                        cmds.append(build.remove(r.service, grace[r.service] if c.running else 0))
-                    cmds.append(r.run())
+        for r in start:
+            c = current.get(r.id)
+            if c is not None and c.labels.get("clusterctl.config") == r.digest() and r.service not in env_writes:
+                cmds.append(build.start(r.id))
+            else:
+                if r.id in stop_first:
+                    cmds.append(build.retire(r.id, grace[r.service]))
+                elif c is not None:
+                    cmds.append(build.remove(r.id, grace[r.service] if c.running else 0))
+                cmds.append(r.run())
         checks = facts.docker.consul_checks
         if write:
             cmds.append(build.reload_agent())
@@ -239,13 +390,88 @@ class ServicesPhase:
             # the wait below would wait for a check that does not exist.
             reload = build.reload_agent()
             cmds.append(Cmd(reload.argv, f"load {', '.join(unloaded)} into consul: defined on disk, unknown to the agent"))
+        previous = {new.id: old for old, new in successors.items()}
         for r in wanted:
-            if r.service in {w.service for w in write}:
-                cmds.append(build.wait_healthy(r.service, r.deadline))
-            elif r in start:
-                cmds.append(build.wait_running(r.service, r.deadline))
-            elif r.service in registering and (checks is None or checks.get(r.service) != "passing"):
+            if r.id in stop_first or r.id in previous:
+                # A replacement: it passes, or the host goes back to what ran (and fails, naming it).
+                cmds.append(build.passes_or_rolls_back(r.id, r.deadline, r.id in registering, previous.get(r.id, r.id), r.id in stop_first))
+            elif r.id in written:
+                cmds.append(build.wait_healthy(r.id, r.deadline))
+            elif r.id in starting:
+                cmds.append(build.wait_running(r.id, r.deadline))
+            elif r.id in registering and (checks is None or checks.get(r.id) != "passing"):
                 # Up to date but not passing (e.g. it came back with its host and its check has
                 # not run yet, or the app is failing): `up` is done only once it passes.
-                cmds.append(build.wait_healthy(r.service, r.deadline))
+                cmds.append(build.wait_healthy(r.id, r.deadline))
+        if written:
+            # Passing on the agent, now in the catalog DNS reads (before an old replica goes).
+            cmds.append(build.wait_registered(sorted(written), host.name))
+        if successors:
+            # The successors serve: the old replicas are drained and kept (stopped) as the
+            # previous version, in place of the one kept before.
+            if replaced_generation:
+                cmds.append(build.drop_retired(replaced_generation, "a newer rollout passed"))
+            old = sorted(successors)
+            if registered_old := [rid for rid in old if rid in registered]:
+                cmds += [build.stash_definitions(registered_old), build.reload_agent(), build.wait_deregistered(registered_old, host.name)]
+            cmds += [build.retire(rid, grace[current[rid].labels["clusterctl.service"]]) for rid in old]
         return [as_root(c, facts.sudo) for c in cmds]
+
+
+def retired_replicas(ctx: Context, facts: HostFacts) -> dict[str, str]:
+    """Replica ID -> service of the replicas a rollout kept on this host (stopped, renamed)."""
+    return {
+        c.name.removeprefix(build.CONTAINER_PREFIX).removesuffix(build.RETIRED_SUFFIX): c.labels.get("clusterctl.service", "")
+        for c in cluster_containers(ctx, facts, build.ROLE)
+        if c.name.endswith(build.RETIRED_SUFFIX)
+    }
+
+
+def start_first_successors(
+    ctx: Context, facts: HostFacts, wanted: list[build.Replica], replaced: list[build.Replica]
+) -> dict[str, build.Replica]:
+    """Old replica ID -> its start-first successor: the same replica on the service's lowest
+    free slot and (dynamic) the lowest free port, so both run at once."""
+    if not replaced:
+        return {}
+    slots: dict[str, set[int]] = {}
+    for c in cluster_containers(ctx, facts, build.ROLE):
+        slots.setdefault(c.labels.get("clusterctl.service", ""), set()).add(slot_of(c))
+    for r in wanted:
+        slots.setdefault(r.service, set()).add(r.slot)
+    ports = free_ports(ctx, facts, {p for r in wanted if (p := r.published) is not None})
+    out = {}
+    for r in replaced:
+        taken = slots[r.service]
+        slot = next(n for n in range(1, len(taken) + 2) if n not in taken)
+        taken.add(slot)
+        port = r.host_port
+        if r.host_port is not None:
+            port = next(ports, None)
+            if port is None:
+                low, high = ctx.cluster.spec.placement.port_range
+                raise PlanError(f"services.{r.service}: no free port left in placement.port_range {low}-{high} for a start-first successor")
+        out[r.id] = replace(r, slot=slot, host_port=port)
+    return out
+
+
+def _moves(losing: tuple[str, ...], gaining: tuple[str, ...]) -> str:
+    """'1 replica from n2 to n3': hosts once per replica."""
+    def hosts(names: tuple[str, ...]) -> str:
+        return ", ".join(f"{n} (x{k})" if k > 1 else n for n, k in Counter(names).items()) or "nowhere"
+
+    count = max(len(losing), len(gaining))
+    return f"{count} replica{'s' if count != 1 else ''} from {hosts(losing)} to {hosts(gaining)}"
+
+
+def starting_elsewhere(ctx: Context, placed: Placement) -> dict[str, set[str]]:
+    """Service name -> the hosts where the placement has more of its replicas than run there
+    now (new replicas start)."""
+    running = {name: Counter(c.labels["clusterctl.service"] for c in service_containers(ctx, f).values() if c.running)
+               for name, f in ctx.facts.items()}  # fmt: skip
+    out: dict[str, set[str]] = {}
+    for name in ctx.facts:
+        for svc, count in Counter(placed.services_on(name)).items():
+            if count > running[name].get(svc, 0):
+                out.setdefault(svc, set()).add(name)
+    return out

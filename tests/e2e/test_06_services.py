@@ -9,6 +9,7 @@ The module ends by converging the lab's own file again, which removes the servic
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -210,7 +211,8 @@ def test_changed_code_ships_one_small_layer_and_rolls_without_a_failed_request(c
     steps = _services(report)
     sent = {h["name"]: h["bytes_sent"] for h in report["hosts"]}
     for host in ("node1", "node3"):
-        assert "remove the hello container" in steps[host]["message"] and "deregister hello" in steps[host]["message"]
+        message = steps[host]["message"]
+        assert "deregister hello" in message and "stop hello" in message and "wait until hello passes its check, else roll back to hello" in message
         assert sent[host] < 200_000, sent  # the code layer only; dependencies and base stay
     assert steps["node2"]["status"] == "ok"
     ok, bad = (int(part.split("=")[1]) for part in out.split())
@@ -291,6 +293,208 @@ def test_resources_that_do_not_fit_are_refused_and_ones_that_fit_are_enforced(cl
     why = report["refused"]["services"]
     assert why.startswith("services.hello: 2 replicas need 2 hosts") and "lacks" in why and "node1" in why, why
     report = _up(cli, _file(lab, svc, "small", resources={"cpu": 0.25, "memory": "64M"}))
-    limits = {h: lab.docker("exec", lab.container(h), "docker", "inspect", "-f", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}",
+    limits = {h: lab.docker("exec", lab.container(h), "docker", "inspect", "-f", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}",
                             "clusterctl-svc-hello", check=False).stdout.strip() for h in ("node1", "node3")}  # fmt: skip
-    assert limits == {"node1": "250000000 67108864", "node3": "250000000 67108864"}, limits
+    # Memory and swap alike: no swap beyond the limit.
+    assert limits == {"node1": "250000000 67108864 67108864", "node3": "250000000 67108864 67108864"}, limits
+
+
+# Every SRV record of hello from a plain container, each fetched: "ok|bad TARGET PORT" lines.
+# Consul's DNS answers UDP with 3 records at most, shuffled: asked 40 times, the union is all.
+SRV = """
+i=0; while [ $i -lt 40 ]; do nslookup -type=srv hello.service.consul 2>/dev/null; i=$((i+1)); done |
+  sed -n 's/.*service = [0-9]* [0-9]* \\([0-9]*\\) \\([^ ]*\\)$/\\2 \\1/p' | sort -u |
+  while read -r t p; do
+    if timeout 3 wget -qO- "http://${t%.}:$p/" 2>/dev/null | grep -q "Hello"; then echo "ok $t $p"; else echo "bad $t $p"; fi
+  done
+"""
+
+
+def _catalog(cli, f: Path) -> list[tuple[str, str, int]]:
+    """(node, service ID, port) of each hello instance in the catalog."""
+    proc = cli("exec", "-f", str(f), "--host", "node1", "--", "docker", "exec", "clusterctl-consul",
+               "wget", "-qO-", "http://127.0.0.1:8500/v1/catalog/service/hello")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return sorted((e["Node"], e["ServiceID"], e["ServicePort"]) for e in json.loads(proc.stdout))
+
+
+def _replicas(lab) -> dict[str, list[str]]:
+    out = {}
+    for h in ("node1", "node2", "node3"):
+        ps = lab.docker("exec", lab.container(h), "docker", "ps", "--filter", "label=clusterctl.service=hello", "--format", "{{.Names}}")
+        out[h] = sorted(ps.stdout.split())
+    return out
+
+
+def test_six_replicas_on_three_hosts_each_found_through_its_own_srv_port(cli, lab, svc):
+    """ports: dynamic: two replicas a host, each its own container, host port and Consul
+    registration; from a plain container on every host the SRV records lead to all six."""
+    f = _file(lab, svc, "six", replicas=6, ports="dynamic", spread=None)
+    _up(cli, f)
+    assert _replicas(lab) == {h: ["clusterctl-svc-hello", "clusterctl-svc-hello.2"] for h in ("node1", "node2", "node3")}
+    catalog = _catalog(cli, f)
+    assert [(node, rid) for node, rid, _ in catalog] == [(h, r) for h in ("node1", "node2", "node3") for r in ("hello", "hello.2")]
+    assert all(20000 <= port <= 32000 for *_, port in catalog), catalog
+    for host in ("node1", "node2", "node3"):
+        rows = [line.split() for line in _on(lab, host, SRV).splitlines()]
+        assert len(rows) == 6 and all(r[0] == "ok" for r in rows), (host, rows)
+        assert sorted(int(r[2]) for r in rows) == sorted(port for *_, port in catalog), (host, rows, catalog)
+    code, again = cli.json("up", "-f", str(f))
+    assert code == 0 and again["changed"] is False, json.dumps(again, indent=1)[-3000:]
+
+
+def test_up_rebalance_moves_replicas_to_a_host_that_joined_and_only_when_asked(cli, lab, svc):
+    """Four replicas on node1 and node2 (a `pool` label); node3 joins the pool: a normal up
+    leaves them (its plan names the move), `up --rebalance` moves one to node3."""
+
+    def pool_file(name: str, members: tuple[str, ...]) -> Path:
+        f = _file(lab, svc, name, replicas=4, ports="dynamic", spread=None, constraints={"pool": "a"})
+        doc = yaml.safe_load(f.read_text())
+        for h in doc["hosts"]:
+            if h["name"] in members:
+                h["labels"]["pool"] = "a"
+        f.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return f
+
+    _up(cli, pool_file("pool2", ("node1", "node2")))
+    two = {"node1": ["clusterctl-svc-hello", "clusterctl-svc-hello.2"], "node2": ["clusterctl-svc-hello", "clusterctl-svc-hello.2"], "node3": []}
+    assert _replicas(lab) == two
+    f = pool_file("pool3", ("node1", "node2", "node3"))
+    code, planned = cli.json("plan", "-f", str(f))
+    move = "services.hello: a rebalance (up --rebalance) would move 1 replica from node2 to node3"
+    assert code == 0 and move in planned["notes"], planned["notes"]
+    code, report = cli.json("up", "-f", str(f))  # (node3's new label may change its engine's labels)
+    assert code == 0 and {s["status"] for s in _services(report).values()} == {"ok"}, json.dumps(report, indent=1)[-3000:]
+    assert _replicas(lab) == two
+    code, report = cli.json("up", "-f", str(f), "--rebalance")
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    assert "services.hello: rebalancing, 1 replica from node2 to node3" in report["notes"]
+    assert _replicas(lab) == {"node1": two["node1"], "node2": ["clusterctl-svc-hello"], "node3": ["clusterctl-svc-hello"]}
+    assert [node for node, *_ in _catalog(cli, f)] == ["node1", "node1", "node2", "node3"]
+    code, again = cli.json("up", "-f", str(f), "--rebalance")
+    assert code == 0 and again["changed"] is False and not again["notes"], json.dumps(again, indent=1)[-3000:]
+
+
+# Requests from a BusyBox container, 10 a second: each finds hello through its SRV record.
+SRV_LOOP = """
+ok=0; bad=0; end=$(($(date +%s)+$1))
+while [ "$(date +%s)" -lt "$end" ]; do
+  set -- $(nslookup -type=srv hello.service.consul 2>/dev/null | sed -n 's/.*service = [0-9]* [0-9]* \\([0-9]*\\) \\([^ ]*\\)$/\\2 \\1/p' | head -n 1) x
+  if [ "$1" != x ] && timeout 3 wget -qO- "http://${1%.}:$2/" >/dev/null 2>&1; then ok=$((ok+1)); else bad=$((bad+1)); fi
+  sleep 0.1
+done
+echo "ok=$ok bad=$bad"
+"""
+
+
+# What the first SRV record of hello answers.
+GREETING = r"""
+set -- $(nslookup -type=srv hello.service.consul 2>/dev/null | sed -n 's/.*service = [0-9]* [0-9]* \([0-9]*\) \([^ ]*\)$/\2 \1/p' | head -n 1)
+wget -qO- "http://${1%.}:$2/"
+"""
+
+
+def _start_first_file(lab, svc, name: str, app: Path, **more) -> Path:
+    return _file(lab, svc, name, app=app, replicas=1, ports="dynamic", spread=None, constraints={"provider": "blue"},
+                 update={"order": "start-first"}, **more)  # fmt: skip
+
+
+def _new_code(svc: Path, name: str, greeting: str) -> Path:
+    app = svc / name
+    shutil.copytree(HELLO, app, symlinks=True)
+    (app / "express.js").write_text((app / "express.js").read_text().replace("Hello world", greeting))
+    return app
+
+
+def test_start_first_rollout_of_a_single_replica_fails_no_request(cli, lab, svc):
+    """One replica on node3; its code changes: the successor starts on a port of its own and
+    passes before the old one is deregistered and stopped; a client on node2 finding hello
+    through SRV sees no failure."""
+    first = _new_code(svc, "sf1", "Hello first")
+    _up(cli, _start_first_file(lab, svc, "sf1", first))
+    (old,) = _replicas(lab)["node3"]  # the slot depends on what ran before
+    old = old.removeprefix("clusterctl-svc-")
+    second = _new_code(svc, "sf2", "Hello second")
+    f = _start_first_file(lab, svc, "sf2", second)
+    loop = subprocess.Popen(
+        [lab_mod.docker_cli(), "exec", "-i", lab.container("node2"), "sh", "-c",
+         'img=$(docker images clusterctl/base -q | head -n 1); docker run --rm -i --entrypoint busybox "$img" sh -c "$0" loop 45',
+         SRV_LOOP],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(3)
+        report = _up(cli, f)
+        out, err = loop.communicate(timeout=90)
+    finally:
+        loop.kill()
+    message = _services(report)["node3"]["message"]
+    (new,) = _replicas(lab)["node3"]
+    new = new.removeprefix("clusterctl-svc-")
+    assert new != old and f"wait until {new} passes its check, else roll back to {old}" in message, message
+    ok, bad = (int(part.split("=")[1]) for part in out.split())
+    assert ok > 100 and bad == 0, (out, err)
+    assert [rid for _, rid, _ in _catalog(cli, f)] == [new]
+    code, again = cli.json("up", "-f", str(f))
+    assert code == 0 and again["changed"] is False, json.dumps(again, indent=1)[-3000:]
+
+
+def test_a_new_version_that_fails_its_check_is_rolled_back_and_up_exits_1_naming_it(cli, lab, svc):
+    """start-first: the failing successor is removed, the old replica never stopped serving.
+    stop-first (two hosts, one at a time): the first host's old replica, kept aside, runs
+    again with its registration; the second host is not touched."""
+    second = svc / "sf2"
+    broken = {"command": ["sh", "-c", "sleep 3600"], "check": {"http": "/", "deadline": "8s"}}
+    f = _start_first_file(lab, svc, "sf-broken", second, **broken)
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 1, json.dumps(report, indent=1)[-3000:]
+    (serving,) = _replicas(lab)["node3"]
+    serving = serving.removeprefix("clusterctl-svc-")
+    step = _services(report)["node3"]
+    assert step["status"] == "failed" and re.search(
+        rf"hello(\.\d+)? did not pass its check within 8s; rolled back: {re.escape(serving)} keeps serving the previous version", step["message"]
+    ), step
+    assert _on(lab, "node2", SRV).split()[0] == "ok"
+    # The version the last good rollout replaced is still kept: `rollback` returns to it, and a
+    # second rollback goes forward again.
+    greeting = GREETING
+    assert _on(lab, "node2", greeting).strip() == "Hello second"
+    code, back = cli.json("rollback", "hello", "-f", str(f))
+    assert code == 0, json.dumps(back, indent=1)[-3000:]
+    assert any(n.startswith("services.hello: back on the previous version on node3") for n in back["notes"]), back["notes"]
+    assert _replicas(lab)["node3"] != [f"clusterctl-svc-{serving}"] and _on(lab, "node2", greeting).strip() == "Hello first"
+    code, forward = cli.json("rollback", "hello", "-f", str(f))
+    assert code == 0 and _on(lab, "node2", greeting).strip() == "Hello second", json.dumps(forward, indent=1)[-3000:]
+    proc = cli("rollback", "nope", "-f", str(f))
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("no service named 'nope' (services: hello)"), proc.stderr
+    # stop-first: hello on node1 and node3 (red, blue), then a version that never answers.
+    good = _file(lab, svc, "sf-two", app=second, replicas=2)
+    _up(cli, good)
+    names = {h: _replicas(lab)[h] for h in ("node1", "node3")}  # one each; its slot depends on what ran before
+    assert all(len(n) == 1 for n in names.values()), names
+
+    def ids() -> dict[str, str]:
+        return {h: lab.docker("exec", lab.container(h), "docker", "inspect", "-f", "{{.Id}}", names[h][0]).stdout.strip() for h in names}
+
+    before = ids()
+    f = _file(lab, svc, "sf-two-broken", app=second, replicas=2, **broken)
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 1, json.dumps(report, indent=1)[-3000:]
+    steps = _services(report)
+    failed = [h for h in ("node1", "node3") if steps[h]["status"] == "failed"]
+    rid = names[failed[0]][0].removeprefix("clusterctl-svc-") if failed else "?"
+    assert len(failed) == 1 and f"{rid} did not pass its check within 8s; rolled back: {rid} runs the previous version again" in (
+        steps[failed[0]]["message"]
+    ), steps
+    other = ({"node1", "node3"} - set(failed)).pop()
+    assert steps[other]["status"] == "skipped", steps
+    assert {h: _replicas(lab)[h] for h in names} == names
+    assert ids() == before  # the very containers that ran: kept aside, then started again
+    addr = _addresses(lab)
+    deadline = time.monotonic() + 30
+    while _passing(cli, lab.cluster_file) != sorted([addr["node1"], addr["node3"]]) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _passing(cli, lab.cluster_file) == sorted([addr["node1"], addr["node3"]])
+    _up(cli, good)  # nothing left of the rollout: a no-op
+    code, again = cli.json("up", "-f", str(good))
+    assert code == 0 and again["changed"] is False, json.dumps(again, indent=1)[-3000:]

@@ -314,8 +314,11 @@ SERVICE_ERRORS = [
     ("  - {name: web}\n", "services[0]", 7, "exactly one of app"),
     ("  - {name: web, image: nginx, app: ./web}\n", "services[0]", 7, "exactly one of app"),
     ("  - {name: web, image: 'nginx; reboot'}\n", "services[0].image", 7, "invalid image reference"),
-    ("  - {name: web, image: nginx, replicas: 3}\n", "services[0].replicas", 7, "3 replicas need 3 hosts", "this file has 2"),
-    ("  - {name: web, image: nginx, constraints: {zone: a}}\n", "services[0].constraints", 7, "1 replica needs 1 host (one per host), but this file has 0 matching its constraints"),
+    ("  - {name: web, image: nginx, replicas: 3, port: 80}\n", "services[0].replicas", 7, "3 replicas need 3 hosts (one per host: a fixed port)", "this file has 2"),
+    ("  - {name: web, image: nginx, constraints: {zone: a}}\n", "services[0].constraints", 7, "1 replica needs a host, but this file has 0 matching its constraints"),
+    ("  - {name: web, image: nginx, port: 80, ports: any}\n", "services[0].ports", 7, "'fixed' or 'dynamic'"),
+    ("  - {name: web, image: nginx}\nplacement: {port_range: 3000-2000}\n", "placement.port_range", 8, "port range 3000-2000 is empty"),
+    ("  - {name: web, image: nginx}\nplacement: {port_range: 3000}\n", "placement.port_range", 8, "LOW-HIGH"),
     ("  - {name: web, image: nginx, spread: zone}\n", "services[0].spread", 7, "no host has the label 'zone'"),
     ("  - {name: web, image: nginx, env: {'A-B': x}}\n", "services[0].env", 7, "environment variable name"),
     ("  - {name: web, image: nginx, check: {interval: soon}}\n", "services[0].check.interval", 7, "invalid duration"),
@@ -382,7 +385,7 @@ def test_resources_targets_capacity_and_reserve_load_and_normalize():
     assert cluster.spec.hosts[1].capacity.memory == 16 << 30 and cluster.spec.placement.reserve.memory == 256 << 20
     normal = cluster.normalized()
     assert normal["services"][0]["resources"] == {"cpu": 0.25, "memory": "1536M"}
-    assert normal["placement"] == {"reserve": {"cpu": 0.25, "memory": "256M"}}
+    assert normal["placement"] == {"reserve": {"cpu": 0.25, "memory": "256M"}, "port_range": "20000-32000"}
     assert load_text(yaml.safe_dump(normal), FILE).spec == cluster.spec.model_copy(update={"name": "cluster"})
 
 
@@ -827,7 +830,7 @@ def test_every_cross_check_is_reported_at_once():
           - {name: web1, address: 10.0.0.2}
           - {name: web3, address: 10.0.0.1, bastion: web9}
         services:
-          - {name: api, image: nginx, replicas: 9}
+          - {name: api, image: nginx, replicas: 9, port: 80}
         """
     )
     assert [(e.key_path, e.line) for e in errors] == [

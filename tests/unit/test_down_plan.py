@@ -59,6 +59,12 @@ def test_services_of_this_cluster_only():
     assert plan(ServicesDown(), f) == ["docker rm -f clusterctl-svc-web || true"]
 
 
+def test_every_replica_slot_and_what_rollouts_kept_go():
+    svc = f"{CLUSTER},clusterctl.role=service,clusterctl.service=web"
+    f = facts(containers=[("clusterctl-svc-web", svc), ("clusterctl-svc-web.2", svc + ",clusterctl.slot=2"), ("clusterctl-svc-web.prev", svc)])
+    assert plan(ServicesDown(), f) == [f"docker rm -f clusterctl-svc-{n} || true" for n in ("web", "web.2", "web.prev")]
+
+
 def test_consul_agent_volume_and_config_and_another_clusters_agent_is_left():
     mine = facts(containers=[(consul_build.CONTAINER, f"{CLUSTER},clusterctl.role=consul")],
                  managed=[consul_build.GOSSIP_FILE])  # fmt: skip

@@ -13,7 +13,7 @@ hosts:
   - {name: h1, address: 127.0.0.3, labels: {provider: hetzner}}
 services:
   - {name: web, image: nginx, replicas: 2, port: 80, spread: provider, resources: {cpu: 2, memory: 1G}}
-  - {name: api, image: nginx, replicas: 3, spread: {label: provider, targets: {aws: 90%}}}
+  - {name: api, image: nginx, replicas: 3, port: 8080, spread: {label: provider, targets: {aws: 90%}}}
 """
 
 
@@ -34,7 +34,7 @@ def test_a_placement_that_does_not_fit_is_one_line_naming_the_file_and_exit_2(tm
     f, proc = _validate(tmp_path, FILE, command="place")
     assert proc.returncode == 2, proc.stdout
     assert proc.stderr == (
-        f"error: {f}: services.web: 2 replicas need 2 hosts (one per host), but 1 is up with room for 2 cpu, 1G"
+        f"error: {f}: services.web: 2 replicas need 2 hosts (one per host: a fixed port), but 1 is up with room for 2 cpu, 1G"
         " (a2 lacks 0.5 cpu, h1 lacks 0.5 cpu)\n"
     )
 

@@ -38,7 +38,8 @@ ALL = {h.name for h in CLOUDS}
 
 
 def svc(**kw):
-    return Service(name=kw.pop("name", "web"), image="web:1", **kw)
+    """A service with a fixed port (one replica per host) unless it says otherwise."""
+    return Service(name=kw.pop("name", "web"), image="web:1", **{"port": 80, **kw})
 
 
 def test_spread_over_providers_before_hosts():
@@ -56,7 +57,7 @@ def test_constraints_pick_the_hosts():
     s = svc(replicas=2, constraints={"provider": "aws"})
     assert place_service(s, CLOUDS, ALL) == ("a1", "a2")
     s = svc(replicas=3, constraints={"provider": ["aws", "gcp"]})
-    with pytest.raises(PlacementError, match=r"services\.web: 3 replicas need 3 hosts \(one per host\), but 2 are up among the hosts matching"):
+    with pytest.raises(PlacementError, match=r"services\.web: 3 replicas need 3 hosts \(one per host: a fixed port\), but 2 are up among the hosts matching"):
         place_service(s, CLOUDS, ALL)
 
 
@@ -94,13 +95,13 @@ def test_zero_replicas_place_nothing():
 def test_resources_never_overcommit_and_a_refusal_says_what_is_missing_where():
     sizes = {h.name: Room(2000, 2 << 30) for h in CLOUDS}
     big = svc(name="big", replicas=3, resources={"cpu": 1.5})
-    small = svc(name="small", replicas=5, resources={"cpu": 0.5, "memory": "1G"})
+    small = svc(name="small", replicas=5, resources={"cpu": 0.5, "memory": "1G"}, port=81)
     placed = place([big, small], CLOUDS, ALL, capacities=sizes)
     assert placed.hosts_of == {"big": ("h1", "h2", "h3"), "small": CLOUDS_NAMES}
     with pytest.raises(PlacementError) as info:
         place([big, small.model_copy(update={"resources": small.resources.model_copy(update={"memory": 1536 << 20})})], CLOUDS, ALL - {"a2"}, capacities={**sizes, "h1": Room(2000, 1 << 30)})
     assert str(info.value) == (
-        "services.small: 5 replicas need 5 hosts (one per host), but 3 are up (a2 did not answer)"
+        "services.small: 5 replicas need 5 hosts (one per host: a fixed port), but 3 are up (a2 did not answer)"
         " with room for 0.5 cpu, 1536M (h1 lacks 512M)"
     )
     # The reserve is kept back on every host.
@@ -114,8 +115,8 @@ CLOUDS_NAMES = tuple(h.name for h in CLOUDS)
 def test_spread_and_binpack_pick_the_host_with_the_most_and_the_least_room():
     sizes = {h.name: Room(4000, 8 << 30) for h in CLOUDS}
     first = svc(name="first", replicas=2, resources={"cpu": 2})  # on h1 and h2
-    spread = svc(name="spread", replicas=1, resources={"cpu": 1})
-    packed = svc(name="packed", replicas=1, resources={"cpu": 1}, strategy="binpack")
+    spread = svc(name="spread", replicas=1, resources={"cpu": 1}, port=81)
+    packed = svc(name="packed", replicas=1, resources={"cpu": 1}, strategy="binpack", port=81)
     assert place([first, spread], CLOUDS, ALL, capacities=sizes).hosts_of["spread"] == ("h3",)
     assert place([first, packed], CLOUDS, ALL, capacities=sizes).hosts_of["packed"] == ("h1",)
 
@@ -174,18 +175,23 @@ def clusters(draw, max_services=3):
             name=f"s{k}", image="i", replicas=draw(st.integers(0, n)), spread=spread,
             constraints={"provider": constraint} if constraint else {},
             resources=draw(st.sampled_from(REQUESTS)), strategy=draw(st.sampled_from(["spread", "binpack"])),
-            port=draw(st.sampled_from([None, 80, 80 + k])),
+            port=draw(st.sampled_from([None, 80, 80 + k])), ports=draw(st.sampled_from(["fixed", "dynamic"])),
         ))  # fmt: skip
-    running = {s.name: set(draw(st.lists(st.sampled_from(names), max_size=n))) for s in services}
+    # A host once per running replica (several where the service allows it).
+    running = {s.name: sorted(draw(st.lists(st.sampled_from(names), max_size=2 * n))) for s in services}
     return hosts, available, running, services, sizes, reserve
 
 
-def placed_or_none(hosts, available, running, services, sizes, reserve) -> Placement | None:
+def placed_or_none(hosts, available, running, services, sizes, reserve, rebalance=False) -> Placement | None:
     try:
-        return place(services, hosts, available, running, capacities=sizes, reserve=reserve)
+        return place(services, hosts, available, running, capacities=sizes, reserve=reserve, rebalance=rebalance)
     except PlacementError as exc:
         assert str(exc).startswith("services.") and "\n" not in str(exc)
         return None
+
+
+def fixed(s: Service) -> bool:
+    return s.ports == "fixed" and s.port is not None
 
 
 def check_placement(case, placed: Placement) -> None:
@@ -195,14 +201,17 @@ def check_placement(case, placed: Placement) -> None:
     ports: set[tuple[str, int]] = set()
     for s in services:
         chosen = placed.hosts_of[s.name]
-        # Exactly `replicas` distinct hosts, each available and allowed, in file order.
-        assert len(chosen) == len(set(chosen)) == s.replicas
+        # Exactly `replicas`, each on an available and allowed host, in file order; with a
+        # fixed port on distinct hosts.
+        assert len(chosen) == s.replicas
+        if fixed(s):
+            assert len(set(chosen)) == len(chosen)
         assert all(n in available and s.allows(by_name[n]) for n in chosen)
-        assert list(chosen) == [h.name for h in hosts if h.name in chosen]
+        assert list(chosen) == [h.name for h in hosts for _ in range(chosen.count(h.name))]
         for n in chosen:
             used[n][0] += request_of(s).cpu
             used[n][1] += request_of(s).memory
-            if s.port is not None:
+            if fixed(s):
                 assert (n, s.port) not in ports
                 ports.add((n, s.port))
     # Never overcommitted.
@@ -228,22 +237,24 @@ def test_placement_properties(case):
 @settings(max_examples=300, deadline=None)
 @given(clusters(max_services=1))
 def test_spread_is_within_one_replica_of_its_targets_unless_a_group_is_out_of_room(case):
+    # Rebalanced (a normal placement leaves running replicas where they are, off target or not).
     hosts, available, running, services, sizes, reserve = case
-    placed = placed_or_none(*case)
+    placed = placed_or_none(*case, rebalance=True)
     if placed is None:
         return
     s = services[0]
-    chosen = set(placed.hosts_of[s.name])
+    chosen = Counter(placed.hosts_of[s.name])
     matching = [h for h in hosts if s.allows(h)]
     weights = group_weights(s, (spread_group(s, h) for h in matching))
     total = sum(weights.values())
-    count = Counter(spread_group(s, h) for h in matching if h.name in chosen)
+    count = Counter(spread_group(s, h) for h in matching for _ in range(chosen[h.name]))
     need = request_of(s)
 
     def room_left(g):  # a host of the group that could still take a replica
         return any(
-            spread_group(s, h) == g and h.name in available and h.name not in chosen
-            and need.cpu <= sizes[h.name].cpu - reserve.cpu and need.memory <= sizes[h.name].memory - reserve.memory
+            spread_group(s, h) == g and h.name in available and not (fixed(s) and chosen[h.name])
+            and need.cpu * (chosen[h.name] + 1) <= sizes[h.name].cpu - reserve.cpu
+            and need.memory * (chosen[h.name] + 1) <= sizes[h.name].memory - reserve.memory
             for h in matching
         )  # fmt: skip
 
@@ -270,7 +281,7 @@ def test_scaling_up_never_moves_a_running_replica(case, more, data):
     if after is None:
         return
     for s in services:
-        assert set(before.hosts_of[s.name]) <= set(after.hosts_of[s.name]), s.name
+        assert not Counter(before.hosts_of[s.name]) - Counter(after.hosts_of[s.name]), s.name
 
 
 def test_room_a_replica_scaled_away_frees_is_there_for_the_services_before_it():
@@ -282,3 +293,54 @@ def test_room_a_replica_scaled_away_frees_is_there_for_the_services_before_it():
     sizes = {h.name: Room(1000, 1 << 30) for h in hosts}
     placed = place([web, gone], hosts, {"a1", "h1", "a2"}, {"gone": {"h1"}}, capacities=sizes)
     assert placed.hosts_of == {"web": ("a1", "h1"), "gone": ()}
+
+
+def test_several_replicas_a_host_go_evenly_and_a_rebalance_moves_them_to_an_added_host():
+    dynamic = svc(replicas=6, ports="dynamic", resources={"cpu": 0.5})
+    three, four = CLOUDS[:3], CLOUDS[:4]
+    sizes = {h.name: Room(2000, 4 << 30) for h in CLOUDS}
+    placed = place([dynamic], three, {h.name for h in three}, capacities=sizes)
+    assert placed.hosts_of["web"] == ("h1", "h1", "h2", "h2", "h3", "h3")
+    # A fourth host: a normal placement leaves them; a rebalance moves one from the last host
+    # with the most to a1, and names the move.
+    up4 = {h.name for h in four}
+    assert place([dynamic], four, up4, placed.hosts_of, capacities=sizes) == placed
+    moved = place([dynamic], four, up4, placed.hosts_of, capacities=sizes, rebalance=True)
+    assert moved.hosts_of["web"] == ("h1", "h1", "h2", "h2", "h3", "a1")
+    assert placed.moves(moved) == {"web": (("h3",), ("a1",))}
+    # Room is counted per replica: 2 cpu less the reserve's 0.5 holds three of 0.5 on a host.
+    with pytest.raises(PlacementError, match=r"^services\.web: 7 replicas of 0.5 cpu each, but the hosts up have room for 6 \(h1 3, h2 3\)$"):
+        place([dynamic.model_copy(update={"replicas": 7})], CLOUDS[:2], {"h1", "h2"}, capacities=sizes, reserve=Room(500, 0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(clusters(), st.integers(0, 3))
+def test_a_normal_placement_never_moves_a_running_replica_and_a_rebalance_settles(case, added):
+    """Rebalance only when asked: with hosts added (or none), what a placement put stays; a
+    rebalance is itself stable (a second one moves nothing) and evens a spread service out."""
+    hosts, available, running, services, sizes, reserve = case
+    before = placed_or_none(hosts, available, running, services, sizes, reserve)
+    if before is None:
+        return
+    extra = hosts_of(*[(f"x{i}", dict(hosts[i % len(hosts)].labels)) for i in range(added)])
+    more = tuple(hosts) + tuple(Host(name=h.name, address=f"10.0.1.{i + 1}", labels=h.labels) for i, h in enumerate(extra))
+    bigger = {**sizes, **{h.name: Room(2000, 2 << 30) for h in extra}}
+    up = set(available) | {h.name for h in extra}
+    grown = (more, up, before.hosts_of, services, bigger, reserve)
+    after = placed_or_none(*grown)
+    assert after is not None and after.hosts_of == before.hosts_of
+    balanced = placed_or_none(*grown, rebalance=True)
+    if balanced is None:
+        return
+    check_placement((more, up, None, services, bigger, reserve), balanced)
+    again = placed_or_none(more, up, balanced.hosts_of, services, bigger, reserve, rebalance=True)
+    assert again is not None and again.hosts_of == balanced.hosts_of
+    for s in services:
+        if fixed(s) or s.strategy != "spread" or s.resources is not None:
+            continue
+        # Without resources every candidate of a group fits: a host runs at most one more.
+        counts = Counter(balanced.hosts_of[s.name])
+        for g in {spread_group(s, h) for h in more}:
+            members = [h.name for h in more if spread_group(s, h) == g and h.name in up and s.allows(h)]
+            if members and any(counts[m] for m in members):
+                assert max(counts[m] for m in members) - min(counts[m] for m in members) <= 1, (g, counts)

@@ -1,6 +1,7 @@
 """The services phase's plans and the replica builders, from recorded facts."""
 
 import json
+from dataclasses import replace
 import shlex
 from pathlib import Path
 
@@ -37,8 +38,9 @@ services:
 """
 
 
-def facts_for(ip, containers=(), managed=None, checks=None):
+def facts_for(ip, containers=(), managed=None, checks=None, listening=()):
     data = json.loads(FIXTURE.read_text())
+    data["listening"] = [f"{p:04X}" for p in listening]
     data["ssh_connection"] = f"10.0.0.100 5555 {ip} 22"
     data["addresses"] = [{"ifname": "eth0", "family": "inet", "cidr": f"{ip}/24"}]
     data["docker"]["containers"] = list(containers)
@@ -88,7 +90,9 @@ def test_replicas_spread_over_providers_and_start_registered_and_waited_for():
     assert not any(WEB_TOKEN in c.display() or WEB_TOKEN in repr(c) for c in cmds)
     assert cmds[2].argv[:3] == ("docker", "exec", "clusterctl-consul") and cmds[2].argv[-1] == "reload"
     assert "CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token" in cmds[2].render()
-    assert "healthy" in cmds[3].description and len(cmds) == 4
+    assert "healthy" in cmds[3].description and len(cmds) == 5
+    # Passing on the agent is not yet in DNS: up waits until the catalog lists it.
+    assert cmds[4].description == "wait until the catalog hands out web" and cmds[4].argv[-3:] == ("45", "1", "web")
 
 
 def test_definition_registers_the_host_address_with_an_http_check():
@@ -120,6 +124,7 @@ def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited
         "start the stopped web container",
         "reload consul's service definitions",
         "wait until consul reports web healthy",
+        "wait until the catalog hands out web",
     ]
 
 
@@ -148,36 +153,50 @@ def test_changed_setting_replaces_the_replica_one_host_at_a_time():
     ctx = ctx_for(n1=facts_for("10.0.0.1", [container("web", "0ld")]))
     phase = ServicesPhase()
     cmds = phase.plan(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
-    # Stopped with SIGTERM first, 10 s (stop_grace) for in-flight requests, then removed.
+    # Stopped with SIGTERM first, 10 s (stop_grace) for in-flight requests, and kept aside until
+    # its successor passes (else it runs again); then removed.
     assert "register web" in cmds[0].description  # the file first; consul loads it once the replica runs
-    assert cmds[1].argv[-2:] == ("clusterctl-svc-web", "10") and "docker stop -t" in cmds[1].render()
+    assert cmds[1].argv[-3:] == ("clusterctl-svc-web", "10", ".prev") and "docker stop -t" in cmds[1].render()
     assert cmds[2].argv[:2] == ("docker", "run")
-    # A replica whose definition is registered is drained first.
+    assert cmds[-2].description == "wait until web passes its check, else roll back to web"
+    assert cmds[-1].description == "wait until the catalog hands out web"
+    # The old one stays (stopped) as the previous version: converged, that is a no-op.
+    # A replica whose definition is registered is drained first (its definition kept aside).
     registered = facts_for("10.0.0.1", [container("web", "0ld")], {build.definition_path("web"): "x"})
     ctx = ctx_for(n1=registered)
     descriptions = [c.description for c in phase.plan(ctx, ctx.cluster.spec.host("n1"), registered)]
-    assert descriptions[:6] == ["deregister web from this host's consul agent", "reload consul's service definitions",
+    assert descriptions[:6] == ["deregister web from this host's consul agent (definitions kept: the previous version)",
+                                "reload consul's service definitions",
                                 "wait until the catalog no longer hands out web here",
                                 "register web with consul (0600: with their tokens)",
-                                "remove the web container (stopped first: up to 10s for in-flight requests)",
+                                "stop web (up to 10s for in-flight requests) and keep it as the previous version",
                                 "start web on 10.0.0.1:8080"]  # fmt: skip
     assert phase.rolling(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
     assert not phase.rolling(ctx, ctx.cluster.spec.host("n3"), ctx.facts["n3"])  # a first start
 
 
-def test_running_replica_stays_and_a_surplus_one_is_removed_and_deregistered():
-    # web runs on n1 and n2 (both aws): n1 keeps it, n2's goes to gcp's n3.
+def test_running_replicas_stay_off_target_and_a_rebalance_moves_one_after_its_new_one_serves():
+    # web runs on n1 and n2 (both aws) while its spread wants aws and gcp: a normal up leaves
+    # them; a rebalance moves n2's to gcp's n3, and n2 drains only once n3's serves (wave 1).
     ctx = ctx_for()
-    old = facts_for("10.0.0.2", [container("web", "x")], {build.definition_path("web"): "y"})
-    ctx = ctx_for(n1=converged(ctx, "n1"), n2=old)
-    assert plan(ctx, "n1") == []
-    assert [c.render() for c in plan(ctx, "n2")] == [
+    both = {"n1": converged(ctx, "n1"), "n2": converged(ctx, "n2")}
+    ctx = ctx_for(**both)
+    phase = ServicesPhase()
+    assert plan(ctx, "n1") == plan(ctx, "n2") == plan(ctx, "n3") == []
+    rebalance = Context(ctx.cluster, ctx.facts, replace(INPUTS, rebalance=True))
+    assert plan(rebalance, "n1") == []
+    assert [c.render() for c in plan(rebalance, "n2")] == [
         f"rm -f {build.definition_path('web')}",
         build.reload_agent().render(),
-        build.wait_deregistered("web", "n2").render(),
+        build.wait_deregistered(["web"], "n2").render(),
         """sh -c 'docker stop -t "$2" "$1" >/dev/null 2>&1; docker rm -f "$1" >/dev/null' sh clusterctl-svc-web 10 || true""",
     ]
-    assert plan(ctx, "n3")[1].argv[:2] == ("docker", "run")
+    assert plan(rebalance, "n3")[1].argv[:2] == ("docker", "run")
+    assert [phase.wave(rebalance, rebalance.cluster.spec.host(n), rebalance.facts[n]) for n in ("n1", "n2", "n3")] == [0, 1, 0]
+    # Once n3's runs, n2's is a surplus: it goes in the first wave.
+    moved = Context(ctx.cluster, {**ctx.facts, "n3": converged(ctx, "n3")}, replace(INPUTS, rebalance=True))
+    assert phase.wave(moved, moved.cluster.spec.host("n2"), moved.facts["n2"]) == 0
+    assert plan(moved, "n2")[0].render() == f"rm -f {build.definition_path('web')}"
 
 
 def test_another_clusters_containers_are_left_alone():
@@ -190,7 +209,7 @@ def test_a_host_down_moves_its_replica_and_too_few_hosts_refuse_the_phase():
     ctx = ctx_for(n1="down")
     assert plan(ctx, "n2")[1].argv[:2] == ("docker", "run")
     ctx = ctx_for(n1="down", n2="down")
-    with pytest.raises(PhaseError, match=r"services\.web: 2 replicas need 2 hosts \(one per host\), but 1 is up \(n1, n2 did not answer\)"):
+    with pytest.raises(PhaseError, match=r"services\.web: 2 replicas need 2 hosts \(one per host: a fixed port\), but 1 is up \(n1, n2 did not answer\)"):
         ServicesPhase().check(ctx)
 
 
@@ -220,7 +239,7 @@ def test_no_services_no_plan():
 
 def test_check_deadline_bounds_the_wait():
     ctx = ctx_for(FILE.replace("check: {http: /healthz}", "check: {http: /healthz, deadline: 3m}"))
-    wait = plan(ctx, "n1")[-1]
+    wait = plan(ctx, "n1")[-2]
     assert "healthy" in wait.description and wait.argv[-3:-1] == ("360", "180")
 
 
@@ -283,9 +302,9 @@ def test_a_changed_secret_recreates_the_replica_an_unchanged_one_is_a_no_op():
     assert old.docker.containers[0].labels == same.docker.containers[0].labels
     descriptions = [c.description for c in plan(secret_ctx(n1=old), "n1")]
     # Drained, then recreated with the new file, as for any change of the replica.
-    assert descriptions[0] == "deregister web from this host's consul agent"
+    assert descriptions[0] == "deregister web from this host's consul agent (definitions kept: the previous version)"
     assert descriptions[3].endswith("write the secret env of web (0600)")
-    assert descriptions[4].startswith("remove the web container") and descriptions[5].startswith("start web")
+    assert descriptions[4].startswith("stop web") and descriptions[5].startswith("start web")
 
 
 def test_a_secret_env_file_of_a_service_gone_from_the_host_is_removed():
@@ -323,7 +342,7 @@ def test_secret_bundle_paths_stay_under_their_root():
 def test_resources_become_docker_limits_and_change_the_digest():
     ctx = ctx_for(FILE.replace("    port: 8080\n", "    port: 8080\n    resources: {cpu: 0.25, memory: 64M}\n"))
     run = next(c for c in plan(ctx, "n1") if c.argv[:2] == ("docker", "run"))
-    assert run.argv[run.argv.index("--cpus") : run.argv.index("--cpus") + 4] == ("--cpus", "0.25", "--memory", "64M")
+    assert run.argv[run.argv.index("--cpus") : run.argv.index("--cpus") + 6] == ("--cpus", "0.25", "--memory", "64M", "--memory-swap", "64M")
     limited = replica(ctx, ctx.cluster.spec.services[0], ctx.cluster.spec.host("n1"), ctx.facts["n1"])
     plain = replica(ctx_for(), ctx_for().cluster.spec.services[0], ctx.cluster.spec.host("n1"), ctx.facts["n1"])
     assert limited.digest() != plain.digest() and "--cpus" not in plain.run().argv
@@ -332,10 +351,184 @@ def test_resources_become_docker_limits_and_change_the_digest():
 def test_replicas_are_sized_from_dockers_facts_less_the_reserve_else_the_files_capacity():
     # The fixture's engine has 2 CPUs; 0.5 is reserved: 1.5 left, short of 2 on every host.
     too_big = FILE.replace("    port: 8080\n", "    port: 8080\n    resources: {cpu: 2}\n")
-    with pytest.raises(PhaseError, match=r"services\.web: 2 replicas need 2 hosts \(one per host\), but 0 are up with room for 2 cpu \(n1 lacks 0.5 cpu, n2 lacks 0.5 cpu, n3 lacks 0.5 cpu\)"):
+    with pytest.raises(PhaseError, match=r"services\.web: 2 replicas need 2 hosts \(one per host: a fixed port\), but 0 are up with room for 2 cpu \(n1 lacks 0.5 cpu, n2 lacks 0.5 cpu, n3 lacks 0.5 cpu\)"):
         ServicesPhase().check(ctx_for(too_big))
     ServicesPhase().check(ctx_for(too_big.replace("placement:", "").replace("services:", "placement: {reserve: {cpu: 0}}\nservices:")))
     bigger = too_big.replace("labels: {provider: gcp}}", "labels: {provider: gcp}, capacity: {cpu: 4}}")
     bigger = bigger.replace("labels: {provider: aws}}\n  - {name: n2", "labels: {provider: aws}, capacity: {cpu: 4}}\n  - {name: n2")
     ctx = ctx_for(bigger)
     assert plan(ctx, "n2") == [] and plan(ctx, "n1") and plan(ctx, "n3")
+
+
+DYNAMIC = FILE.split("services:")[0] + """services:
+  - {name: api, image: nginx:1.25, replicas: 5, port: 8080, ports: dynamic}
+"""
+
+
+def replica_container(rid, digest, port, state="running"):
+    service, _, slot = rid.partition(".")
+    labels = f"clusterctl.cluster=c1,clusterctl.role=service,clusterctl.service={service},clusterctl.config={digest},clusterctl.port={port}"
+    return {"ID": rid, "Names": build.container_name(rid), "Image": "i", "State": state,
+            "Labels": labels + (f",clusterctl.slot={slot}" if slot else "")}  # fmt: skip
+
+
+def test_dynamic_ports_run_several_replicas_a_host_each_on_its_own_port_and_registration():
+    ctx = ctx_for(DYNAMIC, n1=facts_for("10.0.0.1", listening=(22, 20000)))
+    ctx = Context(ctx.cluster, ctx.facts, replace(INPUTS, acl=None))
+    cmds = plan(ctx, "n1")
+    runs = [c for c in cmds if c.argv[:2] == ("docker", "run")]
+    # Two of five here (spread: n1, n2 two each, n3 one); 20000 is taken by some other socket.
+    assert [r.argv[r.argv.index("--name") + 1] for r in runs] == ["clusterctl-svc-api", "clusterctl-svc-api.2"]
+    assert [r.argv[r.argv.index("-p") + 1] for r in runs] == ["10.0.0.1:20001:8080", "10.0.0.1:20002:8080"]
+    assert "clusterctl.slot=2" in runs[1].argv and "clusterctl.port=20002" in runs[1].argv
+    assert [len([c for c in plan(ctx, n) if c.argv[:2] == ("docker", "run")]) for n in ("n2", "n3")] == [2, 1]
+    # Each replica its own Consul service ID and port under the one name (SRV: every replica).
+    placed = ServicesPhase()._wanted(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
+    docs = [json.loads(r.definition())["service"] for r in placed]
+    assert [(d["id"], d["name"], d["port"], d["check"]["tcp"]) for d in docs] == [
+        ("api", "api", 20001, "10.0.0.1:20001"), ("api.2", "api", 20002, "10.0.0.1:20002"),
+    ]  # fmt: skip
+    assert [c.description for c in cmds if "healthy" in c.description] == [
+        "wait until consul reports api healthy", "wait until consul reports api.2 healthy",
+    ]  # fmt: skip
+
+
+def test_replicas_keep_their_slots_and_ports_and_a_scale_down_removes_the_highest_slots():
+    # Three run on n1; scaled to two, the normal placement keeps two there (running ones stay).
+    ctx = ctx_for(DYNAMIC.replace("replicas: 5", "replicas: 2"))
+    n1 = ctx.cluster.spec.host("n1")
+    api = ctx.cluster.spec.services[0]
+    running = [replica(ctx, api, n1, ctx.facts["n1"], slot, port) for slot, port in ((1, 20007), (2, 20003), (3, 20009))]
+    facts = facts_for("10.0.0.1", [replica_container(r.id, r.digest(), r.host_port) for r in running],
+                      {build.definition_path(r.id): sha256(r.definition()) for r in running},
+                      {r.id: "passing" for r in running})  # fmt: skip
+    # No ACLs in this context's inputs: definitions without a token.
+    inputs = replace(INPUTS, acl=None)
+    ctx = Context(ctx.cluster, {**ctx.facts, "n1": facts}, inputs)
+    wanted = ServicesPhase()._wanted(ctx, n1, facts)
+    assert [(r.id, r.host_port) for r in wanted] == [("api", 20007), ("api.2", 20003)]
+    cmds = [c.render() for c in plan(ctx, "n1")]
+    assert cmds[0] == f"rm -f {build.definition_path('api.3')}"
+    assert cmds[2] == build.wait_deregistered(["api.3"], "n1").render()
+    assert "clusterctl-svc-api.3" in cmds[3] and not any("docker run" in c for c in cmds)
+
+
+START_FIRST = DYNAMIC.replace("replicas: 5, port: 8080, ports: dynamic}", "replicas: 1, port: 8080, ports: dynamic, update: {order: start-first}}")
+
+
+def test_start_first_runs_the_successor_on_its_own_slot_and_port_before_the_old_one_goes():
+    ctx = ctx_for(START_FIRST)
+    ctx = Context(ctx.cluster, {**ctx.facts, "n1": facts_for("10.0.0.1", [replica_container("api", "0ld", 20000)],
+                                                             {build.definition_path("api"): "x"}, {"api": "passing"})},
+                  replace(INPUTS, acl=None))  # fmt: skip
+    phase = ServicesPhase()
+    assert phase.rolling(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])
+    cmds = plan(ctx, "n1")
+    assert [c.description for c in cmds] == [
+        "register api.2 with consul (0600: with their tokens)",
+        "start api.2 on 10.0.0.1:20001",
+        "reload consul's service definitions",
+        "wait until api.2 passes its check, else roll back to api",
+        "wait until the catalog hands out api.2",
+        "deregister api from this host's consul agent (definitions kept: the previous version)",
+        "reload consul's service definitions",
+        "wait until the catalog no longer hands out api here",
+        "stop api (up to 10s for in-flight requests) and keep it as the previous version",
+    ]
+    # The successor's check fails: it goes, the old one keeps serving, the command fails naming both.
+    check = cmds[3].render()
+    assert "hello" not in check and "api.2" in check and "api keeps serving the previous version" in check
+    # A run stopped once the successor served, before the old one went: the successor stays.
+    r = ServicesPhase()._wanted(ctx, ctx.cluster.spec.host("n1"), ctx.facts["n1"])[0]
+    new = replace(r, slot=2, host_port=20001)
+    both = facts_for("10.0.0.1", [replica_container("api", "0ld", 20000), replica_container("api.2", new.digest(), 20001)],
+                     {build.definition_path("api"): "x", build.definition_path("api.2"): sha256(new.definition())},
+                     {"api": "passing", "api.2": "passing"})  # fmt: skip
+    ctx = Context(ctx.cluster, {**ctx.facts, "n1": both}, ctx.inputs)
+    assert [c.description for c in plan(ctx, "n1")] == [
+        "deregister api from this host's consul agent", "reload consul's service definitions",
+        "wait until the catalog no longer hands out api here", "remove the api container (stopped first: up to 10s for in-flight requests)",
+    ]  # fmt: skip
+
+
+def test_start_first_needs_dynamic_ports_and_parallel_sets_the_rolling_batch():
+    with pytest.raises(Exception, match=r"start-first .* needs ports: dynamic"):
+        ctx_for(FILE.replace("    check: {http: /healthz}", "    check: {http: /healthz}\n    update: {order: start-first}"))
+    ctx = ctx_for(START_FIRST.replace("order: start-first}", "order: start-first, parallel: 3}"))
+    assert ServicesPhase().rolling_batch(ctx) == 3
+    assert ServicesPhase().rolling_batch(ctx_for()) == 1
+
+
+def retired_container(rid, digest, port, service="api"):
+    c = replica_container(rid, digest, port, state="exited")
+    c["Names"] = build.retired_name(rid)
+    return c
+
+
+def test_a_rollout_keeps_the_previous_version_until_the_next_rollout_and_rollback_returns_to_it():
+    from clusterctl.phases.rollback import RollbackPhase
+
+    ctx = ctx_for(START_FIRST)
+    inputs = replace(INPUTS, acl=None)
+    n1 = ctx.cluster.spec.host("n1")
+    r = ServicesPhase()._wanted(Context(ctx.cluster, ctx.facts, inputs), n1, ctx.facts["n1"])[0]
+    new = replace(r, slot=2, host_port=20001)
+    # After a start-first rollout: api.2 runs, api is kept (stopped) with its definition aside.
+    after = facts_for("10.0.0.1", [replica_container("api.2", new.digest(), 20001), retired_container("api", "0ld", 20000)],
+                      {build.definition_path("api.2"): sha256(new.definition()), build.rollback_path("api"): "x"},
+                      {"api.2": "passing"})  # fmt: skip
+    ctx = Context(ctx.cluster, {**ctx.facts, "n1": after}, inputs)
+    assert plan(ctx, "n1") == []  # kept while the service runs here: converged
+    # The next rollout keeps its own previous version: the older one goes first.
+    changed = Context(load_text(START_FIRST.replace("nginx:1.25", "nginx:1.27"), "c.yaml"), ctx.facts, inputs)
+    cmds = [c.description for c in plan(changed, "n1")]
+    assert cmds[1] == "start api.3 on 10.0.0.1:20002"  # 20000 is the kept one's
+    # ... once api.3 passes (a rollout that fails leaves it for `clusterctl rollback`).
+    assert cmds.index("remove the previous api (a newer rollout passed)") > cmds.index("wait until the catalog hands out api.3")
+    # Gone from this host: what was kept goes too.
+    gone = Context(load_text(START_FIRST.replace("replicas: 1", "replicas: 0"), "c.yaml"), ctx.facts, inputs)
+    assert [c.description for c in plan(gone, "n1")][0] == "remove the previous api (a newer rollout or none to go back to)"
+    # rollback: the kept api starts beside api.2, registers and passes; then api.2 is kept in its place.
+    phase = RollbackPhase("api")
+    phase.check(ctx)
+    assert phase.rolling(ctx, n1, after)
+    assert [c.description for c in phase.plan(ctx, n1, after)] == [
+        "start the previous api again",
+        "reload consul's service definitions",
+        "wait until consul reports api healthy",
+        "wait until the catalog hands out api",
+        "deregister api.2 from this host's consul agent (definitions kept: the previous version)",
+        "reload consul's service definitions",
+        "wait until the catalog no longer hands out api.2 here",
+        "stop api.2 (up to 10s for in-flight requests) and keep it as the previous version",
+    ]
+    assert phase.plan(ctx, ctx.cluster.spec.host("n2"), ctx.facts["n2"]) == []
+    with pytest.raises(PhaseError, match=r"services\.api: no host keeps a previous version of it"):
+        phase.check(Context(ctx.cluster, {"n2": ctx.facts["n2"]}, inputs))
+
+
+def test_rollback_of_a_stop_first_rollout_trades_places_with_the_kept_replica():
+    from clusterctl.phases.rollback import RollbackPhase
+
+    ctx = ctx_for()
+    n1 = ctx.cluster.spec.host("n1")
+    f = converged(ctx, "n1")
+    web = replica_container("web", f.docker.containers[0].labels["clusterctl.config"], 8080)
+    kept = retired_container("web", "0ld", 8080, service="web")
+    kept["Labels"] = kept["Labels"].replace("clusterctl.service=api", "clusterctl.service=web")
+    web["Labels"] = web["Labels"].replace("clusterctl.service=api", "clusterctl.service=web")
+    facts = facts_for("10.0.0.1", [web, kept], {**f.managed_files, build.rollback_path("web"): "x"}, {"web": "passing"})
+    ctx = Context(ctx.cluster, {**ctx.facts, "n1": facts}, INPUTS)
+    assert plan(ctx, "n1") == []
+    cmds = RollbackPhase("web").plan(ctx, n1, facts)
+    assert [c.description for c in cmds] == [
+        "deregister web from this host's consul agent (kept: the version to go forward to)",
+        "reload consul's service definitions",
+        "wait until the catalog no longer hands out web here",
+        "stop web (up to 10s for in-flight requests), start its previous version in its place",
+        "register the previous web with consul",
+        "reload consul's service definitions",
+        "wait until consul reports web healthy",
+        "wait until the catalog hands out web",
+    ]
+    assert cmds[3].argv[-3:] == ("clusterctl-svc-web", "10", ".prev")
