@@ -202,6 +202,13 @@ def _service_apps(cluster, base) -> dict:
     return apps
 
 
+def _check_service(cluster, name: str) -> None:
+    """A service the file names, else one line listing those it does (exit 2)."""
+    known = [s.name for s in cluster.spec.services]
+    if name not in known:
+        raise UserError(f"{cluster.path}: no service named {name!r} (services: {', '.join(known) or 'none'})")
+
+
 def _select(cluster, hosts: Optional[list[str]]) -> Optional[frozenset[str]]:
     if not hosts:
         return None
@@ -254,9 +261,7 @@ def _converge(
         from clusterctl.phases.base import Inputs
         from clusterctl.phases.rollback import RollbackPhase
 
-        known_services = [s.name for s in cluster.spec.services]
-        if rollback not in known_services:
-            raise UserError(f"{cluster.path}: no service named {rollback!r} (services: {', '.join(known_services) or 'none'})")
+        _check_service(cluster, rollback)
         phases = (RollbackPhase(rollback),)
         inputs = Inputs()  # it runs what the hosts kept: nothing built, no secret read
     elif down:
@@ -435,9 +440,7 @@ def logs(
     from clusterctl.commands.service import CONTAINER_PREFIX, RETIRED_SUFFIX, container_name
 
     cluster = _load(file)
-    known = [s.name for s in cluster.spec.services]
-    if service not in known:
-        raise UserError(f"{cluster.path}: no service named {service!r} (services: {', '.join(known) or 'none'})")
+    _check_service(cluster, service)
     if since is not None and not re.fullmatch(r"[0-9A-Za-z:.+-]{1,40}", since):
         raise UserError(f"--since: not a duration or a timestamp: {since!r}")
     only = _select(cluster, host)
