@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-packages=(docker.io busybox-static debootstrap openssh-client iproute2 iptables dnsutils ca-certificates vagrant)
+# tcpdump: the e2e tests look at what crosses the lab's bridge (encrypted or not).
+packages=(docker.io busybox-static debootstrap openssh-client iproute2 iptables dnsutils ca-certificates vagrant tcpdump)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -35,6 +35,7 @@ from clusterctl.network.subnets import DEFAULT_HOST_PREFIX, SubnetError, as_netw
 
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 OPT_GATEWAY_MODE = "com.docker.network.bridge.gateway_mode_ipv4"
+OPT_MTU = "com.docker.network.driver.mtu"
 UNPROTECTED = "nat-unprotected"
 # First Docker Engine major version that filters direct routing to containers.
 DIRECT_ROUTING_FILTER_SINCE = 28
@@ -61,6 +62,7 @@ def network_create_bridge(
     cluster: str,
     cidr: IPv4Network,
     gateway_mode: str | None = None,
+    mtu: int | None = None,
 ) -> Cmd:
     argv = [
         "docker", "network", "create",
@@ -71,6 +73,8 @@ def network_create_bridge(
     ]
     if gateway_mode:
         argv += ["-o", f"{OPT_GATEWAY_MODE}={gateway_mode}"]
+    if mtu:
+        argv += ["-o", f"{OPT_MTU}={mtu}"]
     argv += ["--label", f"{LABEL_CLUSTER}={cluster}", "--label", f"{LABEL_CIDR}={cidr}", name]
     return Cmd(tuple(argv), f"create the cluster network on this host's subnet {subnet}")
 
@@ -202,10 +206,13 @@ def gateway_mode_for(version: str | None) -> str | None:
     return UNPROTECTED if major is not None and major >= DIRECT_ROUTING_FILTER_SINCE else None
 
 
-def _network_matches(
-    net: DockerNetwork, subnet: IPv4Network, gateway: IPv4Address, bridge: str, cidr: IPv4Network, mode: str | None
+def network_matches(
+    net: DockerNetwork, subnet: IPv4Network, gateway: IPv4Address, bridge: str, cidr: IPv4Network, mode: str | None,
+    mtu: int | None = None,
 ) -> bool:
+    """Whether the host's network is the one network_create_bridge would make."""
     return (
+        net.options.get(OPT_MTU) == (str(mtu) if mtu else None) and
         net.driver == "bridge"
         and net.subnets == (subnet,)
         and net.gateways in ((gateway,), ())
@@ -315,7 +322,7 @@ def plan_routed(
         )
         if net is None:
             out.append(create)
-        elif not _network_matches(net, own, gateway, bridge, cidr, mode):
+        elif not network_matches(net, own, gateway, bridge, cidr, mode):
             if net.containers:
                 errors[h.name] = (
                     f"network {settings.network!r} must be recreated on {own} but {net.containers} "

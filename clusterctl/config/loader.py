@@ -84,10 +84,12 @@ def format_loc(loc: Loc) -> str:
 
 
 # pydantic puts the member's tag into the location of a union error
-# (hosts[0].bastion.Bastion.address); these are those tags, never keys of the file.
+# (hosts[0].bastion.Bastion.address, network.routed.host_prefix); these are those tags, never
+# keys of the file.
 _UNION_TAGS = frozenset(
     {name for name, obj in vars(models).items() if isinstance(obj, type) and issubclass(obj, BaseModel)}
     | {"str", "int", "float", "bool", "none"}
+    | set(models.NETWORK_DRIVERS)
 )
 
 
@@ -284,8 +286,24 @@ def _schema_errors(exc: ValidationError, lines: dict[Loc, int], file: str) -> li
             if any(loc[: len(r)] == r or r[: len(loc)] == loc for r in reported):
                 continue
             reported.append(loc)
+            if loc[:1] == ("network",) and len(loc) == 2 and message == "unknown key":
+                message += _other_drivers_key(str(loc[1]))
             found.append(ConfigError(file, format_loc(loc), _one_line(message), _line_for(lines, loc)))
     return found
+
+
+def _other_drivers_key(key: str) -> str:
+    """' (a key of driver routed, wireguard)' when another driver's section has that key."""
+    owners = [name for name, m in _NETWORK_MODELS.items() if key in m.model_fields]
+    return f" (a key of driver {', '.join(owners)})" if owners else ""
+
+
+_NETWORK_MODELS = {
+    "overlay": models.OverlayNetwork,
+    "routed": models.RoutedNetwork,
+    "weave": models.WeaveNetwork,
+    "wireguard": models.WireguardNetwork,
+}
 
 
 def _problems(err: dict[str, Any]) -> list[tuple[Loc, str]]:

@@ -241,6 +241,10 @@ class Host(Strict):
     address: Address
     # Where the cluster talks (private network). Default: found from the host's facts.
     cluster_address: str | None = None
+    # network.driver wireguard: where the other hosts send this host's tunnel traffic, ADDRESS or
+    # ADDRESS:PORT (e.g. a NAT's forwarded port). Default: cluster_address from hosts of the same
+    # provider label, address from the others; port network.listen_port.
+    wireguard_endpoint: str | None = None
     user: User | None = None
     port: Port | None = None
     identity_file: str | None = None
@@ -262,6 +266,13 @@ class Host(Strict):
             return check_ip(v)
         except ValueError:
             raise ValueError(f"cluster_address must be an IP address, got {v!r}") from None
+
+    @field_validator("wireguard_endpoint")
+    @classmethod
+    def _wireguard_endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_endpoint(v)
+        return v
 
     @field_validator("bastion", mode="before")
     @classmethod
@@ -337,35 +348,74 @@ def _ipv4_network(v: str, what: str) -> str:
     return str(net)
 
 
-class NetworkSection(Strict):
-    """One container network across all hosts (see README "Networks")."""
+class _NetworkBase(Strict):
+    """What every driver's section has (see README "Networks")."""
 
-    driver: Literal["overlay", "routed", "weave"] = "overlay"
     name: Name = "clusterctl"
     # The cluster CIDR. Default: the one the running cluster's network carries, else a free /16.
     subnet: str | None = None
-    # routed: the length of each host's subnet inside the cluster CIDR.
-    host_prefix: Annotated[int, BeforeValidator(reject_bool), Field(ge=1, le=30)] = 24
-    # overlay: pools swarm carves its own networks from (e.g. ingress); default Docker's.
-    default_addr_pool: tuple[str, ...] = ()
-    default_addr_pool_mask_length: Annotated[int, BeforeValidator(reject_bool), Field(ge=1, le=29)] | None = None
-    # weave: the Weave Net release whose script and images the hosts use.
-    weave_version: str = "2.8.1"
-    # weave: give each host an address on the cluster network (`weave expose`).
-    expose: bool = True
-    # weave: traffic is encrypted with a password that never sits in this file: the name of an
-    # environment variable holding it, else one generated once in the cluster's state directory.
-    weave_password_env: str | None = None
 
     @field_validator("subnet")
     @classmethod
     def _subnet(cls, v: str | None) -> str | None:
         return v if v is None else _ipv4_network(v, "subnet")
 
+
+HostPrefix = Annotated[int, BeforeValidator(reject_bool), Field(ge=1, le=30)]
+
+
+def _host_prefix_fits(subnet: str | None, host_prefix: int) -> None:
+    cidr = ipaddress.ip_network(subnet) if subnet else None
+    if cidr is not None and host_prefix < cidr.prefixlen:
+        raise ValueError(f"host_prefix /{host_prefix} is larger than the subnet {cidr}")
+
+
+class OverlayNetwork(_NetworkBase):
+    """Docker swarm mode and one attachable overlay network (clusterctl/network/drivers/overlay.py)."""
+
+    driver: Literal["overlay"] = "overlay"
+    # Pools swarm carves its own networks from (e.g. ingress); default Docker's.
+    default_addr_pool: tuple[str, ...] = ()
+    default_addr_pool_mask_length: Annotated[int, BeforeValidator(reject_bool), Field(ge=1, le=29)] | None = None
+    # Swarm's IPsec between hosts (`--opt encrypted`); refused where a host's kernel lacks ESP.
+    encrypted: bool = False
+
     @field_validator("default_addr_pool")
     @classmethod
     def _pools(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_ipv4_network(p, "address pool") for p in v)
+
+    @model_validator(mode="after")
+    def _fits(self) -> OverlayNetwork:
+        if self.default_addr_pool_mask_length is not None and not self.default_addr_pool:
+            raise ValueError("default_addr_pool_mask_length needs default_addr_pool")
+        return self
+
+
+class RoutedNetwork(_NetworkBase):
+    """A bridge subnet per host, plain routes between hosts (clusterctl/network/drivers/routed.py)."""
+
+    driver: Literal["routed"]
+    # The length of each host's subnet inside the cluster CIDR.
+    host_prefix: HostPrefix = 24
+
+    @model_validator(mode="after")
+    def _fits(self) -> RoutedNetwork:
+        _host_prefix_fits(self.subnet, self.host_prefix)
+        return self
+
+
+class WeaveNetwork(_NetworkBase):
+    """Weave Net routers and a weavemesh network (clusterctl/network/drivers/weave.py)."""
+
+    driver: Literal["weave"]
+    # The Weave Net release whose script and images the hosts use.
+    weave_version: str = "2.8.1"
+    # Give each host an address on the cluster network (`weave expose`).
+    expose: bool = True
+    # Traffic is encrypted with a password that never sits in this file: the name of an
+    # environment variable holding it, else one generated once in the cluster's state directory.
+    weave_password_env: str | None = None
 
     @field_validator("weave_version")
     @classmethod
@@ -382,15 +432,69 @@ class NetworkSection(Strict):
         return v
 
     @model_validator(mode="after")
-    def _fits(self) -> NetworkSection:
+    def _fits(self) -> WeaveNetwork:
         cidr = ipaddress.ip_network(self.subnet) if self.subnet else None
-        if self.driver == "routed" and cidr is not None and self.host_prefix < cidr.prefixlen:
-            raise ValueError(f"host_prefix /{self.host_prefix} is larger than the subnet {cidr}")
-        if self.driver == "weave" and cidr is not None and cidr.prefixlen > 29:
+        if cidr is not None and cidr.prefixlen > 29:
             raise ValueError(f"the weave driver splits the subnet in two; {cidr} is too small (use /29 or larger)")
-        if self.default_addr_pool_mask_length is not None and not self.default_addr_pool:
-            raise ValueError("default_addr_pool_mask_length needs default_addr_pool")
         return self
+
+
+class WireguardNetwork(_NetworkBase):
+    """A full mesh of WireGuard tunnels, a bridge subnet per host (clusterctl/network/drivers/wireguard.py)."""
+
+    driver: Literal["wireguard"]
+    # The length of each host's subnet inside the cluster CIDR.
+    host_prefix: HostPrefix = 24
+    # The UDP port every host listens on (a host's wireguard_endpoint label may name another).
+    listen_port: Port = 51820
+    # Of the tunnel and the containers' interfaces: 1500 less WireGuard's 80 bytes over IPv6
+    # (60 over IPv4); lower it when the hosts' own links are smaller (e.g. 1450 on some clouds).
+    mtu: Annotated[int, BeforeValidator(reject_bool), Field(ge=1280, le=9000)] = 1420
+    # How long `up` waits for every pair of hosts to complete a handshake.
+    handshake_timeout: float = Field(default=25.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _fits(self) -> WireguardNetwork:
+        _host_prefix_fits(self.subnet, self.host_prefix)
+        return self
+
+
+def split_endpoint(text: str) -> tuple[str, int | None]:
+    """`ADDRESS`, `ADDRESS:PORT` or `[IPv6]:PORT` -> (address, port or None); ValueError if not."""
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?\Z", text) or re.match(r"^([A-Za-z0-9.-]+)(?::(\d{1,5}))?\Z", text)
+    if m is None:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise ValueError(f"want ADDRESS or ADDRESS:PORT, got {text!r}") from None
+        return text, None
+    port = int(m.group(2)) if m.group(2) else None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 1-65535")
+    return m.group(1), port
+
+
+NETWORK_DRIVERS = ("overlay", "routed", "weave", "wireguard")
+
+
+def _network_driver(v: object) -> object:
+    """The section without `driver` is the overlay's; an unknown driver is named on its own key."""
+    if isinstance(v, dict):
+        driver = v.get("driver", "overlay")
+        if driver not in NETWORK_DRIVERS:
+            shown = ", ".join(repr(d) for d in NETWORK_DRIVERS[:-1]) + f" or {NETWORK_DRIVERS[-1]!r}"
+            raise SectionError(("network", "driver"), f"unknown network driver {driver!r}: use {shown}")
+        return {**v, "driver": driver}
+    return v
+
+
+# One model a driver, told apart by `driver` (a new driver: one model here and one module in
+# clusterctl/network/drivers/).
+NetworkSection = Annotated[
+    OverlayNetwork | RoutedNetwork | WeaveNetwork | WireguardNetwork,
+    BeforeValidator(_network_driver),
+    Field(discriminator="driver"),
+]
 
 
 class ConsulSection(Strict):
@@ -697,7 +801,7 @@ class ClusterFile(Strict):
     ssh: SSHDefaults = Field(default_factory=SSHDefaults)
     docker: DockerSection = Field(default_factory=DockerSection)
     hosts: tuple[Host, ...] = Field(min_length=1)
-    network: NetworkSection = Field(default_factory=NetworkSection)
+    network: NetworkSection = Field(default_factory=OverlayNetwork)
     consul: ConsulSection = Field(default_factory=ConsulSection)
     filebox: FileboxSection = Field(default_factory=FileboxSection)
     placement: PlacementSection = Field(default_factory=PlacementSection)

@@ -161,7 +161,7 @@ class HostFacts:
 
     def global_addresses(self) -> list[Address]:
         """Addresses other hosts could use: not loopback, link-local or a Docker bridge."""
-        skip_prefixes = ("docker", "br-", "veth", "weave", "vxlan", "datapath", "docker_gwbridge")
+        skip_prefixes = ("docker", "br-", "veth", "weave", "vxlan", "datapath", "docker_gwbridge", "wg-")
         return [
             a
             for a in self.addresses

@@ -119,6 +119,36 @@ consul_facts() {
 nf_strings() { # JSON array of strings from the lines on stdin
 	tr -d '\000-\010\013-\037' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/	/\\t/g' -e 's/^/"/' -e 's/$/"/' | jsonl
 }
+tf() { if "$@"; then printf true; else printf false; fi; }
+# The wireguard driver's: what WireGuard the host can have, and each tunnel of ours (an interface
+# with a key under /etc/clusterctl/wireguard): only public keys leave the host, never the key file.
+wireguard_facts() {
+printf ',"wireguard":{"kernel":%s' "$(tf eval '[ -d /sys/module/wireguard ] || modinfo wireguard >/dev/null 2>&1')"
+printf ',"wg":%s,"go":%s' "$(tf eval 'command -v wg >/dev/null')" "$(tf eval 'command -v wireguard-go >/dev/null')"
+printf ',"tun":%s,"now":%s,"tunnels":' "$(tf test -c /dev/net/tun)" "$(num "$(date +%s)")"
+if [ "$SUDO" != none ] && command -v wg >/dev/null; then
+	for wf_key in $($SUDO find /etc/clusterctl/wireguard -maxdepth 1 -name '*.key' 2>/dev/null); do
+		wf_if=${wf_key##*/}; wf_if=${wf_if%.key}
+		printf '{"name":'; js "$wf_if"
+		printf ',"key_public":'; js "$($SUDO cat "$wf_key" 2>/dev/null | wg pubkey 2>/dev/null)"
+		printf ',"conf":'; js "$($SUDO cat "/etc/clusterctl/wireguard/$wf_if.conf" 2>/dev/null | tr '\n' '\t')"
+		if wf_pub=$($SUDO wg show "$wf_if" public-key 2>/dev/null); then
+			printf ',"up":true,"public_key":'; js "$wf_pub"
+			printf ',"listen_port":%s' "$(num "$($SUDO wg show "$wf_if" listen-port 2>/dev/null)")"
+			printf ',"mtu":%s' "$(num "$(ip -o link show dev "$wf_if" 2>/dev/null | sed -n 's/.* mtu \([0-9]*\).*/\1/p')")"
+			printf ',"allowed_ips":'; $SUDO wg show "$wf_if" allowed-ips 2>/dev/null | nf_strings
+			printf ',"handshakes":'; $SUDO wg show "$wf_if" latest-handshakes 2>/dev/null | nf_strings
+		else printf ',"up":false'; fi
+		printf '}\n'
+	done | jsonl
+else printf '[]'; fi
+printf '}'
+}
+# The overlay's encryption (IPsec ESP through xfrm): whether this kernel can do it.
+xfrm_facts() {
+printf ',"xfrm":{"state":%s' "$(tf test -e /proc/net/xfrm_stat)"
+printf ',"esp":%s}' "$(tf eval 'grep -qw esp4 /proc/modules 2>/dev/null || [ -d /sys/module/esp4 ] || modinfo esp4 >/dev/null 2>&1 || grep -q "/esp4.ko" "/lib/modules/$(uname -r)/modules.builtin" 2>/dev/null')"
+}
 network_facts() {
 printf ',"network":{'
 if [ "$SUDO" != none ] && nf_rules=$($SUDO iptables -w -S DOCKER-USER 2>/dev/null); then
@@ -127,6 +157,8 @@ else printf '"docker_user":null'; fi
 if [ "$SUDO" != none ] && nf_rules=$($SUDO iptables -w -t nat -S POSTROUTING 2>/dev/null); then
 	printf ',"nat_postrouting":'; printf '%s\n' "$nf_rules" | nf_strings
 else printf ',"nat_postrouting":null'; fi
+wireguard_facts
+xfrm_facts
 case "${info:-}" in
 '{'*)
 	printf ',"networks":'

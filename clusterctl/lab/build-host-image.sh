@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build the lab host images of one Debian release from Debian packages (no registry): a minbase
-# Debian with sshd and sudo (for `lab up --user`) and, in its apt cache, Docker's packages. Tags: $1-bare (Docker not
+# Debian with sshd and sudo (for `lab up --user`) and, in its apt cache, Docker's packages (and
+# WireGuard's userspace tools, which the wireguard network driver installs from the host's archive). Tags: $1-bare (Docker not
 # installed; installing it works offline from the cache) and $1-docker (Docker installed).
 # Needs root and debootstrap.
 #   $1 tag prefix   $2 lab-init script   $3 mirror   $4 suite (bookworm, trixie, sid)
@@ -16,7 +17,7 @@ debootstrap --variant=minbase \
 	"$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -n 20 "$work/debootstrap.log" >&2; exit 1; }
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 # shellcheck disable=SC2086
-chroot "$root" sh -c "apt-get clean && apt-get install -y -q --download-only --no-install-recommends $docker_pkgs systemd systemd-sysv dbus" >"$work/apt.log" 2>&1 \
+chroot "$root" sh -c "apt-get clean && apt-get install -y -q --download-only --no-install-recommends $docker_pkgs wireguard-tools wireguard-go systemd systemd-sysv dbus" >"$work/apt.log" 2>&1 \
 	|| { tail -n 20 "$work/apt.log" >&2; exit 1; }
 : >"$root/etc/resolv.conf"
 rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/usr/share/locale" "$root/var/log/"*.log

@@ -8,6 +8,8 @@ if grep -q ' /sys sysfs ro[, ]' /proc/mounts; then mount -o remount,rw /sys; fi
 # Read-only cgroup mounts must be re-bound rw (plain remount,rw fails: "mount point is busy").
 awk '($3 == "cgroup" || $3 == "cgroup2" || $2 == "/sys/fs/cgroup") && $4 ~ /(^|,)ro(,|$)/ {print $2}' /proc/mounts |
 while read -r mp; do mount -o remount,bind,rw "$mp" || echo "lab-init: cannot remount $mp rw" >&2; done
+# The TUN device wireguard-go needs (a real host has it; a container gets it made here).
+if [ ! -c /dev/net/tun ]; then mkdir -p /dev/net && mknod /dev/net/tun c 10 200 && chmod 666 /dev/net/tun; fi
 ssh-keygen -A >/dev/null
 mkdir -p /root/.ssh /run/sshd
 chmod 700 /root/.ssh

@@ -194,6 +194,9 @@ class NetworkFacts:
     weave_args: tuple[str, ...] = ()
     # `weave status targets` (router running).
     weave_targets: tuple[str, ...] = ()
+    # The probe's blocks that a driver parses itself (drivers/wireguard.py: "wireguard"; the
+    # overlay's encryption: "xfrm"), as they came.
+    blocks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def weave_ipalloc_range(self) -> str | None:
@@ -229,4 +232,5 @@ def parse_network_probe(data: Mapping[str, Any] | None, route_lines: Iterable[st
         weave_router=str(weave.get("router") or "absent") if weave else "absent",
         weave_args=_strings(weave.get("args")),
         weave_targets=_strings(weave.get("targets")),
+        blocks={k: v for k in ("wireguard", "xfrm") if isinstance(v := data.get(k), Mapping)},
     )

@@ -1,19 +1,12 @@
 """The network phase: one container network across all hosts, with the driver the file names.
 
-- overlay: Docker swarm mode (server hosts are managers) and one attachable overlay network;
-- routed: a bridge network per host on a subnet of its own, plain routes between the hosts;
-- weave: Weave Net routers and a weavemesh network (built from Weave's documented CLI; tested
-  as command plans only, its images cannot be had here).
+The drivers are clusterctl/network/drivers/ (overlay, routed, weave, wireguard), one module
+each; this phase picks one, finds the cluster CIDR and checks what every driver shares.
 
 Cluster-wide, before anything runs (`check`, a PhaseError): the cluster CIDR (network.subnet,
 else the one our network is labelled with, else a free /16) must not overlap any network the
 hosts use; the overlay needs a server and one swarm; weave needs its images on every host.
 Per host, the planners' errors become that host's PlanError.
-
-The overlay comes in passes (see commands/swarm.py): `swarm init` and the network on the leader;
-then the joins, their tokens read on the leader just before (a lookup: they travel on stdin and
-are never printed); then the labels of the nodes that just joined; a converged swarm plans
-nothing. A dry run shows the init and the joins, with `<worker token of node1>` placeholders.
 
 Pure: every method reads the Context only; planning is memoised per Context object.
 """
@@ -22,33 +15,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from clusterctl.commands import routed, swarm, weave
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
 from clusterctl.errors import UserError
 from clusterctl.facts.parser import HostFacts
+from clusterctl.network.drivers import DRIVERS, NetworkPlan
 from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER, find_network, interface_networks
 from clusterctl.network.subnets import as_network, check_cluster_cidr, default_cluster_cidr
 from clusterctl.phases.base import Context, ContextMemo, Inputs, PhaseError, PlanError
-from clusterctl.phases.consul import chosen_servers
 
 PASSWORD_FILE_NAME = "weave.password"
-
-
-@dataclass
-class NetworkPlan:
-    """The whole cluster's network plan for one pass."""
-
-    cidr: IPv4Network
-    cmds: dict[str, list[Cmd]] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    waves: dict[str, int] = field(default_factory=dict)
-    lookups: dict[str, Cmd] = field(default_factory=dict)
 
 
 def cluster_addresses(ctx: Context) -> dict[str, str]:
@@ -73,7 +54,8 @@ def cluster_cidr(ctx: Context, addresses: dict[str, str]) -> IPv4Network:
     inside the CIDR our network is labelled with), so a cluster never clashes with itself.
     """
     net = ctx.cluster.spec.network
-    own_ifnames = (routed.bridge_name(net.name), weave.BRIDGE)
+    # Every driver's, not only this one's: a cluster switching drivers does not clash with itself.
+    own_ifnames = tuple(i for d in DRIVERS.values() for i in d.interfaces(net.name))
     vias = {ip for a in addresses.values() if isinstance(ip := ipaddress.ip_address(a), IPv4Address)}
     labelled: IPv4Network | None = None
     for f in ctx.facts.values():
@@ -103,112 +85,6 @@ def cluster_cidr(ctx: Context, addresses: dict[str, str]) -> IPv4Network:
     return cidr
 
 
-def _swarm(ctx: Context, addresses: dict[str, str], cidr: IPv4Network) -> NetworkPlan:
-    spec = ctx.cluster.spec
-    choice = chosen_servers(ctx)  # swarm managers are the Consul server hosts
-    hosts = [swarm.SwarmHost(h.name, addresses[h.name], choice.is_server(h.name), h.labels) for h in spec.hosts if h.name in addresses]
-    facts = {}
-    for name, f in ctx.facts.items():
-        nodes = f.network.swarm_nodes
-        facts[name] = swarm.SwarmHostFacts(
-            swarm=swarm.SwarmState.from_info(f.docker.info),
-            nodes=None if nodes is None else tuple(swarm.SwarmNode.from_inspect(n) for n in nodes),
-            networks=f.network.networks,
-        )
-    settings = swarm.SwarmSettings(
-        cluster=ctx.cluster.name,
-        network=spec.network.name,
-        subnet=cidr,
-        default_addr_pool=spec.network.default_addr_pool,
-        default_addr_pool_mask_length=spec.network.default_addr_pool_mask_length,
-    )
-    try:
-        plan = swarm.plan_swarm(hosts, facts, settings)
-        leader = plan.leader or ""
-        if leader in ctx.lookups:
-            plan = swarm.plan_swarm(hosts, facts, settings, swarm.parse_join_tokens(ctx.lookups[leader]))
-    except UserError as exc:
-        raise PhaseError(str(exc)) from None
-    out = NetworkPlan(cidr, errors=dict(plan.errors))
-    leader_cmds = plan.cmds(leader)
-    fresh = any(c.argv[:3] == ("docker", "swarm", "init") for c in leader_cmds)
-    for wave in plan.waves:
-        for step in wave:
-            out.cmds[step.host] = list(step.cmds)
-            # Joins wait for a swarm to exist (and for its tokens); the rest runs together.
-            out.waves[step.host] = 1 if fresh and step.host != leader else 0
-    if plan.needs_tokens and not fresh and leader in ctx.facts:
-        out.lookups[leader] = as_root(swarm.read_join_tokens(), ctx.facts[leader].sudo)
-    return out
-
-
-def _routed(ctx: Context, addresses: dict[str, str], cidr: IPv4Network) -> NetworkPlan:
-    net = ctx.cluster.spec.network
-    hosts = [routed.RoutedHost(h.name, addresses[h.name]) for h in ctx.cluster.spec.hosts if h.name in addresses]
-    facts = {
-        name: routed.RoutedHostFacts(
-            addresses=f.addresses,
-            routes=f.network.routes,
-            networks=f.network.networks,
-            docker_version=f.docker.server_version,
-            docker_user_rules=f.network.docker_user_rules,
-            nat_postrouting_rules=f.network.nat_postrouting_rules,
-        )
-        for name, f in ctx.facts.items()
-    }
-    settings = routed.RoutedSettings(ctx.cluster.name, net.name, cidr=cidr, host_prefix=net.host_prefix)
-    try:
-        plan = routed.plan_routed(hosts, facts, settings)
-    except UserError as exc:
-        raise PhaseError(str(exc)) from None
-    return NetworkPlan(cidr, {n: list(c) for n, c in plan.cmds.items()}, dict(plan.errors))
-
-
-def _weave(ctx: Context, addresses: dict[str, str], cidr: IPv4Network) -> NetworkPlan:
-    net = ctx.cluster.spec.network
-    wanted = weave.images(net.weave_version)
-    missing = {n: [i for i in wanted if i not in f.network.weave_images] for n, f in ctx.facts.items()}
-    missing = {n: m for n, m in missing.items() if m}
-    if missing:
-        shown = sorted({i for m in missing.values() for i in m})
-        raise PhaseError(
-            f"the weave driver needs Weave's images on every host; {', '.join(shown)} missing on "
-            f"{', '.join(sorted(missing))}: load them there (docker load) first, or use driver overlay or routed"
-        )
-    hosts = [weave.WeaveHost(h.name, addresses[h.name]) for h in ctx.cluster.spec.hosts if h.name in addresses]
-    facts = {
-        name: weave.WeaveHostFacts(
-            script_version=f.network.weave_script_version,
-            router=f.network.weave_router,
-            images=f.network.weave_images,
-            targets=f.network.weave_targets,
-            ipalloc_range=f.network.weave_ipalloc_range,
-            networks=f.network.networks,
-            bridge_addresses=tuple(
-                a.interface for a in f.addresses if a.ifname == weave.BRIDGE and isinstance(a.interface, ipaddress.IPv4Interface)
-            ),
-            password_sha256=f.managed_files.get(weave.PASSWORD_FILE),
-        )
-        for name, f in ctx.facts.items()
-    }
-    settings = weave.WeaveSettings(
-        cluster=ctx.cluster.name,
-        network=net.name,
-        cidr=cidr,
-        version=net.weave_version,
-        password=ctx.inputs.weave_password,
-        expose=net.expose,
-    )
-    try:
-        plan = weave.plan_weave(hosts, facts, settings)
-    except UserError as exc:
-        raise PhaseError(str(exc)) from None
-    return NetworkPlan(cidr, {n: list(c) for n, c in plan.cmds.items()}, dict(plan.errors))
-
-
-DRIVERS = {"overlay": _swarm, "routed": _routed, "weave": _weave}
-
-
 def plan_network(ctx: Context) -> NetworkPlan:
     """The cluster's network plan for this pass; PhaseError when the cluster cannot have it."""
     driver = ctx.cluster.spec.network.driver
@@ -216,7 +92,7 @@ def plan_network(ctx: Context) -> NetworkPlan:
         raise PhaseError(f"unknown network driver {driver!r}")
     addresses = cluster_addresses(ctx)
     cidr = cluster_cidr(ctx, addresses)
-    plan = DRIVERS[driver](ctx, addresses, cidr)
+    plan = DRIVERS[driver].plan(ctx, addresses, cidr)
     name_ = ctx.cluster.spec.network.name
     for name, f in ctx.facts.items():
         if name in plan.errors:

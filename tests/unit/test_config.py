@@ -673,16 +673,22 @@ def test_bad_subnet_in_network_section():
     "body, key, line, message",
     [
         ("  subnet: fd00::/64\n", "network.subnet", 7, "must be an IPv4 network"),
-        ("  driver: vxlan\n", "network.driver", 7, "'overlay', 'routed' or 'weave'"),
-        ("  host_prefix: 31\n", "network.host_prefix", 7, "less than or equal to 30"),
-        ("  host_prefix: true\n", "network.host_prefix", 7, "not true/false"),
+        ("  driver: vxlan\n", "network.driver", 7, "'overlay', 'routed', 'weave' or 'wireguard'"),
+        ("  driver: routed\n  host_prefix: 31\n", "network.host_prefix", 8, "less than or equal to 30"),
+        ("  driver: wireguard\n  host_prefix: true\n", "network.host_prefix", 8, "not true/false"),
         ("  driver: routed\n  subnet: 10.42.0.0/24\n  host_prefix: 16\n", "network", 6, "host_prefix /16 is larger than the subnet"),
+        ("  driver: wireguard\n  subnet: 10.42.0.0/24\n  host_prefix: 16\n", "network", 6, "host_prefix /16 is larger than the subnet"),
         ("  driver: weave\n  subnet: 10.42.0.0/30\n", "network", 6, "too small"),
         ("  default_addr_pool: [10.250.0.1/16]\n", "network.default_addr_pool", 7, "invalid address pool"),
         ("  default_addr_pool_mask_length: 24\n", "network", 6, "needs default_addr_pool"),
-        ("  weave_version: latest\n", "network.weave_version", 7, "use X.Y.Z"),
-        ("  weave_password_env: 'A B'\n", "network.weave_password_env", 7, "environment variable"),
-        ("  weave_password: hunter2\n", "network.weave_password", 7, "unknown key"),
+        ("  driver: weave\n  weave_version: latest\n", "network.weave_version", 8, "use X.Y.Z"),
+        ("  driver: weave\n  weave_password_env: 'A B'\n", "network.weave_password_env", 8, "environment variable"),
+        ("  driver: weave\n  weave_password: hunter2\n", "network.weave_password", 8, "unknown key"),
+        # A key of another driver's section is refused, naming the driver it would need.
+        ("  host_prefix: 26\n", "network.host_prefix", 7, "unknown key (a key of driver routed, wireguard)"),
+        ("  driver: wireguard\n  listen_port: 0\n", "network.listen_port", 8, "greater than or equal to 1"),
+        ("  driver: wireguard\n  mtu: 100\n", "network.mtu", 8, "greater than or equal to 1280"),
+        ("  driver: overlay\n  encrypted: maybe\n", "network.encrypted", 8, "bool"),
     ],
 )
 def test_bad_network_settings(body, key, line, message):
@@ -692,12 +698,19 @@ def test_bad_network_settings(body, key, line, message):
 def test_network_settings_load():
     text = TWO_HOSTS + (
         "network:\n  driver: routed\n  subnet: 10.42.0.0/16\n  host_prefix: 26\n"
-        "  default_addr_pool: [10.250.0.0/16]\n  default_addr_pool_mask_length: 26\n"
-        "  weave_version: 2.8.1\n  expose: false\n  weave_password_env: WEAVE_PW\n"
     )
     net = load_text(_text(text), FILE).spec.network
-    assert (net.host_prefix, net.default_addr_pool, net.default_addr_pool_mask_length) == (26, ("10.250.0.0/16",), 26)
+    assert (net.driver, net.host_prefix) == ("routed", 26)
+    net = load_text(_text(TWO_HOSTS + "network:\n  default_addr_pool: [10.250.0.0/16]\n  default_addr_pool_mask_length: 26\n"
+                                            "  encrypted: true\n"), FILE).spec.network  # fmt: skip
+    assert (net.driver, net.default_addr_pool, net.default_addr_pool_mask_length, net.encrypted) == (
+        "overlay", ("10.250.0.0/16",), 26, True)  # fmt: skip
+    text = TWO_HOSTS + "network:\n  driver: weave\n  weave_version: 2.8.1\n  expose: false\n  weave_password_env: WEAVE_PW\n"
+    net = load_text(_text(text), FILE).spec.network
     assert (net.weave_version, net.expose, net.weave_password_env) == ("2.8.1", False, "WEAVE_PW")
+    text = TWO_HOSTS + "network:\n  driver: wireguard\n  listen_port: 51999\n  mtu: 1380\n  host_prefix: 25\n"
+    net = load_text(_text(text), FILE).spec.network
+    assert (net.listen_port, net.mtu, net.host_prefix, net.handshake_timeout) == (51999, 1380, 25, 25.0)
 
 
 def test_example_inventories_load():

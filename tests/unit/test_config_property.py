@@ -114,12 +114,14 @@ def cluster_data(draw: st.DrawFn) -> dict[str, Any]:
         data["filebox"] = {"binaries": ["consul"], "relay": draw(st.booleans()), "relay_port": draw(ports)}
     data["hosts"] = draw(hosts())
     if draw(st.booleans()):
+        driver = draw(st.sampled_from(["overlay", "routed", "weave", "wireguard"]))
         data["network"] = {
-            "driver": draw(st.sampled_from(["overlay", "routed", "weave"])),
+            "driver": driver,
             "name": draw(names),
             "subnet": draw(st.sampled_from(["10.42.0.0/16", "172.20.0.0/24", "10.250.0.0/20"])),
-            "host_prefix": draw(st.integers(24, 30)),
         }
+        if driver in ("routed", "wireguard"):  # the drivers with a subnet a host
+            data["network"]["host_prefix"] = draw(st.integers(24, 30))
     if draw(st.booleans()):
         data["consul"] = {"enabled": draw(st.booleans()), "datacenter": draw(names)}
     if draw(st.booleans()):
