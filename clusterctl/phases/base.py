@@ -142,6 +142,14 @@ def rolling(phase: object, ctx: Context, host: Host, facts: HostFacts) -> bool:
     return bool(fn and fn(ctx, host, facts))
 
 
+def independent_hosts(phase: object, ctx: Context) -> bool:
+    """Whether a host that fails in one pass leaves the others to their next passes (each
+    host's change stands alone, e.g. a routed or wireguard network), rather than stopping the
+    phase (a swarm whose joins need its leader). Default: stop."""
+    fn = getattr(phase, "independent_hosts", None)
+    return bool(fn and fn(ctx))
+
+
 def wave(phase: object, ctx: Context, host: Host, facts: HostFacts) -> int:
     """Which wave of a pass this host's change belongs to (0 unless the phase says otherwise)."""
     fn = getattr(phase, "wave", None)

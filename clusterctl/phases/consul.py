@@ -5,7 +5,8 @@
   hosts that did not answer, the raft configuration other agents report).
 - bootstrap-expect is the number of servers; retry-join lists every server's cluster address
   known from the facts (or the file); joining any one member is enough.
-- bind/advertise: the host's cluster address, from its facts or the file; never guessed.
+- bind/advertise: the host's cluster address, from its facts or the file; never guessed. With
+  the wireguard driver across providers, its mesh address (network/addresses.py).
 - The HTTP API listens on loopback only; DNS on loopback and on the docker0 address (where
   containers send DNS), nothing else.
 - Unchanged agents are left alone: the container's clusterctl.config label is the digest of
@@ -25,6 +26,7 @@ from clusterctl.commands.files import sha256, write_secrets
 from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
+from clusterctl.network.addresses import NoMeshAddress, talk_address
 from clusterctl.phases.base import Context, ContextMemo, PlanError
 from clusterctl.phases.consul_acl import target_acl_stage
 from clusterctl.phases.consul_tls import target_stage
@@ -36,10 +38,12 @@ LEADER_TIMEOUT = 90.0
 
 
 def cluster_address(ctx: Context, host: Host) -> str | None:
-    facts = ctx.facts.get(host.name)
-    if host.cluster_address:
-        return host.cluster_address
-    return facts.cluster_address() if facts else None
+    """The address the host's agent binds and advertises (network/addresses.py: its cluster
+    address, or its mesh address when a wireguard cluster spans providers); None if unknown."""
+    try:
+        return talk_address(ctx.cluster, host, ctx.facts.get(host.name))
+    except NoMeshAddress:
+        return None
 
 
 def _own_agent(cluster: Cluster, facts: HostFacts):
@@ -98,7 +102,10 @@ def _leave_blockers(ctx: Context, host: Host, facts: HostFacts) -> list[str]:
 
 def agent_config(ctx: Context, host: Host, facts: HostFacts) -> build.AgentConfig:
     spec = ctx.cluster.spec
-    bind = cluster_address(ctx, host)
+    try:
+        bind = talk_address(ctx.cluster, host, facts)
+    except NoMeshAddress as exc:
+        raise PlanError(str(exc)) from None
     if not bind:
         raise PlanError("no cluster address: none in the file and none found in the host's facts")
     choice = chosen_servers(ctx)

@@ -19,7 +19,7 @@ from clusterctl.commands.swarm import LABEL_HOST, SwarmNode, SwarmState
 from clusterctl.commands.teardown import teardown
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
-from clusterctl.network.drivers import DRIVERS
+from clusterctl.network import drivers  # the module: see phases/network.py
 from clusterctl.network.facts import LABEL_CLUSTER
 from clusterctl.phases.base import Context, cluster_containers
 from clusterctl.phases.prune import in_use
@@ -137,7 +137,7 @@ class NetworkDown:
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
         # Each driver's own state first (a tunnel, whatever the file says now), then the networks.
-        own = [c for driver in DRIVERS.values() for c in driver.teardown(ctx, facts)]
+        own = [c for driver in drivers.DRIVERS.values() for c in driver.teardown(ctx, facts)]
         if not facts.docker.running:
             return _root(own, facts)
         networks, swarm, weave = self._ours(ctx, facts)

@@ -18,7 +18,7 @@ from clusterctl.commands.base import Cmd, Script
 from clusterctl.config.loader import Cluster
 from clusterctl.errors import UserError, printable
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
-from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, rolling, wave
+from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, independent_hosts, rolling, wave
 from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
 from clusterctl.transport.ssh import Connector, Endpoint, KnownHosts, Session, SSHError, explain
 
@@ -480,7 +480,15 @@ class Manager:
                 for name in waiting:
                     steps[name] = _merge(steps.get(name), Step(phase.name, SKIPPED, "not started: an earlier wave failed"))
                 waiting = []
-            if not changed or (failed and passes > 1):
+            if failed and passes > 1 and independent_hosts(phase, ctx):
+                # The others go on to their next pass; the failed ones are out of the run now.
+                for name in results:
+                    if steps[name].status == FAILED:
+                        self._record(name, steps[name])
+                        recorded.add(name)
+            elif failed and passes > 1:
+                break
+            if not changed:
                 break
             if n < passes - 1:
                 # Facts are re-read from the hosts, never edited by hand; a later pass may

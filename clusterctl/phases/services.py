@@ -28,6 +28,7 @@ from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host, Service, duration_seconds, format_size
 from clusterctl.errors import UserError
 from clusterctl.facts.parser import Container, HostFacts
+from clusterctl.network.addresses import NoMeshAddress, talk_address
 from clusterctl.phases.base import Context, ContextMemo, PhaseError, PlanError, cluster_containers
 from clusterctl.secrets import Secret
 from clusterctl.shipping.store import image_ref
@@ -91,7 +92,10 @@ def service_ports(ctx: Context) -> dict[str, int | None]:
 
 def replica(ctx: Context, svc: Service, host: Host, facts: HostFacts, slot: int = 1, host_port: int | None = None) -> build.Replica:
     spec = ctx.cluster.spec
-    address = host.cluster_address or facts.cluster_address()
+    try:
+        address = talk_address(ctx.cluster, host, facts)
+    except NoMeshAddress as exc:
+        raise PlanError(str(exc)) from None
     if not address:
         raise PlanError("no cluster address: set cluster_address for this host")
     app = ctx.inputs.apps.get(svc.name)

@@ -1,9 +1,12 @@
-"""End to end on the shared 3-host lab: one container network across hosts, overlay and routed.
+"""End to end on the shared 3-host lab: one container network across hosts: overlay, routed and
+wireguard (tunnels through wireguard-go: this kernel has no WireGuard module).
 
 For each driver, from hosts with no cluster network: `up` converges, a BusyBox httpd container on
 node1 answers a container on node3 by IP address (and sees the client's own address), and a
 second `up` changes nothing in one round trip per host. Problems the whole cluster shares are
-refused before anything runs. The lab is left as found: every test starts by tearing the
+refused before anything runs. What crosses the lab's bridge is captured (tcpdump) while a
+container fetches a unique payload from another host: seen in clear with routed, never with
+wireguard. The lab is left as found: every test starts by tearing the
 network down, and the module ends by tearing it down and converging the lab's own file again.
 """
 
@@ -19,9 +22,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clusterctl.commands import wireguard as wg
 from clusterctl.commands.teardown import teardown
 from clusterctl.lab import lab as lab_mod
 from clusterctl.lab.busybox import rootfs_tar
+from tests.e2e.conftest import on_all
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +59,8 @@ def _teardown(cli, lab) -> None:
         _host_docker(lab, host, "rm", "-f", WEB, check=False)
     for host in ("node3", "node2", "node1"):  # one at a time, the swarm's leader last
         proc = cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", *teardown(f"lab-{lab.name}", str(CIDR), leave_swarm=True).argv)
+        assert proc.returncode == 0, proc.stderr
+        proc = cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", *wg.remove(wg.interface_name("clusterctl"), False).argv)
         assert proc.returncode == 0, proc.stderr
     out = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "sh", "-c",
               "docker info --format '{{.Swarm.LocalNodeState}}'; docker network ls -q --filter label=clusterctl.cluster; "
@@ -171,3 +178,130 @@ def test_routed_containers_reach_each_other_across_hosts(cli, lab, tmp_path, bus
     # No NAT inside the cluster: the server saw node3's container address itself.
     assert re.search(rf"\b{re.escape(client)}\]?:\d+: response:200", log), log
     _assert_noop(cli, f)
+
+
+def _bridge(lab) -> str:
+    """The Linux bridge of the lab's own network on this machine: every packet between lab hosts crosses it."""
+    net_id = subprocess.run(
+        [lab_mod.docker_cli(), "network", "inspect", "-f", "{{.Id}}", lab_mod.network_name(lab.name)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return f"br-{net_id[:12]}"
+
+
+def _fetch_captured(lab, tmp_path: Path) -> tuple[str, bytes, str]:
+    """A container on node3 fetches a payload made for this call from a container on node1, over
+    the cluster network, while tcpdump records the lab's bridge. Returns (payload, what the client
+    got, the capture as tcpdump -A prints it)."""
+    payload = f"clusterctl-payload-{time.time_ns()}"
+    serve = f'mkdir -p /srv && echo {payload} > /srv/p.txt && exec httpd -f -p 8080 -h /srv'
+    _host_docker(lab, "node1", "run", "-d", "--name", WEB, "--network", "clusterctl", IMAGE, "sh", "-c", serve)
+    pcap = tmp_path / f"{payload}.pcap"
+    dump = subprocess.Popen(["tcpdump", "-i", _bridge(lab), "-U", "-n", "-s", "0", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        ip = _host_docker(lab, "node1", "inspect", "-f", '{{(index .NetworkSettings.Networks "clusterctl").IPAddress}}', WEB)
+        server = ip.stdout.decode().strip()
+        deadline = time.monotonic() + 10
+        while not pcap.exists() or pcap.stat().st_size == 0:  # tcpdump writes its header once listening
+            assert time.monotonic() < deadline and dump.poll() is None, dump.stderr.read() if dump.poll() is not None else "no capture"
+            time.sleep(0.1)
+        for _ in range(5):
+            proc = _host_docker(lab, "node3", "run", "--rm", "--network", "clusterctl", IMAGE,
+                                "sh", "-c", f"timeout 5 wget -qO- http://{server}:8080/p.txt", check=False)  # fmt: skip
+            if proc.returncode == 0:
+                break
+            time.sleep(1)
+        time.sleep(0.5)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+        _host_docker(lab, "node1", "rm", "-f", WEB, check=False)
+    text = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "-A"], capture_output=True, text=True, errors="replace").stdout
+    return payload, proc.stdout, text
+
+
+def test_routed_traffic_crosses_the_wire_in_clear(cli, lab, tmp_path, busybox, restore):
+    _teardown(cli, lab)
+    _up(cli, _variant(lab, tmp_path, driver="routed"))
+    payload, got, capture = _fetch_captured(lab, tmp_path)
+    assert got.decode().strip() == payload
+    assert payload in capture  # what wireguard must hide: the capture does see plain HTTP
+
+
+def test_wireguard_mesh_reaches_across_hosts_encrypted(cli, lab, tmp_path, busybox, restore):
+    _teardown(cli, lab)
+    f = _variant(lab, tmp_path, driver="wireguard", handshake_timeout=20)
+    report = _up(cli, f)
+    steps = _network(report)
+    assert {n: s["status"] for n, s in steps.items()} == dict.fromkeys(("node1", "node2", "node3"), "changed")
+    assert "PrivateKey" not in json.dumps(report).replace("PrivateKey = %s", "")
+    payload, got, capture = _fetch_captured(lab, tmp_path)
+    assert got.decode().strip() == payload
+    assert payload not in capture
+    assert re.search(r"\.51820 > [0-9.]+\.51820: UDP", capture), capture[:2000]  # it crossed, as WireGuard
+    # Each host: the kernel lacks the module, so wireguard-go runs; the key file is root's alone.
+    out = on_all(cli, lab.cluster_file, f"pgrep -x wireguard-go >/dev/null && echo go; stat -c %a {wg.key_path('wg-clusterctl')}; "
+                                         "wg show wg-clusterctl peers | wc -l")  # fmt: skip
+    assert out == dict.fromkeys(("node1", "node2", "node3"), "go 600 2"), out
+    # Server and client addresses stay the containers' own (no NAT inside the cluster).
+    server, client, body, log = _serve_and_fetch(lab)
+    assert body == PAGE.decode() and re.search(rf"\b{re.escape(client)}\]?:\d+: response:200", log), log
+    _assert_noop(cli, f)
+    # The tunnel survives an engine restart (it is not Docker's).
+    _host_docker(lab, "node2", "info")
+    proc = cli("exec", "-f", str(lab.cluster_file), "--host", "node2", "--", "sh", "-c", "service docker restart >/dev/null 2>&1; "
+               "i=0; while ! docker info >/dev/null 2>&1 && [ $i -lt 60 ]; do i=$((i+1)); sleep 0.5; done; ip link show wg-clusterctl >/dev/null && echo up")  # fmt: skip
+    assert proc.stdout.strip().endswith("up"), proc.stderr
+
+
+def test_wireguard_names_the_pair_that_cannot_handshake_and_heals(cli, lab, tmp_path, busybox, restore):
+    _teardown(cli, lab)
+    f = _variant(lab, tmp_path, driver="wireguard", handshake_timeout=6)
+    addrs = {h["name"]: h["address"] for h in yaml.safe_load(lab.cluster_file.read_text())["hosts"]}
+    drop = {"node2": addrs["node3"], "node3": addrs["node2"]}
+    for host, other in drop.items():  # UDP closed between node2 and node3, both ways
+        _host_exec = ["iptables", "-I", "INPUT", "-p", "udp", "-s", other, "--dport", "51820", "-j", "DROP"]
+        assert cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", *_host_exec).returncode == 0
+    try:
+        code, report = cli.json("up", "-f", str(f))
+        assert code == 1
+        steps = _network(report)
+        assert steps["node1"]["status"] == "changed", steps["node1"]
+        for host, other in (("node2", "node3"), ("node3", "node2")):
+            assert steps[host]["status"] == "failed"
+            assert f"no WireGuard handshake between {host} and {other} (" in steps[host]["message"], steps[host]
+            assert "\n" not in steps[host]["message"].strip()
+    finally:
+        for host, other in drop.items():
+            cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", "iptables", "-D", "INPUT", "-p", "udp", "-s", other, "--dport", "51820", "-j", "DROP")
+    _up(cli, f)  # the port open again: the next up converges
+    _assert_noop(cli, f)
+
+
+def test_wireguard_host_without_the_packages_fails_alone(cli, lab, tmp_path, busybox, restore):
+    _teardown(cli, lab)
+    # node3 loses WireGuard and its archive: the packages gone, apt's sources pointing at a port
+    # nothing listens on (loopback: no traffic leaves the lab).
+    # (Its package lists go aside too, or apt would try the real archive.)
+    aside = ("mkdir -p /root/aside && mv /etc/apt/sources.list /etc/apt/sources.list.d /var/lib/apt/lists /root/aside/ && "
+             "mv /var/cache/apt/archives/wireguard-* /root/aside/ && mkdir -p /var/lib/apt/lists/partial /etc/apt/sources.list.d && ")  # fmt: skip
+    broken = "echo 'deb http://127.0.0.1:9/debian stable main' > /etc/apt/sources.list"
+    back = ("rm -rf /etc/apt/sources.list /etc/apt/sources.list.d /var/lib/apt/lists && "
+            "mv /root/aside/sources.list /root/aside/sources.list.d /etc/apt/ && mv /root/aside/lists /var/lib/apt/ && "
+            "mv /root/aside/wireguard-* /var/cache/apt/archives/ && rmdir /root/aside")  # fmt: skip
+    node3 = ["exec", "-f", str(lab.cluster_file), "--host", "node3", "--", "sh", "-c"]
+    assert cli(*node3, "dpkg -r wireguard-tools wireguard-go >/dev/null && " + aside + broken).returncode == 0
+    try:
+        f = _variant(lab, tmp_path, driver="wireguard")
+        code, report = cli.json("up", "-f", str(f))
+        assert code == 1
+        steps = _network(report)
+        assert steps["node3"]["status"] == "failed" and "no WireGuard here" in steps["node3"]["message"], steps["node3"]
+        assert {steps[n]["status"] for n in ("node1", "node2")} == {"changed"}
+        out = on_all(cli, lab.cluster_file, "wg show wg-clusterctl peers 2>/dev/null | wc -l")
+        assert (out["node1"], out["node2"]) == ("1", "1"), out  # each other, not node3
+    finally:
+        assert cli(*node3, back).returncode == 0
+    _up(cli, f)
+    out = on_all(cli, lab.cluster_file, "wg show wg-clusterctl peers | wc -l")
+    assert out == dict.fromkeys(("node1", "node2", "node3"), "2"), out

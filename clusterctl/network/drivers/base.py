@@ -38,6 +38,9 @@ class NetworkPlan:
 class NetworkDriver(Protocol):
     # What network.driver says.
     name: str
+    # Whether each host's part stands alone: a host failing in one pass leaves the others to
+    # finish theirs (a swarm's joins need its leader: not so).
+    independent_hosts: bool
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         """The Linux interfaces this driver makes for a network of that name (never "in use"

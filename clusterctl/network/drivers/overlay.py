@@ -23,6 +23,7 @@ from clusterctl.phases.consul import chosen_servers
 
 class OverlayDriver:
     name = "overlay"
+    independent_hosts = False
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         return ()

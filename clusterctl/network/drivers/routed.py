@@ -17,6 +17,7 @@ from clusterctl.commands import routed
 
 class RoutedDriver:
     name = "routed"
+    independent_hosts = True
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         return (routed.bridge_name(network),)

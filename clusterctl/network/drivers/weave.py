@@ -19,6 +19,7 @@ from clusterctl.commands import weave
 
 class WeaveDriver:
     name = "weave"
+    independent_hosts = False
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         return (weave.BRIDGE,)

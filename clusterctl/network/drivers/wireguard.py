@@ -30,12 +30,11 @@ from clusterctl.commands.files import sha256, write_file
 from clusterctl.config.models import Host, split_endpoint
 from clusterctl.facts.parser import HostFacts
 from clusterctl.network.drivers.base import NetworkPlan
+from clusterctl.network.addresses import PROVIDER_LABEL
 from clusterctl.network.facts import find_network
 from clusterctl.network.subnets import SubnetError, plan_subnets
 from clusterctl.phases.base import Context, PhaseError
 
-# The host label that says which provider (cloud, site) a host is in.
-PROVIDER_LABEL = "provider"
 
 
 @dataclass(frozen=True)
@@ -142,6 +141,7 @@ def _stale(t: Tunnel | None, key: str, now: int | None) -> bool:
 
 class WireguardDriver:
     name = "wireguard"
+    independent_hosts = True
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         return (routed.bridge_name(network), wg.interface_name(network))
