@@ -24,7 +24,9 @@ from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
 from clusterctl.errors import UserError
 from clusterctl.facts.parser import HostFacts
-from clusterctl.network.drivers import DRIVERS, NetworkPlan
+# The module, not its names: the drivers read phases.base, so either side may be imported first.
+from clusterctl.network import drivers
+from clusterctl.network.drivers.base import NetworkPlan
 from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER, find_network, interface_networks
 from clusterctl.network.subnets import as_network, check_cluster_cidr, default_cluster_cidr
 from clusterctl.phases.base import Context, ContextMemo, Inputs, PhaseError, PlanError
@@ -55,7 +57,7 @@ def cluster_cidr(ctx: Context, addresses: dict[str, str]) -> IPv4Network:
     """
     net = ctx.cluster.spec.network
     # Every driver's, not only this one's: a cluster switching drivers does not clash with itself.
-    own_ifnames = tuple(i for d in DRIVERS.values() for i in d.interfaces(net.name))
+    own_ifnames = tuple(i for d in drivers.DRIVERS.values() for i in d.interfaces(net.name))
     vias = {ip for a in addresses.values() if isinstance(ip := ipaddress.ip_address(a), IPv4Address)}
     labelled: IPv4Network | None = None
     for f in ctx.facts.values():
@@ -88,11 +90,11 @@ def cluster_cidr(ctx: Context, addresses: dict[str, str]) -> IPv4Network:
 def plan_network(ctx: Context) -> NetworkPlan:
     """The cluster's network plan for this pass; PhaseError when the cluster cannot have it."""
     driver = ctx.cluster.spec.network.driver
-    if driver not in DRIVERS:  # the config allows only these; kept as a guard
+    if driver not in drivers.DRIVERS:  # the config allows only these; kept as a guard
         raise PhaseError(f"unknown network driver {driver!r}")
     addresses = cluster_addresses(ctx)
     cidr = cluster_cidr(ctx, addresses)
-    plan = DRIVERS[driver].plan(ctx, addresses, cidr)
+    plan = drivers.DRIVERS[driver].plan(ctx, addresses, cidr)
     name_ = ctx.cluster.spec.network.name
     for name, f in ctx.facts.items():
         if name in plan.errors:
