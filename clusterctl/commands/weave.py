@@ -1,4 +1,5 @@
-"""The weave driver: Weave Net 2.8 routers on every host and a `weavemesh` Docker network.
+"""Argv builders of the weave network driver (planned by network/drivers/weave.py); builders only:
+Weave Net 2.8 routers on every host and a `weavemesh` Docker network.
 
 Weave's facts, as its documentation gives them:
 - `weave launch [--password PW] [--nickname N] [--ipalloc-range CIDR [--ipalloc-default-subnet
@@ -27,20 +28,19 @@ Weave's facts, as its documentation gives them:
   ever holds it. (The weave script hands the variable to its router container as `-e
   WEAVE_PASSWORD`, so it is still visible to root through `docker inspect weave`.)
 
-Pure: builders return Cmds; `plan_weave` reads typed facts. Images cannot be pulled from here:
-a host without them is refused with a message saying which are missing.
+Pure: builders return Cmds. Images cannot be pulled from here: the driver refuses a host
+without them, saying which are missing.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from collections.abc import Sequence
+from ipaddress import IPv4Network
 
 from clusterctl.commands.base import Cmd, sh_args
-from clusterctl.commands.files import sha256, write_secret
-from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER, DockerNetwork, find_network
+from clusterctl.commands.files import write_secret
+from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER
 from clusterctl.network.subnets import halves
 
 WEAVE_VERSION = "2.8.1"
@@ -150,6 +150,23 @@ def reset() -> Cmd:
     return Cmd(("weave", "reset"), "remove weave from this host (forgets its IPAM ranges)")
 
 
+# `down`: `weave reset` where the script is installed, tolerating "already gone". It comes after
+# the weavemesh networks are removed: the router's plugin serves them.
+RESET_IF_INSTALLED = f"if [ -x {SCRIPT_PATH} ]; then {SCRIPT_PATH} reset >/dev/null 2>&1 || true; fi"
+
+
+def remove(cluster: str) -> Cmd:
+    """This cluster's weavemesh networks removed, then Weave reset (`down`). `cluster` is a
+    checked name (config.models.check_name); it travels as an argument."""
+    return sh_args(
+        f'for id in $(docker network ls -q --filter "label={LABEL_CLUSTER}=$1" --filter "driver={MESH_DRIVER}"); do '
+        'docker network rm "$id" >/dev/null 2>&1 || true; done; ' + RESET_IF_INSTALLED,
+        cluster,
+        description="remove the cluster's weave network and reset weave on this host",
+        check=False,
+    )
+
+
 def network_create(name: str, subnet: IPv4Network, *, cluster: str, cidr: IPv4Network) -> Cmd:
     return Cmd(
         (
@@ -162,131 +179,4 @@ def network_create(name: str, subnet: IPv4Network, *, cluster: str, cidr: IPv4Ne
             name,
         ),
         "create the cluster network on the weave plugin",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Typed inputs and plan
-
-
-@dataclass(frozen=True)
-class WeaveHostFacts:
-    script_version: str | None  # SCRIPT_VERSION of /usr/local/bin/weave; None when absent
-    router: str  # "running" | "stopped" | "absent": the `weave` container
-    images: tuple[str, ...]  # "repository:tag" present on the host
-    targets: tuple[str, ...] = ()  # `weave status targets` (router running)
-    ipalloc_range: str | None = None  # the running router's allocation range, if read
-    networks: tuple[DockerNetwork, ...] = ()
-    bridge_addresses: tuple[IPv4Interface, ...] = ()  # IPv4 addresses on the `weave` bridge
-    password_sha256: str | None = None  # of the password file (managed_files); None when absent
-
-
-@dataclass(frozen=True)
-class WeaveHost:
-    name: str
-    address: str  # the cluster address; what other peers connect to
-
-
-@dataclass(frozen=True)
-class WeaveSettings:
-    cluster: str
-    network: str
-    cidr: IPv4Network
-    version: str = WEAVE_VERSION
-    # The encryption password, or None for no encryption. It only ever leaves the planner as
-    # the stdin of store_password(); repr hides it.
-    password: bytes | None = field(default=None, repr=False)
-    password_file: str = PASSWORD_FILE
-    expose: bool = True
-    script_url: str | None = None  # default: the release of `version` on GitHub
-
-
-@dataclass(frozen=True)
-class WeavePlan:
-    default_subnet: IPv4Network
-    network_subnet: IPv4Network
-    cmds: Mapping[str, tuple[Cmd, ...]]
-    errors: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        return not any(self.cmds.values())
-
-
-def _peer(target: str) -> str:
-    """A target without the default port, so `10.0.0.2:6783` and `10.0.0.2` compare equal."""
-    host, sep, port = target.rpartition(":")
-    return host.strip("[]") if sep and port == str(PEER_PORT) else target
-
-
-def plan_weave(hosts: Sequence[WeaveHost], facts: Mapping[str, WeaveHostFacts], settings: WeaveSettings) -> WeavePlan:
-    """Per-host commands: install, launch with all peers, connect/forget, network, expose."""
-    default_subnet, net_subnet = subnets(settings.cidr)
-    wanted_images = images(settings.version)
-    errors: dict[str, str] = {}
-    cmds: dict[str, tuple[Cmd, ...]] = {}
-    for h in hosts:
-        if h.name not in facts:
-            continue
-        f = facts[h.name]
-        missing = [i for i in wanted_images if i not in f.images]
-        if missing:
-            errors[h.name] = (
-                f"weave images missing: {', '.join(missing)}; load them on the host (docker load) "
-                "before using the weave driver"
-            )
-            continue
-        peers = [o.address for o in hosts if o.name != h.name]
-        out: list[Cmd] = []
-        relaunch = False
-        if settings.password is not None and f.password_sha256 != sha256(settings.password):
-            out.append(store_password(settings.password, settings.password_file))
-            relaunch = f.router == "running"  # a running router keeps its old password
-        if f.script_version != settings.version:
-            out.append(install_script(settings.script_url or script_url(settings.version)))
-        if f.router == "running" and f.ipalloc_range and f.ipalloc_range != str(settings.cidr):
-            errors[h.name] = (
-                f"the weave router allocates from {f.ipalloc_range}, the cluster wants {settings.cidr}; "
-                "`weave reset` this host (containers lose their weave addresses) or set network.subnet"
-            )
-            continue
-        if f.router != "running" or relaunch:
-            if relaunch:
-                out.append(stop())
-            out.append(
-                launch(
-                    peers,
-                    ipalloc_range=settings.cidr,
-                    default_subnet=default_subnet,
-                    nickname=h.name,
-                    password_file=settings.password_file if settings.password is not None else None,
-                )
-            )
-        else:
-            have = [_peer(t) for t in f.targets]
-            new = [p for p in peers if p not in have]
-            gone = [t for t in dict.fromkeys(have) if t not in peers]
-            if new:
-                out.append(connect(new))
-            if gone:
-                out.append(forget(gone))
-
-        net = find_network(f.networks, settings.network)
-        if net is None:
-            out.append(network_create(settings.network, net_subnet, cluster=settings.cluster, cidr=settings.cidr))
-        elif net.driver != MESH_DRIVER or net.subnets != (net_subnet,):
-            errors[h.name] = (
-                f"network {settings.network!r} here is {net.driver} "
-                f"{', '.join(map(str, net.subnets)) or 'without a subnet'}, not {MESH_DRIVER} {net_subnet}; "
-                "remove it (docker network rm) once no container uses it"
-            )
-            continue
-        if settings.expose and not any(a.ip in net_subnet for a in f.bridge_addresses):
-            out.append(expose([f"net:{net_subnet}"]))
-        cmds[h.name] = tuple(out)
-    return WeavePlan(
-        default_subnet=default_subnet,
-        network_subnet=net_subnet,
-        cmds=cmds,
-        errors=errors,
     )

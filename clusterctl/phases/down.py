@@ -3,11 +3,13 @@
 Each phase removes only what the probe found this cluster made, so a second `down` changes
 nothing and a host that never had clusterctl's things is left alone. Docker stays installed and
 running; the operator's side (gossip key, known_hosts) stays, so a later `up` rebuilds the same
-cluster. The swarm is left one manager at a time, its leader last (see commands/teardown.py).
+cluster. The network: each driver's own state first (network/drivers/*.py, `teardown`), then
+what all share (commands/teardown.py); the swarm is left one manager at a time, its leader last.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 from clusterctl.commands import consul as consul_build
@@ -15,12 +17,12 @@ from clusterctl.commands import service as service_build
 from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root, restart_engine, wait_for_engine
 from clusterctl.commands.files import write_file
-from clusterctl.commands.swarm import LABEL_HOST, SwarmNode, SwarmState
 from clusterctl.commands.teardown import teardown
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.network import drivers  # the module: see phases/network.py
-from clusterctl.network.facts import LABEL_CLUSTER
+from clusterctl.network.drivers import overlay
+from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER
 from clusterctl.phases.base import Context, cluster_containers
 from clusterctl.phases.prune import in_use
 from clusterctl.phases.engine import DAEMON_JSON, _daemon_config, dns_address
@@ -86,9 +88,16 @@ class FileboxDown:
         return _root(cmds, facts)
 
 
-def _swarm_leader(facts: HostFacts, swarm: SwarmState) -> bool:
-    nodes = facts.network.swarm_nodes or ()
-    return any(n.id == swarm.node_id and n.manager_status == "leader" for n in map(SwarmNode.from_inspect, nodes))
+def _label_cidrs(ctx: Context, facts: HostFacts) -> list[str]:
+    """The CIDR labels of this cluster's networks the probe saw (the valid ones)."""
+    out = []
+    for n in facts.network.networks:
+        label = n.labels.get(LABEL_CIDR, "") if n.labels.get(LABEL_CLUSTER) == ctx.cluster.name else ""
+        try:
+            out.append(str(ipaddress.ip_network(label, strict=True)))
+        except ValueError:
+            continue
+    return sorted(set(out))
 
 
 class NetworkDown:
@@ -96,54 +105,20 @@ class NetworkDown:
     title = "Cluster network removed (swarm left one manager at a time, the leader last)"
     passes = 2
 
-    def _swarm(self, facts: HostFacts) -> SwarmState:
-        return SwarmState.from_info(facts.docker.info or {})
-
-    def _manager_ours(self, ctx: Context, facts: HostFacts) -> bool:
-        """A manager's swarm is this cluster's when this cluster's overlay network is in it, or
-        (once an earlier host removed that network) when its own node carries the host label
-        `up` gave it with one of this cluster's host names."""
-        if any(n.driver == "overlay" and n.labels.get(LABEL_CLUSTER) == ctx.cluster.name for n in facts.network.networks):
-            return True
-        me = self._swarm(facts).node_id
-        names = {h.name for h in ctx.cluster.hosts}
-        nodes = map(SwarmNode.from_inspect, facts.network.swarm_nodes or ())
-        return any(n.id == me and n.labels.get(LABEL_HOST) in names for n in nodes)
-
-    def _our_swarm(self, ctx: Context, facts: HostFacts) -> bool:
-        """Whether the host is in this cluster's swarm: a manager by itself (above); a worker
-        when a manager it names is one of this cluster's managers (node ID or address)."""
-        swarm = self._swarm(facts)
-        if swarm.local_node_state == "inactive":
-            return False
-        if swarm.is_manager:
-            return self._manager_ours(ctx, facts)
-        ours = [f for f in ctx.facts.values() if self._swarm(f).is_manager and self._manager_ours(ctx, f)]
-        ids = {self._swarm(f).node_id for f in ours}
-        addrs = {a for f in ours if (a := f.cluster_address())}
-        return any(m.node_id in ids or m.host in addrs for m in swarm.remote_managers)
-
-    def _ours(self, ctx: Context, facts: HostFacts) -> tuple[bool, bool, bool]:
-        """(a network of this cluster is here, the host's swarm is this cluster's, this
-        cluster's Weave network is here): only these are taken away."""
-        mine = [n for n in facts.network.networks if n.labels.get(LABEL_CLUSTER) == ctx.cluster.name]
-        return bool(mine), self._our_swarm(ctx, facts), any(n.driver == "weavemesh" for n in mine)
-
     def wave(self, ctx: Context, host: Host, facts: HostFacts) -> int:
-        return 1 if _swarm_leader(facts, self._swarm(facts)) else 0
+        return 1 if overlay.is_swarm_leader(facts) else 0
 
     def rolling(self, ctx: Context, host: Host, facts: HostFacts) -> bool:
-        return self._swarm(facts).is_manager
+        return overlay.swarm_state(facts).is_manager
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
-        # Each driver's own state first (a tunnel, whatever the file says now), then the networks.
+        # Each driver's own state first (its swarm, its Weave router, a tunnel whatever the file
+        # says now), then what all share: the networks, the routes into their CIDRs, the rules.
         own = [c for driver in drivers.DRIVERS.values() for c in driver.teardown(ctx, facts)]
-        if not facts.docker.running:
+        if not facts.docker.running or not any(n.labels.get(LABEL_CLUSTER) == ctx.cluster.name for n in facts.network.networks):
             return _root(own, facts)
-        networks, swarm, weave = self._ours(ctx, facts)
-        if not (networks or swarm or weave):
-            return _root(own, facts)
-        return _root([*own, teardown(ctx.cluster.name, leave_swarm=swarm, reset_weave=weave)], facts)
+        # The CIDRs the probe saw too: a driver's teardown may have removed its network first.
+        return _root([*own, teardown(ctx.cluster.name, *_label_cidrs(ctx, facts))], facts)
 
 
 class EngineDown:

@@ -1,11 +1,16 @@
 """`clusterctl down`: each phase removes only what the facts show this cluster made."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from clusterctl.commands import consul as consul_build
+from clusterctl.commands import weave as weave_build
+from clusterctl.commands.swarm import leave_for_good
+from clusterctl.commands.teardown import TEARDOWN, teardown
 from clusterctl.config.loader import load_text
 from clusterctl.facts.parser import parse_probe_output
+from clusterctl.network.drivers import OverlayDriver, RoutedDriver, WeaveDriver, WireguardDriver
 from clusterctl.phases.base import Context
 from clusterctl.phases.down import ConsulDown, EngineDown, FileboxDown, NetworkDown, ServicesDown
 
@@ -98,7 +103,9 @@ def test_network_leader_goes_last_and_managers_one_at_a_time():
     phase = NetworkDown()
     assert phase.wave(ctx, cluster.hosts[0], leader) == 1 and phase.wave(ctx, cluster.hosts[1], follower) == 0
     assert phase.rolling(ctx, cluster.hosts[0], leader)
-    assert "docker swarm leave --force" in plan(phase, leader)[0] and plan(phase, leader)[0].endswith(" sh c1 swarm - || true")
+    # The overlay driver leaves the swarm; no network of this cluster is left for the shared part.
+    assert plan(phase, leader) == [leave_for_good().render()]
+    assert OverlayDriver().teardown(ctx, leader) == [leave_for_good()]
 
 
 def test_down_leaves_another_clusters_network_and_swarm_alone():
@@ -117,9 +124,58 @@ def test_down_leaves_another_clusters_network_and_swarm_alone():
     cluster = load_text(FILE, "c.yaml")
     manager = facts(swarm=swarm, nodes=[{"ID": "me", "ManagerStatus": {"Leader": True}, "Spec": {"Role": "manager", "Labels": {"clusterctl.host": "n2"}}}])
     ctx = Context(cluster, {"n1": worker, "n2": manager})
-    assert "swarm" in NetworkDown().plan(ctx, cluster.hosts[0], worker)[0].argv
+    assert NetworkDown().plan(ctx, cluster.hosts[0], worker) == [leave_for_good()]
     ctx = Context(cluster, {"n1": worker, "n2": facts(swarm=swarm, nodes=foreign_node)})
     assert NetworkDown().plan(ctx, cluster.hosts[0], worker) == []
+
+
+def test_each_driver_takes_only_its_own_state_of_this_cluster():
+    swarm = {"NodeID": "me", "LocalNodeState": "active", "ControlAvailable": True}
+    ours_node = [{"ID": "me", "ManagerStatus": {"Leader": True}, "Spec": {"Role": "manager", "Labels": {"clusterctl.host": "n1"}}}]
+    mesh = {"Name": "clusterctl", "Driver": "weavemesh", "Scope": "local", "Labels": {"clusterctl.cluster": "c1", "clusterctl.cidr": "10.240.0.0/16"}}
+    other_mesh = {**mesh, "Labels": {"clusterctl.cluster": "other", "clusterctl.cidr": "10.241.0.0/16"}}
+    cluster = load_text(FILE, "c.yaml")
+
+    def own(driver, f):
+        return driver.teardown(Context(cluster, {"n1": f}), f)
+
+    weave_here = facts(networks=[mesh])
+    assert own(WeaveDriver(), weave_here) == [weave_build.remove("c1")]
+    assert own(WeaveDriver(), facts(networks=[other_mesh])) == []
+    assert own(OverlayDriver(), weave_here) == [] and own(RoutedDriver(), weave_here) == [] and own(WireguardDriver(), weave_here) == []
+    in_swarm = facts(swarm=swarm, nodes=ours_node)
+    assert own(OverlayDriver(), in_swarm) == [leave_for_good()] and own(WeaveDriver(), in_swarm) == []
+    # An engine that is not running: nothing of the swarm or Weave can be taken.
+    f = facts(swarm=swarm, nodes=ours_node, networks=[mesh])
+    stopped = replace(f, docker=replace(f.docker, running=False))
+    assert own(OverlayDriver(), stopped) == [] and own(WeaveDriver(), stopped) == []
+
+
+def test_network_down_runs_the_drivers_pieces_first_then_the_shared_part():
+    mesh = {"Name": "clusterctl", "Driver": "weavemesh", "Scope": "local", "Labels": {"clusterctl.cluster": "c1", "clusterctl.cidr": "10.240.0.0/16"}}
+    bad = {"Name": "odd", "Driver": "bridge", "Scope": "local", "Labels": {"clusterctl.cluster": "c1", "clusterctl.cidr": "nonsense"}}
+    # Weave's network and reset first; then the other networks, and the routes and rules of
+    # every CIDR the probe saw (Weave's network is gone by then, its label with it).
+    assert plan(NetworkDown(), facts(networks=[mesh, bad])) == [weave_build.remove("c1").render(), teardown("c1", "10.240.0.0/16").render()]
+    swarm = {"NodeID": "me", "LocalNodeState": "active", "ControlAvailable": True}
+    overlay_net = {"Name": "clusterctl", "Driver": "overlay", "Scope": "swarm", "Labels": {"clusterctl.cluster": "c1", "clusterctl.cidr": "10.240.0.0/16"}}
+    assert plan(NetworkDown(), facts(swarm=swarm, nodes=[], networks=[overlay_net])) == [leave_for_good().render(), teardown("c1", "10.240.0.0/16").render()]
+
+
+def test_teardown_for_callers_without_facts_keeps_the_old_order():
+    """Leave the swarm (gateway bridge, port 7946), remove the networks, reset Weave, then routes and rules."""
+    steps = ("docker swarm leave --force", "docker network rm docker_gwbridge", "ss -ltn", 'docker network rm "$id"', "weave reset", "ip route del", "iptables -w -D DOCKER-USER")
+    at = [TEARDOWN.index(s) for s in steps]
+    assert at == sorted(at)
+    assert TEARDOWN.count("docker swarm leave") == 1 and TEARDOWN.count("weave reset") == 1
+    assert teardown("c1", leave_swarm=True).render().endswith(" sh c1 swarm - || true")
+
+
+def test_weave_remove_takes_the_cluster_as_data():
+    cmd = weave_build.remove("c1")
+    assert cmd.argv[-2:] == ("sh", "c1") and "c1" not in cmd.argv[2] and not cmd.check
+    script = cmd.argv[2]
+    assert script.index("docker network rm") < script.index("weave reset") and "driver=weavemesh" in script
 
 
 def test_engine_dns_taken_out_keeping_other_keys_and_files_removed():

@@ -8,9 +8,9 @@ from ipaddress import IPv4Address, IPv4Network, ip_interface
 import pytest
 
 from clusterctl.commands import routed
-from clusterctl.commands.routed import RoutedHost, RoutedHostFacts, RoutedSettings, plan_routed
 from clusterctl.facts.parser import Address
-from clusterctl.network.facts import DockerNetwork, network_from_inspect, parse_route, parse_routes, parse_rules
+from clusterctl.network.drivers.routed import RoutedHost, RoutedHostFacts, RoutedSettings, plan_routed
+from clusterctl.network.facts import DockerNetwork, Route, network_from_inspect, parse_route, parse_routes, parse_rules
 from clusterctl.network.subnets import SubnetError
 
 CIDR = IPv4Network("10.240.0.0/16")
@@ -116,7 +116,7 @@ def test_builders_render_exactly():
 
 
 def test_parsers():
-    assert parse_route("10.240.1.0/24 via 10.77.0.12 dev eth0") == routed.Route(
+    assert parse_route("10.240.1.0/24 via 10.77.0.12 dev eth0") == Route(
         SUB["node2"], IPv4Address("10.77.0.12"), "eth0", None
     )
     assert parse_route("default via 10.77.0.1 dev eth0 proto dhcp").dest is None

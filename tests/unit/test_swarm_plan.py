@@ -11,9 +11,10 @@ import pytest
 
 from clusterctl.commands import swarm
 from clusterctl.commands.base import Script
-from clusterctl.commands.swarm import (
+from clusterctl.commands.swarm import SwarmError
+from clusterctl.network.drivers import overlay
+from clusterctl.network.drivers.overlay import (
     JoinTokens,
-    SwarmError,
     SwarmHost,
     SwarmHostFacts,
     SwarmNode,
@@ -55,7 +56,7 @@ def state(kind: str, node_id: str = "", cluster: str = "", remotes=()) -> SwarmS
         return SwarmState()
     if kind == "manager":
         return SwarmState("active", node_id, control_available=True, cluster_id=cluster)
-    return SwarmState(kind, node_id, remote_managers=tuple(swarm.RemoteManager(i, a) for i, a in remotes))
+    return SwarmState(kind, node_id, remote_managers=tuple(overlay.RemoteManager(i, a) for i, a in remotes))
 
 
 def node(node_id: str, host: str, role: str = "worker", labels=None, **kw) -> SwarmNode:
@@ -125,11 +126,11 @@ def test_builders_render_exactly():
 
 
 def test_join_tokens_parse_and_stay_secret():
-    tokens = swarm.parse_join_tokens("SWMTKN-1-abc-w1\nSWMTKN-1-abc-m1\n")
+    tokens = overlay.parse_join_tokens("SWMTKN-1-abc-w1\nSWMTKN-1-abc-m1\n")
     assert tokens == JoinTokens("SWMTKN-1-abc-w1", "SWMTKN-1-abc-m1")
     assert "SWMTKN" not in repr(tokens)
     with pytest.raises(SwarmError):
-        swarm.parse_join_tokens("Error response from daemon: This node is not a swarm manager.")
+        overlay.parse_join_tokens("Error response from daemon: This node is not a swarm manager.")
 
 
 def test_state_and_nodes_from_docker_json():

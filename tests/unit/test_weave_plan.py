@@ -13,7 +13,7 @@ import pytest
 
 from clusterctl.commands import weave
 from clusterctl.commands.base import Script
-from clusterctl.commands.weave import WeaveHost, WeaveHostFacts, WeaveSettings, plan_weave
+from clusterctl.network.drivers.weave import WeaveHost, WeaveHostFacts, WeaveSettings, plan_weave
 from clusterctl.network.facts import DockerNetwork
 
 CIDR = IPv4Network("10.240.0.0/16")

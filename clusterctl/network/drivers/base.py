@@ -53,6 +53,7 @@ class NetworkDriver(Protocol):
         ...
 
     def teardown(self, ctx: Context, facts: HostFacts) -> list[Cmd]:
-        """What removes this driver's own state of this cluster from a host (its swarm, router,
-        tunnel): run by `down` before the cluster's networks, routes and rules go. [] when none."""
+        """What removes this driver's own state of this cluster from a host (its swarm, its router
+        and the network it serves, its tunnel), decided from the facts: run by `down` before the
+        cluster's other networks, routes and rules go (commands/teardown.py). [] when none."""
         ...
