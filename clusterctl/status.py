@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from clusterctl.commands.service import RETIRED_SUFFIX
 from clusterctl.commands.consul import CONTAINER as CONSUL_CONTAINER
 from clusterctl.config.loader import Cluster
+from clusterctl.network.addresses import NoMeshAddress, talk_address
 from clusterctl.phases.consul import server_choice
 from clusterctl.phases.manager import Manager, Options
 from clusterctl.transport.ssh import Endpoint, KnownHosts
@@ -144,6 +145,9 @@ def cluster_status(
                     row.voter = voters.get(row.host, False)
                 facts = m.reports[row.host].facts
                 host = cluster.spec.host(row.host)
-                addr = host.cluster_address or (facts.cluster_address() if facts else None)
+                try:
+                    addr = talk_address(cluster, host, facts)
+                except NoMeshAddress:
+                    addr = None
                 row.leader = bool(leader and addr == leader)
         return ClusterStatus(cluster.name, leader, rows, consul_error, choice.note() or "")

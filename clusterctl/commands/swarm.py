@@ -144,19 +144,24 @@ def node_update_labels(node_id: str, labels: Mapping[str, str]) -> Cmd:
     return Cmd(tuple(argv), "set node labels")
 
 
-def network_create_overlay(name: str, subnet: IPv4Network | str, cluster: str) -> Cmd:
+# The overlay network's option for swarm's IPsec (ESP) between hosts.
+OPT_ENCRYPTED = "encrypted"
+
+
+def network_create_overlay(name: str, subnet: IPv4Network | str, cluster: str, encrypted: bool = False) -> Cmd:
     subnet_text = str(ipaddress.ip_network(str(subnet), strict=True))
     return Cmd(
         (
             "docker", "network", "create",
             "-d", "overlay",
             "--attachable",
+            *(("--opt", OPT_ENCRYPTED) if encrypted else ()),
             "--subnet", subnet_text,
             "--label", f"{LABEL_CLUSTER}={cluster}",
             "--label", f"{LABEL_CIDR}={subnet_text}",
             name,
         ),
-        "create the cluster's overlay network",
+        "create the cluster's overlay network" + (" (encrypted: IPsec between hosts)" if encrypted else ""),
     )
 
 

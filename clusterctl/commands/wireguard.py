@@ -118,12 +118,16 @@ def parse_conf(text: str) -> tuple[ConfPeer, ...]:
     return tuple(peers)
 
 
-def up_script(iface: str, address: IPv4Address, mtu: int, cidr: IPv4Network, routes: Sequence[IPv4Network]) -> str:
+def up_script(
+    iface: str, address: IPv4Address, mtu: int, cidr: IPv4Network, routes: Sequence[IPv4Network], after_docker: Sequence[Cmd] = ()
+) -> str:
     """IFACE.sh: the tunnel as IFACE.conf says, from any state (none, half made, running).
 
     Routes to the other hosts' subnets go through the tunnel with this host's mesh address as
     their source, so the host itself (Consul, health checks) is reached over the mesh too.
     Routes through the tunnel into the cluster CIDR that are not wanted any more go.
+    `after_docker`: commands (the cluster's firewall rules) run once Docker's chains exist, so a
+    rebooted host forwards cluster traffic again before anyone runs `up`.
     """
     q = shlex.quote
     lines = [
@@ -151,15 +155,20 @@ def up_script(iface: str, address: IPv4Address, mtu: int, cidr: IPv4Network, rou
         f"  case \" {wanted} \" in *\" $r \"*) ;; *) ip -4 route del \"$r\" dev \"$iface\" || true ;; esac",
         "done",
     ]
+    if after_docker:
+        lines.append("if iptables -w -S DOCKER-USER >/dev/null 2>&1; then")
+        lines += [f"  {c.render()}" for c in after_docker]
+        lines.append("fi")
     return "\n".join(lines) + "\n"
 
 
 def unit_text(iface: str) -> str:
-    """A oneshot unit that runs IFACE.sh at boot, before Docker brings its networks back."""
+    """A oneshot unit that runs IFACE.sh at boot, once Docker has made its firewall chains (its
+    bridge network then holds the mesh address too, so Consul can bind it from the start)."""
     return (
         "[Unit]\n"
         f"Description=clusterctl WireGuard mesh ({iface})\n"
-        "Wants=network-online.target\nAfter=network-online.target\nBefore=docker.service\n\n"
+        "Wants=network-online.target\nAfter=network-online.target docker.service\n\n"
         "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
         f"ExecStart=/bin/sh {script_path(iface)}\n\n"
         "[Install]\nWantedBy=multi-user.target\n"

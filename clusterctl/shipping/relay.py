@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from clusterctl.commands.base import Cmd
 from clusterctl.facts.parser import HostFacts
 from clusterctl.images.archive import ImageSpec, layers_to_omit
+from clusterctl.network.addresses import NoMeshAddress, talk_address
 from clusterctl.phases.base import Context, ContextMemo
 from clusterctl.shipping.store import image_ref
 from clusterctl.shipping.stream import ArchiveStream, load_cmd, missing_images, present_chain_ids
@@ -68,9 +69,11 @@ def _big(ctx: Context) -> tuple[ImageSpec, ...]:
 
 
 def _address(ctx: Context, name: str) -> str | None:
-    host = ctx.cluster.spec.host(name)
-    facts = ctx.facts.get(name)
-    return host.cluster_address or (facts.cluster_address() if facts else None)
+    """Where the seed serves: the address the cluster talks on (the mesh's across providers)."""
+    try:
+        return talk_address(ctx.cluster, ctx.cluster.spec.host(name), ctx.facts.get(name))
+    except NoMeshAddress:
+        return None
 
 
 def archive_sha256(images: tuple[ImageSpec, ...], omit: frozenset[str]) -> str:

@@ -58,6 +58,11 @@ class Lab:
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([lab_mod.docker_cli(), *args], capture_output=True, text=True, check=check)
 
+    def bridge(self) -> str:
+        """The Linux bridge of the lab's network on this machine: every packet between its hosts crosses it."""
+        net_id = self.docker("network", "inspect", "-f", "{{.Id}}", lab_mod.network_name(self.name)).stdout.strip()
+        return f"br-{net_id[:12]}"
+
 
 def _remove_stale_test_labs() -> None:
     """Labs left by an earlier test run that was killed before its teardown."""

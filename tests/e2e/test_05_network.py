@@ -133,6 +133,8 @@ def test_cluster_wide_problems_are_refused_before_anything_runs(cli, lab, tmp_pa
     for f, words in (
         (_variant(lab, tmp_path, driver="routed", subnet=subnet), [f"cluster CIDR {subnet} overlaps", "set network.subnet"]),
         (_variant(lab, tmp_path, driver="weave"), ["weave driver needs Weave's images", "weaveworks/weave:2.8.1", "node1, node2, node3"]),
+        # This machine's kernel has no ESP (IPsec), so neither has any lab host: refused, not half made.
+        (_variant(lab, tmp_path, driver="overlay", encrypted=True), ["network.encrypted", "node1, node2, node3", "no esp4"]),
     ):
         proc = cli("up", "-f", str(f), "-o", "json")
         report = json.loads(proc.stdout)
@@ -180,15 +182,6 @@ def test_routed_containers_reach_each_other_across_hosts(cli, lab, tmp_path, bus
     _assert_noop(cli, f)
 
 
-def _bridge(lab) -> str:
-    """The Linux bridge of the lab's own network on this machine: every packet between lab hosts crosses it."""
-    net_id = subprocess.run(
-        [lab_mod.docker_cli(), "network", "inspect", "-f", "{{.Id}}", lab_mod.network_name(lab.name)],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    return f"br-{net_id[:12]}"
-
-
 def _fetch_captured(lab, tmp_path: Path) -> tuple[str, bytes, str]:
     """A container on node3 fetches a payload made for this call from a container on node1, over
     the cluster network, while tcpdump records the lab's bridge. Returns (payload, what the client
@@ -197,7 +190,8 @@ def _fetch_captured(lab, tmp_path: Path) -> tuple[str, bytes, str]:
     serve = f'mkdir -p /srv && echo {payload} > /srv/p.txt && exec httpd -f -p 8080 -h /srv'
     _host_docker(lab, "node1", "run", "-d", "--name", WEB, "--network", "clusterctl", IMAGE, "sh", "-c", serve)
     pcap = tmp_path / f"{payload}.pcap"
-    dump = subprocess.Popen(["tcpdump", "-i", _bridge(lab), "-U", "-n", "-s", "0", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # --immediate-mode: each packet is handed over (and written, -U) as it comes, none left in a buffer at the end.
+    dump = subprocess.Popen(["tcpdump", "-i", lab.bridge(), "--immediate-mode", "-U", "-n", "-s", "0", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         ip = _host_docker(lab, "node1", "inspect", "-f", '{{(index .NetworkSettings.Networks "clusterctl").IPAddress}}', WEB)
         server = ip.stdout.decode().strip()
@@ -216,8 +210,9 @@ def _fetch_captured(lab, tmp_path: Path) -> tuple[str, bytes, str]:
         dump.terminate()
         dump.wait(10)
         _host_docker(lab, "node1", "rm", "-f", WEB, check=False)
-    text = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "-A"], capture_output=True, text=True, errors="replace").stdout
-    return payload, proc.stdout, text
+    read = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "-A"], capture_output=True, text=True, errors="replace")
+    assert " IP " in read.stdout, f"nothing captured on {lab.bridge()}: {dump.stderr.read()!r} {read.stderr!r} {pcap.stat().st_size} bytes"
+    return payload, proc.stdout, read.stdout
 
 
 def test_routed_traffic_crosses_the_wire_in_clear(cli, lab, tmp_path, busybox, restore):

@@ -1,7 +1,10 @@
 """End to end on hosts that run systemd as PID 1, as real hosts do: Debian 12 and Debian 13 (the
 containerd image store on 13), both bare. `up` installs Docker from each host's archive, enables
 and starts it with systemctl, writes daemon.json before that first start (so the engine phase
-has nothing to restart), and brings up Consul; a second `up` changes nothing.
+has nothing to restart), and brings up Consul; a second `up` changes nothing. Then the wireguard
+driver across two providers: Consul binds the mesh addresses, nothing but WireGuard crosses
+between the hosts, and after a host reboots (its container restarted: systemd boots again) the
+mesh, its rules and Consul are back before anyone runs `up`, which then changes nothing.
 
 Debian sid is left out: its systemd (258 and later) refuses the cgroup v1 hierarchy of this
 machine's kernel, and `clusterctl lab up --init systemd` says so.
@@ -9,10 +12,15 @@ machine's kernel, and `clusterctl lab up --init systemd` says so.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
+import subprocess
+import time
 
 import pytest
+import yaml
 
 from tests.e2e.conftest import lab_for_tests, on_all
 
@@ -45,3 +53,47 @@ def test_second_up_changes_nothing_in_one_round_trip(cli, sd_lab):
     code, report = cli.json("up", "-f", str(sd_lab.cluster_file))
     assert code == 0 and report["changed"] is False, json.dumps(report, indent=1)[-3000:]
     assert [h["round_trips"] for h in report["hosts"]] == [1, 1]
+
+
+def test_wireguard_across_providers_carries_consul_and_comes_back_after_a_reboot(cli, sd_lab, tmp_path):
+    doc = yaml.safe_load(sd_lab.cluster_file.read_text())
+    doc["network"] = {"driver": "wireguard"}
+    for host, provider in zip(doc["hosts"], ("aws", "hetzner")):
+        host.setdefault("labels", {})["provider"] = provider
+    f = tmp_path / "providers.yaml"
+    f.write_text(yaml.safe_dump(doc, sort_keys=False))
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 0, json.dumps(report, indent=1)[-4000:]
+    binds = on_all(cli, f, "docker inspect -f '{{json .Args}}' clusterctl-consul | tr ',' '\\n' | sed -n 's/.*-bind=\\([0-9.]*\\).*/\\1/p'; "
+                           "systemctl is-enabled clusterctl-wireguard-wg-clusterctl.service")  # fmt: skip
+    mesh = {}
+    for host, out in binds.items():
+        addr, enabled = out.split()
+        assert ipaddress.ip_address(addr) in ipaddress.ip_network("10.240.0.0/16") and enabled == "enabled", binds
+        mesh[host] = addr
+    # Between the two hosts, for a few seconds of Consul's gossip: WireGuard only (UDP 51820).
+    addrs = [h["address"] for h in doc["hosts"]]
+    dump = subprocess.run(["timeout", "6", "tcpdump", "-i", sd_lab.bridge(), "--immediate-mode", "-n", "-l", "host", addrs[0], "and", "host", addrs[1]],
+                          capture_output=True, text=True)  # fmt: skip
+    lines = [line for line in dump.stdout.splitlines() if " IP " in line]
+    assert lines and all(re.search(r"\.51820 > [0-9.]+\.51820: UDP", line) for line in lines), dump.stdout[-2000:]
+    # Consul knows each node by its mesh address (its DNS, as every container asks it).
+    known = on_all(cli, f, "dig +short @127.0.0.1 node1.node.consul node2.node.consul")
+    assert known == dict.fromkeys(mesh, f"{mesh['node1']} {mesh['node2']}"), (known, mesh)
+
+    # A reboot of node2: systemd starts Docker, then the mesh's unit; `up` finds nothing to do.
+    sd_lab.docker("restart", sd_lab.container("node2"))
+    deadline = time.monotonic() + 60
+    while cli("exec", "-f", str(f), "--host", "node2", "--", "systemctl", "is-active", "clusterctl-wireguard-wg-clusterctl.service").returncode:
+        assert time.monotonic() < deadline, "the mesh did not come back after the reboot"
+        time.sleep(1)
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 0 and report["changed"] is False, json.dumps(report, indent=1)[-3000:]
+    assert [h["round_trips"] for h in report["hosts"]] == [1, 1]
+    # down takes the mesh away too: the link (and wireguard-go with it), the unit, the key.
+    code, report = cli.json("down", "-f", str(f), "--yes")
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
+    gone = on_all(cli, f, "ip link show wg-clusterctl >/dev/null 2>&1 && echo link; pgrep -x wireguard-go && echo go; "
+                          "systemctl is-enabled clusterctl-wireguard-wg-clusterctl.service 2>/dev/null; "
+                          "ls /etc/clusterctl/wireguard 2>/dev/null; ip -4 route show 10.240.0.0/16 | head -1; echo done")  # fmt: skip
+    assert set(gone.values()) == {"done"}, gone

@@ -460,3 +460,84 @@ def test_probe_network_block_runs_under_posix_dash():
     assert f.network.routes  # this machine has routes
     if f.docker.running:
         assert any(n.name == "bridge" for n in f.network.networks)
+
+
+def _with_esp(f, esp: bool):
+    from dataclasses import replace as dc_replace
+
+    return dc_replace(f, network=dc_replace(f.network, blocks={**f.network.blocks, "xfrm": {"state": True, "esp": esp}}))
+
+
+def test_encrypted_overlay_is_created_with_ipsec_and_refused_where_a_kernel_lacks_esp():
+    text = cluster_file("network: {encrypted: true}\n")
+    with_esp = {n: _with_esp(facts(n), True) for n in ADDR}
+    plan = plan_network(ctx(text, **with_esp))
+    create = next(c for c in plan.cmds["node1"] if c.argv[:3] == ("docker", "network", "create"))
+    assert create.argv[3:8] == ("-d", "overlay", "--attachable", "--opt", "encrypted") and "encrypted" in create.description
+    # Unencrypted unless asked.
+    plain = plan_network(ctx(cluster_file(), **with_esp))
+    assert not any("encrypted" in c.argv for c in plain.cmds["node1"])
+    # One host without ESP: refused for the whole cluster before anything runs, naming it.
+    lacking = {**with_esp, "node2": _with_esp(facts("node2"), False)}
+    with pytest.raises(PhaseError, match=r"kernel of node2 has no esp4 .*use driver wireguard"):
+        plan_network(ctx(text, **lacking))
+    assert plan_network(ctx(cluster_file(), **lacking)).cmds["node1"]  # not asked for: no refusal
+
+
+def test_encryption_of_a_running_overlay_is_not_changed_in_place():
+    net = {"Name": "clusterctl", "Driver": "overlay", "Id": "x", "Scope": "swarm",
+           "IPAM": {"Config": [{"Subnet": "10.240.0.0/16", "Gateway": "10.240.0.1"}]},
+           "Options": {"com.docker.network.driver.overlay.vxlanid_list": "4097"},
+           "Labels": {"clusterctl.cluster": "lab", "clusterctl.cidr": "10.240.0.0/16"}}  # fmt: skip
+    swarm = {"NodeID": "n1", "LocalNodeState": "active", "ControlAvailable": True, "Cluster": {"ID": "C1"},
+             "RemoteManagers": [{"NodeID": "n1", "Addr": f"{ADDR['node1']}:2377"}]}  # fmt: skip
+    node = {"ID": "n1", "Spec": {"Role": "manager", "Labels": {}}, "Status": {"Addr": ADDR["node1"], "State": "ready"},
+            "ManagerStatus": {"Leader": True, "Addr": f"{ADDR['node1']}:2377"}, "Description": {"Hostname": "node1"}}  # fmt: skip
+    f1 = _with_esp(facts("node1", swarm=swarm, nodes=[node], networks=[net]), True)
+    with pytest.raises(PhaseError, match="is not encrypted, and network.encrypted is true; remove it"):
+        plan_network(ctx(cluster_file("network: {encrypted: true}\n", hosts=("node1",)), node1=f1))
+
+
+class PassCountingWorld(World):
+    """Hosts that count the passes run on them (shown to the plan through the probe's
+    hostname); node1's every run fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done: dict[str, int] = {}
+
+    def probe(self, name: str) -> str:
+        data = probe_json(name)
+        data["hostname"] = f"{name}-{self.done.get(name, 0)}"
+        return json.dumps(data)
+
+    def run(self, host: str, script: str, stdin: bytes) -> RunResult:
+        if host == "node1":
+            return RunResult(1, "", "node1 broke", 0.1)
+        self.done[host] = self.done.get(host, 0) + 1
+        return RunResult(0, "", "", 0.1)
+
+
+class TwoPassPhase:
+    name, title, passes = "network", "two passes a host", 3
+
+    def __init__(self, independent: bool) -> None:
+        self.independent = independent
+
+    def independent_hosts(self, ctx) -> bool:
+        return self.independent
+
+    def plan(self, ctx, host, facts):
+        return [Cmd(("true",), "one step")] if int(facts.hostname.rsplit("-", 1)[1]) < 2 else []
+
+
+@pytest.mark.parametrize("independent", [True, False])
+def test_a_host_failing_in_one_pass_stops_the_others_only_where_hosts_depend_on_each_other(independent):
+    world = PassCountingWorld()
+    report = run(world, cluster_file(), phases=[TwoPassPhase(independent)])
+    got = steps(report)
+    assert got["node1"].status == "failed" and "node1 broke" in got["node1"].message
+    # Independent hosts finish both their passes; otherwise the phase stops after the failed pass.
+    assert world.done == dict.fromkeys(("node2", "node3"), 2 if independent else 1)
+    assert {got[n].status for n in ("node2", "node3")} == {"changed"}
+    assert [s.phase for s in next(h for h in report.hosts if h.name == "node1").steps].count("network") == 1

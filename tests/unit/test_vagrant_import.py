@@ -438,6 +438,10 @@ def test_example_multicloud(tmp_path: Path) -> None:
 
     placed = place(cluster.spec.services, cluster.hosts, {h.name for h in cluster.hosts})
     assert placed.hosts_of == {"hello": ("hz-fsn1-1", "aws-euc1-1"), "report": ("hz-fsn1-3",)}
+    # The mesh across both providers: Consul and the services talk over it.
+    from clusterctl.network.addresses import over_mesh
+
+    assert cluster.spec.network.driver == "wireguard" and over_mesh(cluster)
 
 
 def test_example_vagrant(tmp_path: Path) -> None:

@@ -82,7 +82,9 @@ def converged(name: str, c, *, handshake_age: int = 10, peers=None, systemd: boo
     want = [wg.Peer(o, KEYS[o], endpoint_for(hosts[name], hosts[o], ADDR[o], 51820), (SUB[o],)) for o in peers]
     conf = wg.render_conf(51820, want)
     own = next(SUB[name].hosts())
-    script = wg.up_script(IFACE, own, 1420, CIDR, [SUB[o] for o in peers])
+    from clusterctl.commands import routed
+
+    script = wg.up_script(IFACE, own, 1420, CIDR, [SUB[o] for o in peers], (routed.accept_forward(CIDR), routed.keep_source_first(CIDR)))
     files = {wg.conf_path(IFACE): sha256(conf), wg.script_path(IFACE): sha256(script)}
     if systemd:
         files[wg.unit_path(IFACE)] = sha256(wg.unit_text(IFACE))
@@ -251,6 +253,12 @@ def test_up_script_and_builders():
     assert "ip link add dev \"$iface\" type wireguard" in s and "wireguard-go" in s
     assert '"$(cat /etc/clusterctl/wireguard/wg-clusterctl.key)"' in s and "wg syncconf \"$iface\" /dev/stdin" in s
     assert "mtu 1380 up" in s and "ip -4 route replace 10.240.1.0/24 dev \"$iface\" src 10.240.0.1" in s
+    from clusterctl.commands import routed
+
+    rules = (routed.accept_forward(CIDR), routed.keep_source_first(CIDR))
+    s = wg.up_script(IFACE, ip_address("10.240.0.1"), 1380, CIDR, [SUB["node2"]], rules)
+    assert s.endswith("if iptables -w -S DOCKER-USER >/dev/null 2>&1; then\n  " + rules[0].render() + "\n  " + rules[1].render() + "\nfi\n")
+    assert "After=network-online.target docker.service" in wg.unit_text(IFACE)
     assert wg.interface_name("a.very.long.network-name") == "wg-a-very-long-" and len(wg.interface_name("x" * 63)) == 15
     assert wg.make_key(IFACE).argv[2].startswith("umask 077;")
     assert "ExecStart=/bin/sh /etc/clusterctl/wireguard/wg-clusterctl.sh" in wg.unit_text(IFACE)

@@ -35,6 +35,7 @@ from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.commands.swarm import (
     LABEL_HOST,
+    OPT_ENCRYPTED,
     TOKEN_RE,
     Role,
     SwarmError,
@@ -190,6 +191,7 @@ class SwarmSettings:
     subnet: IPv4Network
     default_addr_pool: tuple[str, ...] = ()
     default_addr_pool_mask_length: int | None = None
+    encrypted: bool = False
 
 
 @dataclass(frozen=True)
@@ -288,12 +290,19 @@ def plan_swarm(
     subnet = settings.subnet
     leader_net = find_network(facts[leader.name].networks, settings.network)
     if leader_net is None:
-        wave0.append(network_create_overlay(settings.network, subnet, settings.cluster))
+        wave0.append(network_create_overlay(settings.network, subnet, settings.cluster, settings.encrypted))
     elif leader_net.driver != "overlay" or subnet not in leader_net.subnets:
         raise SwarmError(
             f"network {settings.network!r} on {leader.name} is {leader_net.driver} "
             f"{', '.join(map(str, leader_net.subnets)) or 'without a subnet'}, not overlay {subnet}; "
             "remove it (docker network rm) once no container uses it"
+        )
+    elif (OPT_ENCRYPTED in leader_net.options) != settings.encrypted:
+        # Docker cannot change a network's encryption in place.
+        now = "not encrypted" if settings.encrypted else "encrypted"
+        raise SwarmError(
+            f"network {settings.network!r} on {leader.name} is {now}, and network.encrypted is "
+            f"{str(settings.encrypted).lower()}; remove it (docker network rm) once no container uses it, and up makes it again"
         )
 
     def ours(st: SwarmState) -> bool:
@@ -430,6 +439,17 @@ def our_swarm(ctx: Context, facts: HostFacts) -> bool:
     return any(m.node_id in ids or m.host in addrs for m in swarm.remote_managers)
 
 
+def check_esp(ctx: Context) -> None:
+    """network.encrypted needs IPsec (ESP) in every host's kernel: refused before anything runs
+    when the probe shows a host without it (no esp4 module or built-in)."""
+    lacking = sorted(n for n, f in ctx.facts.items() if (f.network.blocks.get("xfrm") or {}).get("esp") is False)
+    if lacking:
+        raise PhaseError(
+            f"network.encrypted: the overlay's encryption is IPsec (ESP), and the kernel of {', '.join(lacking)} "
+            "has no esp4 (module or built in); use driver wireguard to encrypt, or set encrypted: false"
+        )
+
+
 class OverlayDriver:
     name = "overlay"
     independent_hosts = False
@@ -455,7 +475,10 @@ class OverlayDriver:
             subnet=cidr,
             default_addr_pool=spec.network.default_addr_pool,
             default_addr_pool_mask_length=spec.network.default_addr_pool_mask_length,
+            encrypted=spec.network.encrypted,
         )
+        if spec.network.encrypted:
+            check_esp(ctx)
         try:
             plan = plan_swarm(hosts, facts, settings)
             leader = plan.leader or ""

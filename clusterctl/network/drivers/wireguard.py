@@ -216,7 +216,8 @@ class WireguardDriver:
                 if o.name != h.name and o.name in keys and o.name not in out.errors
             ]
             conf = wg.render_conf(net.listen_port, peers)
-            script = wg.up_script(iface, address, net.mtu, cidr, [p.allowed_ips[0] for p in peers])
+            rules = (routed.accept_forward(cidr), routed.keep_source_first(cidr))
+            script = wg.up_script(iface, address, net.mtu, cidr, [p.allowed_ips[0] for p in peers], rules)
             files = [(wg.conf_path(iface), conf, "write the mesh's peers"), (wg.script_path(iface), script, "write the mesh's start script")]
             if f.systemd:
                 files.append((wg.unit_path(iface), wg.unit_text(iface), "write the unit that starts the mesh at boot"))
@@ -243,11 +244,10 @@ class WireguardDriver:
                     )
                     continue
                 cmds += [routed.network_rm(net.name), create]
-            rules = f.network
-            if rules.docker_user_rules is None or routed.accept_rule(cidr) not in rules.docker_user_rules:
-                cmds.append(routed.accept_forward(cidr))
-            if not routed.source_kept(rules.nat_postrouting_rules, cidr):
-                cmds.append(routed.keep_source_first(cidr))
+            if f.network.docker_user_rules is None or routed.accept_rule(cidr) not in f.network.docker_user_rules:
+                cmds.append(rules[0])
+            if not routed.source_kept(f.network.nat_postrouting_rules, cidr):
+                cmds.append(rules[1])
 
             # Wait for the peers that know this host already (both keys older than this pass).
             waiting = [p for p in peers if p.host in keyed_before and p.host in ctx.facts] if h.name in keyed_before else []
