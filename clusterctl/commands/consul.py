@@ -122,6 +122,10 @@ def acl_config(stage: int, agent_token: str | None) -> bytes:
     return json.dumps({"acl": acl}, sort_keys=True).encode()
 
 
+# The address the agent binds and advertises (phases/consul.py refuses to move a server's).
+LABEL_ADDRESS = "clusterctl.consul.address"
+
+
 def run_agent(cfg: AgentConfig, digest: str) -> Cmd:
     role = "server" if cfg.server else "client"
     return Cmd(
@@ -136,6 +140,7 @@ def run_agent(cfg: AgentConfig, digest: str) -> Cmd:
             "--label", f"clusterctl.consul.mode={role}",
             "--label", f"clusterctl.consul.tls={cfg.tls_stage}",
             "--label", f"clusterctl.consul.acl={cfg.acl_stage}",
+            "--label", f"{LABEL_ADDRESS}={cfg.bind}",
             "--label", f"clusterctl.config={digest}",
             cfg.image, *cfg.args(),
         ),

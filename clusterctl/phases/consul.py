@@ -26,8 +26,8 @@ from clusterctl.commands.files import sha256, write_secrets
 from clusterctl.config.loader import Cluster
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
-from clusterctl.network.addresses import NoMeshAddress, talk_address
-from clusterctl.phases.base import Context, ContextMemo, PlanError
+from clusterctl.network.addresses import NoMeshAddress, over_mesh, talk_address
+from clusterctl.phases.base import Context, ContextMemo, PhaseError, PlanError
 from clusterctl.phases.consul_acl import target_acl_stage
 from clusterctl.phases.consul_tls import target_stage
 from clusterctl.phases.engine import dns_address
@@ -189,6 +189,36 @@ class ConsulPhase:
         files = agent_files(ctx, host, cfg)
         digest = config_digest(cfg, files_digest(files))
         return files, cfg, digest, facts.container(build.CONTAINER)
+
+    def check(self, ctx: Context) -> None:
+        """Refused before anything runs: a running server that would move to another address
+        (e.g. a cluster now spanning providers on the wireguard driver, whose agents talk over
+        the mesh). Servers moving under a running cluster can lose its quorum for good: each
+        would look for the others where they are not yet (Consul 1.8 has no safe way here)."""
+        if not ctx.cluster.spec.consul.enabled:
+            return
+        mesh = over_mesh(ctx.cluster)
+        moving = []
+        for host in ctx.cluster.spec.hosts:
+            facts = ctx.facts.get(host.name)
+            agent = _own_agent(ctx.cluster, facts) if facts is not None else None
+            if agent is None or agent.labels.get("clusterctl.consul.mode") != "server":
+                continue
+            now = agent.labels.get(build.LABEL_ADDRESS)
+            plain = host.cluster_address or facts.cluster_address()  # type: ignore[union-attr]
+            if now and ((mesh and now == plain) or (not mesh and now != plain)):
+                moving.append(f"{host.name} ({now})")
+        if moving:
+            why = (
+                "the cluster talks over its WireGuard mesh now (hosts of several providers)"
+                if mesh
+                else "the hosts' cluster addresses changed (or the cluster left the mesh)"
+            )
+            raise PhaseError(
+                f"consul servers would move to new addresses: {', '.join(moving)}; {why}. Moving the servers of a "
+                "running Consul is not done: `clusterctl down --yes` then `up` makes Consul anew (its KV is lost; "
+                "services register again), or keep the addresses"
+            )
 
     def plan(self, ctx: Context, host: Host, facts: HostFacts) -> list[Cmd]:
         if not ctx.cluster.spec.consul.enabled:

@@ -26,8 +26,9 @@ from clusterctl.errors import UserError
 from clusterctl.facts.parser import HostFacts
 # The module, not its names: the drivers read phases.base, so either side may be imported first.
 from clusterctl.network import drivers
+from clusterctl.network.drivers import overlay as overlay_driver
 from clusterctl.network.drivers.base import NetworkPlan
-from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER, find_network, interface_networks
+from clusterctl.network.facts import LABEL_CIDR, LABEL_CLUSTER, DockerNetwork, find_network, interface_networks
 from clusterctl.network.subnets import as_network, check_cluster_cidr, default_cluster_cidr
 from clusterctl.phases.base import Context, ContextMemo, Inputs, PhaseError, PlanError
 
@@ -112,7 +113,33 @@ def plan_network(ctx: Context) -> NetworkPlan:
                 + "; remove it (docker network rm) or set network.name"
             )
             plan.cmds.pop(name, None)
+            continue
+        _switch_from_other_drivers(ctx, plan, name, f, found)
     return plan
+
+
+def _switch_from_other_drivers(ctx: Context, plan: NetworkPlan, name: str, facts: HostFacts, found: DockerNetwork | None) -> None:
+    """A cluster that changed network.driver: what the other drivers left on the host (its swarm,
+    its Weave router, its tunnel) goes first, in this pass, before the new network is made; a
+    swarm's leader in a later wave than the other members. Never under running containers."""
+    driver = ctx.cluster.spec.network.driver
+    leaving = [c for d in drivers.DRIVERS.values() if d.name != driver for c in d.teardown(ctx, facts)]
+    if not leaving:
+        return
+    mine = drivers.DRIVERS[driver].docker_driver
+    if found is not None and found.containers and found.driver != mine:
+        plan.errors[name] = (
+            f"network.driver is {driver} now, but {found.containers} container(s) here use the {found.driver} "
+            f"network {found.name!r}; stop them (or `clusterctl down`) before switching drivers"
+        )
+        plan.cmds.pop(name, None)
+        return
+    # The old driver's teardown removes its own network; no separate `docker network rm` then.
+    gone = found is not None and found.driver != mine
+    own = [c for c in plan.cmds.get(name, []) if not (gone and c.argv[:3] == ("docker", "network", "rm"))]
+    plan.cmds[name] = leaving + own
+    if overlay_driver.is_swarm_leader(facts):
+        plan.waves[name] = 1
 
 
 class NetworkPhase:

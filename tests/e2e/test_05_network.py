@@ -249,6 +249,35 @@ def test_wireguard_mesh_reaches_across_hosts_encrypted(cli, lab, tmp_path, busyb
     assert proc.stdout.strip().endswith("up"), proc.stderr
 
 
+def test_wireguard_hosts_leaving_and_joining_leave_the_other_tunnels_alone(cli, lab, tmp_path, busybox, restore):
+    """Runs on the mesh the test above left: node3 leaves the file, then comes back."""
+    f = _variant(lab, tmp_path, driver="wireguard")
+    two = tmp_path / "two.yaml"
+    doc = yaml.safe_load(f.read_text())
+    doc["hosts"] = [h for h in doc["hosts"] if h["name"] != "node3"]
+    two.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def transfer(host: str) -> dict[str, int]:
+        """Bytes received from each peer (a peer removed and added again would start from 0)."""
+        out = cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", "wg", "show", "wg-clusterctl", "transfer").stdout
+        return {key: int(rx) for key, rx, _ in (line.split() for line in out.splitlines() if line.strip())}
+
+    mtu = _host_docker(lab, "node1", "run", "--rm", "--network", "clusterctl", IMAGE, "cat", "/sys/class/net/eth0/mtu")
+    assert mtu.stdout.decode().strip() == "1420"  # the containers' MTU leaves room for WireGuard
+    before = transfer("node1")
+    assert len(before) == 2
+    report = _up(cli, two)
+    assert [h["name"] for h in report["hosts"]] == ["node1", "node2"]
+    after = transfer("node1")
+    (kept,) = after  # node3's peer is gone, node2's is the same one: its counters went on
+    assert after[kept] >= before[kept] > 0
+    routes = on_all(cli, lab.cluster_file, "ip -4 route show dev wg-clusterctl | cut -d' ' -f1 | sort | tr '\\n' ' '")
+    assert routes["node1"].split() == [str(ipaddress.ip_network("10.240.1.0/24"))], routes
+    _up(cli, f)  # node3 back: every host has both peers again
+    assert on_all(cli, lab.cluster_file, "wg show wg-clusterctl peers | wc -l") == dict.fromkeys(("node1", "node2", "node3"), "2")
+    _assert_noop(cli, f)
+
+
 def test_wireguard_names_the_pair_that_cannot_handshake_and_heals(cli, lab, tmp_path, busybox, restore):
     _teardown(cli, lab)
     f = _variant(lab, tmp_path, driver="wireguard", handshake_timeout=6)

@@ -2,7 +2,8 @@
 containerd image store on 13), both bare. `up` installs Docker from each host's archive, enables
 and starts it with systemctl, writes daemon.json before that first start (so the engine phase
 has nothing to restart), and brings up Consul; a second `up` changes nothing. Then the wireguard
-driver across two providers: Consul binds the mesh addresses, nothing but WireGuard crosses
+driver across two providers: moving the running Consul servers onto the mesh is refused before
+anything runs, and after `down` Consul binds the mesh addresses, nothing but WireGuard crosses
 between the hosts, and after a host reboots (its container restarted: systemd boots again) the
 mesh, its rules and Consul are back before anyone runs `up`, which then changes nothing.
 
@@ -62,6 +63,13 @@ def test_wireguard_across_providers_carries_consul_and_comes_back_after_a_reboot
         host.setdefault("labels", {})["provider"] = provider
     f = tmp_path / "providers.yaml"
     f.write_text(yaml.safe_dump(doc, sort_keys=False))
+    # Consul's servers run on the cluster addresses (the tests above): moving them onto the mesh
+    # under a running cluster is refused before anything runs; down, then up, makes it anew.
+    code, report = cli.json("up", "-f", str(f))
+    assert code == 1 and "consul servers would move to new addresses" in report["refused"]["consul"], report.get("refused")
+    assert [h["round_trips"] for h in report["hosts"]] == [1, 1]
+    code, report = cli.json("down", "-f", str(f), "--yes")
+    assert code == 0, json.dumps(report, indent=1)[-3000:]
     code, report = cli.json("up", "-f", str(f))
     assert code == 0, json.dumps(report, indent=1)[-4000:]
     binds = on_all(cli, f, "docker inspect -f '{{json .Args}}' clusterctl-consul | tr ',' '\\n' | sed -n 's/.*-bind=\\([0-9.]*\\).*/\\1/p'; "
@@ -94,6 +102,6 @@ def test_wireguard_across_providers_carries_consul_and_comes_back_after_a_reboot
     code, report = cli.json("down", "-f", str(f), "--yes")
     assert code == 0, json.dumps(report, indent=1)[-3000:]
     gone = on_all(cli, f, "ip link show wg-clusterctl >/dev/null 2>&1 && echo link; pgrep -x wireguard-go && echo go; "
-                          "systemctl is-enabled clusterctl-wireguard-wg-clusterctl.service 2>/dev/null; "
+                          "ls /etc/systemd/system/clusterctl-wireguard-* /etc/systemd/system/*/clusterctl-wireguard-* 2>/dev/null; "
                           "ls /etc/clusterctl/wireguard 2>/dev/null; ip -4 route show 10.240.0.0/16 | head -1; echo done")  # fmt: skip
     assert set(gone.values()) == {"done"}, gone

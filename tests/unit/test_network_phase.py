@@ -541,3 +541,35 @@ def test_a_host_failing_in_one_pass_stops_the_others_only_where_hosts_depend_on_
     assert world.done == dict.fromkeys(("node2", "node3"), 2 if independent else 1)
     assert {got[n].status for n in ("node2", "node3")} == {"changed"}
     assert [s.phase for s in next(h for h in report.hosts if h.name == "node1").steps].count("network") == 1
+
+
+def test_switching_drivers_takes_the_old_one_away_first():
+    from clusterctl.commands.swarm import leave_for_good
+
+    world = World(cluster_id="C1", leader="node1", members={"node1": "manager", "node2": "manager", "node3": "worker"})
+    world.overlay = {"Name": "clusterctl", "Driver": "overlay", "Scope": "swarm",
+                     "Labels": {"clusterctl.cluster": "lab", "clusterctl.cidr": "10.240.0.0/16"},
+                     "IPAM": {"Driver": "default", "Config": [{"Subnet": "10.240.0.0/16"}]}}  # fmt: skip
+    swarm_facts = {n: parse_probe_output(world.probe(n)) for n in ADDR}
+    plan = plan_network(ctx(cluster_file("network: {driver: routed}\n"), **swarm_facts))
+    for n in ADDR:
+        assert plan.cmds[n][0] == leave_for_good(), n
+        assert not any(c.argv[:3] == ("docker", "network", "rm") for c in plan.cmds[n])  # leaving removed it
+        assert any(c.argv[:5] == ("docker", "network", "create", "-d", "bridge") for c in plan.cmds[n])
+    assert plan.waves == {"node1": 1}  # the leader leaves last
+    # The overlay itself never tears itself down; a converged routed cluster has nothing to leave.
+    assert not any(c == leave_for_good() for c in plan_network(ctx(cluster_file(), **swarm_facts)).cmds.get("node2", []))
+    # Containers on the old network: refused for that host, one line.
+    busy = dict(world.overlay, Containers={"c1": {}})
+    world.overlay = busy
+    f2 = parse_probe_output(world.probe("node2"))
+    plan = plan_network(ctx(cluster_file("network: {driver: routed}\n"), **{**swarm_facts, "node2": f2}))
+    assert "1 container(s) use it; stop them first" in plan.errors["node2"] and "node2" not in plan.cmds
+
+
+def test_a_running_bridge_cluster_moving_to_the_overlay_is_told_to_go_down_first():
+    ours = {"Name": "clusterctl", "Driver": "bridge", "Id": "b", "Scope": "local",
+            "IPAM": {"Config": [{"Subnet": "10.240.0.0/24", "Gateway": "10.240.0.1"}]},
+            "Labels": {"clusterctl.cluster": "lab", "clusterctl.cidr": "10.240.0.0/16"}}  # fmt: skip
+    with pytest.raises(PhaseError, match=r"this cluster's bridge network .*clusterctl down --yes"):
+        plan_network(ctx(cluster_file(), node1=facts("node1", networks=[ours])))

@@ -286,3 +286,39 @@ def test_across_providers_consul_and_replicas_talk_over_the_mesh():
     else:
         raise AssertionError("no refusal")
     assert cluster_address(Context(cluster=c, facts={"node1": probe("node1")}), c.spec.hosts[0]) is None
+
+
+def _with_agent(f, address: str, mode: str = "server"):
+    from dataclasses import replace as dc_replace
+
+    from clusterctl.facts.parser import Container
+
+    agent = Container("x", "clusterctl-consul", "i", "running", {
+        "clusterctl.cluster": "lab", "clusterctl.role": "consul", "clusterctl.consul.mode": mode, "clusterctl.consul.address": address,
+    })  # fmt: skip
+    return dc_replace(f, docker=dc_replace(f.docker, containers=(agent,)))
+
+
+def test_consul_servers_never_move_to_the_mesh_under_a_running_cluster():
+    import pytest
+
+    from clusterctl.phases.base import PhaseError
+    from clusterctl.phases.consul import ConsulPhase
+
+    split = {"node1": {"labels": {"provider": "aws"}}, "node2": {"labels": {"provider": "aws"}}, "node3": {"labels": {"provider": "hetzner"}}}
+    one_provider = load_text("\n".join(
+        ["name: lab", "hosts:", *(f"  - {{name: {h}, address: {PUBLIC[h]}, cluster_address: {ADDR[h]}}}" for h in ADDR),
+         "network: {driver: wireguard, subnet: 10.240.0.0/16}"]) + "\n", "cluster.yaml")  # fmt: skip
+    c = load_text("\n".join(
+        ["name: lab", "hosts:", *("  - " + json.dumps({"name": h, "address": PUBLIC[h], "cluster_address": ADDR[h], **split[h]}) for h in ADDR),
+         "network: {driver: wireguard, subnet: 10.240.0.0/16}"]) + "\n", "cluster.yaml")  # fmt: skip
+    on_cluster_addresses = {n: _with_agent(converged(n, c), ADDR[n]) for n in ADDR}
+    with pytest.raises(PhaseError, match=r"consul servers would move to new addresses: node1 \(10\.77\.0\.11\), node2 .*mesh now"):
+        ConsulPhase().check(Context(cluster=c, facts=on_cluster_addresses))
+    ConsulPhase().check(Context(cluster=one_provider, facts=on_cluster_addresses))  # one provider: they stay
+    on_mesh = {n: _with_agent(converged(n, c), str(next(SUB[n].hosts()))) for n in ADDR}
+    ConsulPhase().check(Context(cluster=c, facts=on_mesh))  # made on the mesh: nothing moves
+    with pytest.raises(PhaseError, match="left the mesh"):
+        ConsulPhase().check(Context(cluster=one_provider, facts=on_mesh))
+    clients = {n: _with_agent(converged(n, c), ADDR[n], mode="client") for n in ADDR}
+    ConsulPhase().check(Context(cluster=c, facts=clients))  # clients may move: no quorum of theirs

@@ -41,6 +41,8 @@ class NetworkDriver(Protocol):
     # Whether each host's part stands alone: a host failing in one pass leaves the others to
     # finish theirs (a swarm's joins need its leader: not so).
     independent_hosts: bool
+    # The Docker network driver of the cluster network it makes (bridge, overlay, weavemesh).
+    docker_driver: str
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         """The Linux interfaces this driver makes for a network of that name (never "in use"

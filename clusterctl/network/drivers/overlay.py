@@ -291,6 +291,11 @@ def plan_swarm(
     leader_net = find_network(facts[leader.name].networks, settings.network)
     if leader_net is None:
         wave0.append(network_create_overlay(settings.network, subnet, settings.cluster, settings.encrypted))
+    elif leader_net.driver == "bridge" and leader_net.labels.get(LABEL_CLUSTER) == settings.cluster:
+        raise SwarmError(
+            f"network {settings.network!r} on {leader.name} is this cluster's bridge network (driver routed or "
+            "wireguard); to move a running cluster to the overlay, `clusterctl down --yes` and then `up`"
+        )
     elif leader_net.driver != "overlay" or subnet not in leader_net.subnets:
         raise SwarmError(
             f"network {settings.network!r} on {leader.name} is {leader_net.driver} "
@@ -453,6 +458,7 @@ def check_esp(ctx: Context) -> None:
 class OverlayDriver:
     name = "overlay"
     independent_hosts = False
+    docker_driver = "overlay"
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         return ()

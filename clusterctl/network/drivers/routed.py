@@ -217,6 +217,7 @@ def plan_routed(
 class RoutedDriver:
     name = "routed"
     independent_hosts = True
+    docker_driver = "bridge"
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         return (bridge_name(network),)

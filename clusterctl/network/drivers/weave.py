@@ -172,6 +172,7 @@ def plan_weave(hosts: Sequence[WeaveHost], facts: Mapping[str, WeaveHostFacts], 
 class WeaveDriver:
     name = "weave"
     independent_hosts = False
+    docker_driver = "weavemesh"
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         return (weave.BRIDGE,)

@@ -142,6 +142,7 @@ def _stale(t: Tunnel | None, key: str, now: int | None) -> bool:
 class WireguardDriver:
     name = "wireguard"
     independent_hosts = True
+    docker_driver = "bridge"
 
     def interfaces(self, network: str) -> tuple[str, ...]:
         return (routed.bridge_name(network), wg.interface_name(network))
