@@ -8,7 +8,8 @@ the timer's own cost is in every row alike), and the mean ICMP round trip of 50 
 runs both ends in the hosts' network namespaces (--network host): the floor, measured in the
 same run. Drivers: overlay (VXLAN, clear), routed (clear), wireguard (wireguard-go here: this
 kernel has no WireGuard module), and the encrypted overlay where the kernel has ESP (not here:
-the row says so). Also: how long the first `up` of each driver took.
+the row says so); for wireguard also host to host through the tunnel (node1's mesh address),
+the tunnel's own floor. Also: how long the first `up` of each driver took.
 
 Usage: .venv/bin/python bench/network.py [--requests 300] [--transfers 5]
 """
@@ -156,6 +157,10 @@ def main() -> None:
             noop = json.loads(clusterctl(env, "up", "-f", str(f), "-o", "json").stdout)
             assert not noop["changed"] and all(h["round_trips"] == 1 for h in noop["hosts"]), noop
             rows.append((f"container to container, {label}", encrypted, f"{took:.1f} s", *measure("clusterctl", None, 8080, args.transfers, args.requests)))
+            if driver == "wireguard":
+                # The tunnel's own floor: host to host through it (node1's mesh address), no containers.
+                mesh = host_docker(1, "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", "clusterctl").stdout.decode().strip()
+                rows.append(("host to host through the tunnel", encrypted, "-", *measure("host", mesh, 18081, args.transfers, args.requests)))
         reset(env, variant(base, work, "routed"))
     finally:
         clusterctl(env, "lab", "down", "--name", LAB, check=False)
