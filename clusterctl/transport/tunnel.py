@@ -30,7 +30,7 @@ def _pipe(local: socket.socket, chan) -> None:  # noqa: ANN001 - a paramiko Chan
                 if not data:
                     break
                 local.sendall(data)
-    except OSError:
+    except Exception:  # noqa: BLE001 - either end went (a closed socket, the SSH session ended): the pipe ends, quietly
         pass
     finally:
         chan.close()
