@@ -33,8 +33,16 @@ def _pipe(local: socket.socket, chan) -> None:  # noqa: ANN001 - a paramiko Chan
     except Exception:  # noqa: BLE001 - either end went (a closed socket, the SSH session ended): the pipe ends, quietly
         pass
     finally:
-        chan.close()
-        local.close()
+        _close_quietly(chan, local)
+
+
+def _close_quietly(*ends) -> None:  # noqa: ANN002 - sockets and paramiko Channels
+    # Closing a channel sends on the SSH transport, which may be gone already (the run ended).
+    for end in ends:
+        try:
+            end.close()
+        except Exception:  # noqa: BLE001 - nothing is left to tell
+            pass
 
 
 @contextmanager
@@ -46,6 +54,9 @@ def forward(session: Session, remote_host: str, remote_port: int):
     server.settimeout(0.2)
     transport = session.connection.client.get_transport()
     stop = threading.Event()
+    # Every pipe's ends and thread: closed and joined on the way out, so no pipe outlives the
+    # tunnel (a pipe thread still running as clusterctl exits printed a traceback once).
+    pipes: list[tuple[socket.socket, object, threading.Thread]] = []
 
     def accept_loop() -> None:
         while not stop.is_set():
@@ -58,7 +69,9 @@ def forward(session: Session, remote_host: str, remote_port: int):
             except Exception:  # noqa: BLE001 - the client sees a closed connection
                 local.close()
                 continue
-            threading.Thread(target=_pipe, args=(local, chan), daemon=True).start()
+            pipe = threading.Thread(target=_pipe, args=(local, chan), daemon=True)
+            pipes.append((local, chan, pipe))
+            pipe.start()
 
     thread = threading.Thread(target=accept_loop, daemon=True)
     thread.start()
@@ -72,6 +85,14 @@ def forward(session: Session, remote_host: str, remote_port: int):
             pass
         server.close()
         thread.join(1)
+        for local, chan, pipe in pipes:
+            if pipe.is_alive():
+                try:  # wakes its select at once (a close alone would not)
+                    local.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                _close_quietly(chan, local)
+                pipe.join(1)
 
 
 @contextmanager
