@@ -46,6 +46,9 @@ AcceptOpt = Annotated[
 ]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, max=256, help="Hosts worked on at once.")]
 HostsOpt = Annotated[Optional[list[str]], typer.Option("--host", help="Limit to these hosts (repeatable).")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Print each remote command as it starts and its time when it ends (a line log, no board).")
+]
 LockWaitOpt = Annotated[
     float, typer.Option("--lock-wait", min=0, help="Seconds to wait for another up or down on this cluster.")
 ]
@@ -71,7 +74,7 @@ def _resolve_file(file: Optional[Path], create_lab: bool) -> Path:
         raise UserError(f"no cluster file: pass -f FILE, create {DEFAULT_FILE}, or run `clusterctl up` to start the local lab")
     # `up` with no file: the local lab 'default', created (or restarted) as needed; idempotent.
     _err_console().print(f"no {DEFAULT_FILE}: using the local lab '{DEFAULT_LAB}'")
-    return lab.up(DEFAULT_LAB, 3, log=lambda m: _err_console().print(m))
+    return lab.up(DEFAULT_LAB, 3, log=lambda m: _err_console().print(m), example=True)
 
 
 def _load(file: Optional[Path], create_lab: bool = False):
@@ -234,6 +237,19 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _progress(console, hosts: list[str], verbose: bool):
+    """What shows the run as it goes, on stderr: a live board with a row per host on a terminal;
+    otherwise (piped, CI) or with -v, a line per step (and per remote command with -v)."""
+    from clusterctl.report.live import LineLog, LiveBoard
+
+    if verbose or not console.is_terminal or console.is_dumb_terminal:
+        yield LineLog(console, verbose)
+        return
+    with LiveBoard(console, hosts) as board:
+        yield board
+
+
 def _converge(
     file,
     output,
@@ -245,10 +261,11 @@ def _converge(
     down: bool = False,
     rebalance: bool = False,
     rollback: str | None = None,
+    verbose: bool = False,
 ) -> None:
     from clusterctl.lock import cluster_lock
     from clusterctl.phases.manager import Options, execute
-    from clusterctl.report.render import print_table, progress_line, report_json
+    from clusterctl.report.render import print_table, report_json
     from clusterctl.state import cluster_dir
     from clusterctl.transport.ssh import resolve_endpoints
 
@@ -278,20 +295,17 @@ def _converge(
     console = _err_console()
     options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)
 
-    def progress(host, step):
-        console.print(progress_line(host, step), soft_wrap=True)
-
     verb = "rollback" if rollback is not None else ("down" if down else "up")
     verb = {"up": "plan"}.get(verb, f"{verb} --dry-run") if dry_run else verb
     console.print(f"[bold]{verb}[/bold] cluster [bold]{cluster.name}[/bold] ({len(endpoints)} hosts, {cluster.path})")
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt(), _progress(console, [n for n in endpoints if only is None or n in only], verbose) as observer:
         if dry_run:
-            report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle)
+            report = execute(cluster, phases, endpoints, known, options, observer, inputs, prepare, settle)
         else:
             holder = f"clusterctl {verb} -f {cluster.path}"
             lock = _cluster_lock_in_consul(cluster, holder, lock_wait)
             with cluster_lock(cluster_dir(cluster.name, cluster.path), cluster.name, holder, wait=lock_wait):
-                report = execute(cluster, phases, endpoints, known, options, progress, inputs, prepare, settle, lock)
+                report = execute(cluster, phases, endpoints, known, options, observer, inputs, prepare, settle, lock)
     if output == Output.json:
         print(report_json(report))
     else:
@@ -321,6 +335,27 @@ def _converge(
         names = ", ".join(f"{h.name} ({h.failed.phase}: {h.failed.message})" for h in failed)
         console.print(f"[bold red]failed on {len(failed)} of {len(report.hosts)} hosts:[/bold red] {names}", soft_wrap=True)
         raise typer.Exit(EXIT_HOSTS_FAILED)
+    if verb == "up" and only is None:
+        _greet_from_the_example(cluster, accept_new, console)
+
+
+def _greet_from_the_example(cluster, accept_new: bool, console) -> None:  # noqa: ANN001
+    """The local lab 'default' ends its `up` with what its hello service answered by name."""
+    from clusterctl.lab import example, lab
+
+    if not example.is_example(cluster, lab.lab_dir(DEFAULT_LAB) / "cluster.yaml"):
+        return
+    asker = cluster.hosts[-1].name
+    out = _run_on_hosts(cluster, [asker], example.ask_line(), accept_new, 1, 60.0)[asker]
+    from rich.markup import escape
+
+    if out.ok and out.value.ok:
+        answer = " ".join(out.value.stdout.split())
+        console.print(f"[bold]{example.URL}[/bold] answered a plain container on {asker}: {escape(answer)}", soft_wrap=True)
+    else:
+        why = out.error if not out.ok else out.value.tail()
+        console.print(f"[bold red]{example.URL}[/bold red] did not answer a plain container on {asker}: {escape(why)}", soft_wrap=True)
+        raise typer.Exit(EXIT_HOSTS_FAILED)
 
 
 RebalanceOpt = Annotated[
@@ -337,11 +372,12 @@ def up(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
+    verbose: VerboseOpt = False,
     lock_wait: LockWaitOpt = 10.0,
     rebalance: RebalanceOpt = False,
 ) -> None:
     """Bring every host to the desired state: Docker, engine DNS, network, filebox, Consul, services; then prune."""
-    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, rebalance=rebalance)
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, rebalance=rebalance, verbose=verbose)
 
 
 @app.command()
@@ -351,11 +387,12 @@ def plan(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
+    verbose: VerboseOpt = False,
     rebalance: RebalanceOpt = False,
 ) -> None:
     """Print the exact per-host commands `up` would run; sends only the read-only probe. Notes
     name the moves a rebalance would make."""
-    _converge(file, output, accept_new_host_keys, workers, host, dry_run=True, rebalance=rebalance)
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run=True, rebalance=rebalance, verbose=verbose)
 
 
 @app.command()
@@ -367,11 +404,12 @@ def rollback(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
+    verbose: VerboseOpt = False,
     lock_wait: LockWaitOpt = 10.0,
 ) -> None:
     """Return a service to the version its last rollout replaced (kept on each host), one host at
     a time; what ran is kept in turn. The next `up` rolls it to the file again."""
-    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, rollback=service)
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, rollback=service, verbose=verbose)
 
 
 @app.command()
@@ -383,6 +421,7 @@ def down(
     accept_new_host_keys: AcceptOpt = False,
     workers: WorkersOpt = 32,
     host: HostsOpt = None,
+    verbose: VerboseOpt = False,
     lock_wait: LockWaitOpt = 10.0,
 ) -> None:
     """Remove what `up` made on the hosts (services, Consul, filebox, network, engine DNS); Docker stays."""
@@ -391,7 +430,7 @@ def down(
             raise UserError("down removes the cluster from its hosts: pass --yes (or --dry-run to see what it would remove)")
         if not typer.confirm("Remove the cluster's services, Consul, filebox and network from its hosts?"):
             raise typer.Exit(EXIT_BAD_INPUT)
-    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, down=True)
+    _converge(file, output, accept_new_host_keys, workers, host, dry_run, lock_wait, down=True, verbose=verbose)
 
 
 def _run_on_hosts(cluster, names: list[str], line: str, accept_new: bool, workers: int, timeout: float) -> dict:
@@ -747,7 +786,10 @@ def lab_up(
     from clusterctl.lab import lab
 
     console = _err_console()
-    path = lab.up(name, hosts, bare=bare, bastion=bastion, oses=os_, image_store=image_store, init=init, user=user, log=lambda m: console.print(m))
+    path = lab.up(
+        name, hosts, bare=bare, bastion=bastion, oses=os_, image_store=image_store, init=init, user=user,
+        log=lambda m: console.print(m), example=name == DEFAULT_LAB,
+    )  # fmt: skip
     print(path)
 
 

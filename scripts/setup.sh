@@ -8,11 +8,14 @@ cd "$(dirname "$0")/.."
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # tcpdump: the e2e tests look at what crosses the lab's bridge (encrypted or not).
-packages=(docker.io busybox-static debootstrap openssh-client iproute2 iptables dnsutils ca-certificates vagrant tcpdump)
+# nodejs (+ npm): the default lab's hello example puts node in its filebox.
+packages=(docker.io busybox-static debootstrap openssh-client iproute2 iptables dnsutils ca-certificates vagrant tcpdump nodejs)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm: Debian's own package, unless a nodejs that brings its own (NodeSource's) is installed.
+command -v npm >/dev/null || missing+=(npm)
 if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
 	missing+=(python3 python3-venv)
 fi

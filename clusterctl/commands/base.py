@@ -72,10 +72,55 @@ class Script:
     def stdin(self) -> object | None:
         return next((c.stdin for c in self.cmds if c.stdin is not None), None)
 
-    def render(self) -> str:
+    def render(self, marked: bool = False) -> str:
+        """`marked`: each command is preceded by a step mark on stderr (STEP_MARK, its index), so
+        the operator's side can tell which command runs now and how long each took."""
         lines = ["set -e"]
-        lines += [c.render() for c in self.cmds]
+        for i, c in enumerate(self.cmds):
+            if marked:
+                lines.append(f"printf '{STEP_MARK_SHELL}%s\\n' {i} >&2")
+            lines.append(c.render())
         return "\n".join(lines) + "\n"
 
     def __bool__(self) -> bool:
         return bool(self.cmds)
+
+
+# A step mark: a byte no command prints (ASCII record separator), a tag, the command's index.
+STEP_MARK = "\x1eclusterctl-step "
+STEP_MARK_SHELL = "\\036clusterctl-step "
+_STEP_MARK_BYTES = STEP_MARK.encode()
+
+
+def strip_step_marks(stderr: str) -> str:
+    """A marked script's stderr as the commands wrote it (for error messages)."""
+    if STEP_MARK not in stderr:
+        return stderr
+    return "".join(part.split("\n", 1)[1] if i else part for i, part in enumerate(stderr.split(STEP_MARK)))
+
+
+class StepMarks:
+    """Reads a marked script's stderr as it arrives (chunks may split a mark) and calls
+    on_step(index) as each command starts."""
+
+    def __init__(self, on_step):  # noqa: ANN001 - Callable[[int], None]
+        self.on_step = on_step
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        buf = self._tail + data
+        while True:
+            at = buf.find(_STEP_MARK_BYTES)
+            if at < 0:
+                # Keep what could be the start of a mark split over two chunks.
+                keep = next((k for k in range(min(len(buf), len(_STEP_MARK_BYTES)), 0, -1) if _STEP_MARK_BYTES.startswith(buf[-k:])), 0)
+                self._tail = buf[len(buf) - keep :] if keep else b""
+                return
+            end = buf.find(b"\n", at)
+            if end < 0:
+                self._tail = buf[at:]
+                return
+            index = buf[at + len(_STEP_MARK_BYTES) : end]
+            buf = buf[end + 1 :]
+            if index.isdigit():
+                self.on_step(int(index))

@@ -398,6 +398,7 @@ def up(
     image_store: str = "classic",
     init: str = "plain",
     user: str | None = None,
+    example: bool = False,
 ) -> Path:
     """Create (or complete) the lab and write its cluster file; returns the file's path.
 
@@ -406,7 +407,8 @@ def up(
     hosts. image_store: containerd puts the containerd image store on the hosts whose Docker
     has it (24 and later); the others keep the classic store. init: systemd runs systemd as each
     host's PID 1. user: SSH goes to this user, who has passwordless sudo, instead of root
-    (whose login the lab then refuses). An existing host keeps its kind."""
+    (whose login the lab then refuses). An existing host keeps its kind. example: the file
+    carries the hello example (lab/example.py), when this machine has what it needs."""
     if hosts < 1 or hosts > 50:
         raise UserError(f"--hosts must be between 1 and 50, got {hosts}")
     if bastion and hosts < 2:
@@ -479,11 +481,18 @@ def up(
     lines = [line for h in lab_hosts for line in _host_keys(h.container, h.address)]
     known.write_text("\n".join(lines) + "\n")
     cluster_file = directory / "cluster.yaml"
-    cluster_file.write_text(render_cluster_file(name, lab_hosts, key, known, user))
+    extra: dict = {}
+    if example:
+        from clusterctl.lab.example import example_sections
+
+        extra, why_not = example_sections()
+        if why_not:
+            log(f"lab {name}: without the hello example: {why_not}")
+    cluster_file.write_text(render_cluster_file(name, lab_hosts, key, known, user, extra))
     return cluster_file
 
 
-def render_cluster_file(name: str, hosts: list[LabHost], key: Path, known: Path, user: str | None = None) -> str:
+def render_cluster_file(name: str, hosts: list[LabHost], key: Path, known: Path, user: str | None = None, extra: dict | None = None) -> str:
     doc = {
         "name": f"lab-{name}",
         "ssh": {
@@ -494,12 +503,15 @@ def render_cluster_file(name: str, hosts: list[LabHost], key: Path, known: Path,
             "connect_timeout": 5,
         },
         "hosts": [_host_entry(h, hosts[0]) for h in hosts],
+        **(extra or {}),
     }
     header = f"# clusterctl lab {name!r}: written by `clusterctl lab up`; removed by `clusterctl lab down --name {name}`.\n"
     if any(h.private_address for h in hosts):
         header += "# node1 is the bastion: the other hosts are on a private network reachable only through it.\n"
     if user:
         header += f"# SSH goes to {user}, who has passwordless sudo; root has no login.\n"
+    if extra and extra.get("services"):
+        header += "# The article's example: the express hello app as a service, node in the filebox.\n"
     return header + yaml.safe_dump(doc, sort_keys=False)
 
 

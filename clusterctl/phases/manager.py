@@ -12,17 +12,17 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from clusterctl.commands.base import Cmd, Script
+from clusterctl.commands.base import Cmd, Script, strip_step_marks
 from clusterctl.config.loader import Cluster
 from clusterctl.errors import UserError, printable
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
 from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, independent_hosts, rolling, wave
+from clusterctl.report.events import NullObserver, RunObserver, ScriptWatch
+from clusterctl.report.model import CHANGED, FAILED, OK, PLANNED, SKIPPED, HostReport, RunReport, Step, merge_step
 from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
 from clusterctl.transport.ssh import Connector, Endpoint, KnownHosts, Session, SSHError, explain
-
-OK, CHANGED, PLANNED, FAILED, SKIPPED = "ok", "changed", "planned", "failed", "skipped"
 
 # How long commands already running may go on after Ctrl-C or SIGTERM before they are ended.
 GRACE_SECONDS = 5.0
@@ -46,69 +46,38 @@ class Interrupted(Exception):
 
 
 @dataclass
-class Step:
+class PassPlan:
+    """One pass of a phase: each live host's commands (empty: nothing to do), the wave of each
+    host with commands (the lowest wave runs now, the others wait for a later pass), and the
+    hosts that roll (one batch at a time)."""
+
+    cmds: dict[str, list[Cmd]] = field(default_factory=dict)
+    waves: dict[str, int] = field(default_factory=dict)
+    rolling: set[str] = field(default_factory=set)
+
+    @property
+    def todo(self) -> list[str]:
+        return [n for n, cmds in self.cmds.items() if cmds]
+
+    def first_wave(self) -> tuple[list[str], list[str]]:
+        """(the hosts that run now, the hosts that wait), in the file's order."""
+        todo = self.todo
+        first = min(self.waves[n] for n in todo)
+        return [n for n in todo if self.waves[n] == first], [n for n in todo if self.waves[n] != first]
+
+
+@dataclass
+class PhaseSteps:
+    """A phase's one step per host, merged over its passes; `recorded`: hosts whose step is in
+    their report already (they failed early and are out of the run)."""
+
     phase: str
-    status: str
-    message: str = ""
-    seconds: float = 0.0
-    commands: list[str] = field(default_factory=list)
+    by_host: dict[str, Step] = field(default_factory=dict)
+    recorded: set[str] = field(default_factory=set)
 
-    @property
-    def changed(self) -> bool:
-        return self.status in (CHANGED, PLANNED)
-
-
-@dataclass
-class HostReport:
-    name: str
-    address: str
-    steps: list[Step] = field(default_factory=list)
-    round_trips: int = 0
-    # Bytes sent on stdin (image layers, secrets): what crossed the wire for this host.
-    bytes_sent: int = 0
-    facts: HostFacts | None = None
-
-    @property
-    def failed(self) -> Step | None:
-        return next((s for s in self.steps if s.status == FAILED), None)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed is None
-
-
-@dataclass
-class RunReport:
-    cluster: str
-    dry_run: bool
-    phases: list[str]
-    hosts: list[HostReport]
-    seconds: float = 0.0
-    # Failures that belong to no one host, one line each (a bastion that could not be opened).
-    errors: list[str] = field(default_factory=list)
-    # Phases refused for the whole cluster (PhaseError), with their one-line reason.
-    refused: dict[str, str] = field(default_factory=dict)
-    # What operator-side steps changed beyond the hosts (e.g. Consul's ACLs), one line each.
-    notes: list[str] = field(default_factory=list)
-    # The step the run was in when Ctrl-C or SIGTERM stopped it (None: it was not stopped), and
-    # the hosts whose remote commands were then ended.
-    interrupted: str | None = None
-    ended_on: list[str] = field(default_factory=list)
-
-    @property
-    def failed_hosts(self) -> list[HostReport]:
-        return [h for h in self.hosts if not h.ok]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed_hosts
-
-    @property
-    def changed(self) -> bool:
-        return any(s.changed for h in self.hosts for s in h.steps)
-
-
-Progress = Callable[[str, Step], None]
+    def add(self, name: str, step: Step) -> Step:
+        self.by_host[name] = merge_step(self.by_host.get(name), step)
+        return self.by_host[name]
 
 
 @dataclass
@@ -140,7 +109,7 @@ class Manager:
         endpoints: dict[str, Endpoint],
         known_hosts: KnownHosts,
         options: Options,
-        progress: Progress | None = None,
+        observer: RunObserver | None = None,
         inputs: Inputs | None = None,
     ):
         self.cluster = cluster
@@ -148,7 +117,7 @@ class Manager:
         self.endpoints = endpoints
         self.known_hosts = known_hosts
         self.options = options
-        self.progress = progress or (lambda host, step: None)
+        self.observer = observer or NullObserver()
         self.sessions: dict[str, Session] = {}
         # One connection per bastion, shared by the hosts behind it; closed once, in __exit__.
         self.connector = Connector(known_hosts)
@@ -194,7 +163,7 @@ class Manager:
 
     def _record(self, name: str, step: Step) -> None:
         self.reports[name].steps.append(step)
-        self.progress(name, step)
+        self.observer.step(name, step)
 
     def _parallel(self, names: Sequence[str], work: Callable[[str], object], timeout: float | None = None, force: bool = False):
         """work(name) on each host at once. Once the run is interrupted, nothing new starts
@@ -238,7 +207,7 @@ class Manager:
 
     def _remote(self, script: Script) -> str:
         """The command line of a phase's script on a host: recorded first, so it can be ended."""
-        return shlex.join(["sh", "-c", RECORD_PGID + script.render(), "sh", self.run_id])
+        return shlex.join(["sh", "-c", RECORD_PGID + script.render(marked=True), "sh", self.run_id])
 
     def connect(self) -> None:
         def work(name: str) -> Session:
@@ -263,7 +232,12 @@ class Manager:
         timeout = self.cluster.spec.ssh.command_timeout
 
         def work(name: str) -> HostFacts:
-            result = self.sessions[name].run(script, timeout=timeout)
+            watch = ScriptWatch.single(self.observer, name, label, "sh -c '# clusterctl probe ...'", "read-only probe")
+            result = None
+            try:
+                result = self.sessions[name].run(script, timeout=timeout)
+            finally:
+                watch.close(result is not None and result.ok)
             if not result.ok:
                 raise ProbeError(f"probe failed: {result.tail()}")
             return parse_probe_output(result.stdout)
@@ -321,16 +295,30 @@ class Manager:
         wanted = {h: c for h, c in fn(ctx).items() if h in alive}
         if not wanted:
             return {}
+        results = self._run_scripts(phase.name, {h: [c] for h, c in wanted.items()})
+        return {n: out.value.stdout for n, out in results.items() if out.ok and out.value.ok}  # type: ignore[union-attr]
+
+    def _run_scripts(self, phase: str, cmds: Mapping[str, Sequence[Cmd]], force: bool = False) -> dict[str, Outcome]:
+        """Each host's commands as one marked script, in parallel: one round trip per host; the
+        observer sees each command start and end, and the bytes sent."""
         timeout = self.cluster.spec.ssh.command_timeout
 
         def work(name: str):
-            script = Script((wanted[name],))
-            return self.sessions[name].run(self._remote(script), timeout=timeout)
+            script = Script(tuple(cmds[name]))
+            session = self.sessions[name]
+            watch = ScriptWatch(self.observer, name, phase, script.cmds, session.bytes_sent)
+            result = None
+            try:
+                result = session.run(self._remote(script), timeout=timeout, stdin=script.stdin, watch=watch)
+            finally:
+                watch.close(result is not None and result.ok)
+            return replace(result, stderr=strip_step_marks(result.stderr))
 
-        results = self._parallel(list(wanted), work, timeout=timeout + 5)
+        results = self._parallel(list(cmds), work, timeout=timeout + 5, force=force)
         for name in results:
             self.reports[name].round_trips = self.sessions[name].round_trips
-        return {n: out.value.stdout for n, out in results.items() if out.ok and out.value.ok}  # type: ignore[union-attr]
+            self.reports[name].bytes_sent = self.sessions[name].bytes_sent
+        return results
 
     def run_phase(self, phase: Phase, more_phases_follow: bool) -> None:
         """Plan and run one phase: one pass, or several (`passes`), each planned from fresh facts;
@@ -349,14 +337,7 @@ class Manager:
             return
         alive = set(self.sessions)
         todo = {h: cmds for h, cmds in fn(self.context(), ran).items() if cmds and h in alive}
-        timeout = self.cluster.spec.ssh.command_timeout
-
-        def work(name: str):
-            script = Script(tuple(todo[name]))
-            return self.sessions[name].run(self._remote(script), timeout=timeout)
-
-        for name, out in self._parallel(list(todo), work, timeout=timeout + 5, force=True).items():
-            self.reports[name].round_trips = self.sessions[name].round_trips
+        for name, out in self._run_scripts(phase.name, todo, force=True).items():
             if not out.ok or not out.value.ok:  # type: ignore[union-attr]
                 why = _strip_kind(out) if not out.ok else out.value.tail(2)  # type: ignore[union-attr]
                 self._record(name, Step(phase.name, FAILED, f"clean-up failed: {one_line(why)}"))
@@ -364,128 +345,125 @@ class Manager:
     def _run_passes(self, phase: Phase, more_phases_follow: bool, ran: dict[str, list[Cmd]]) -> None:
         """The passes, then one step per host recorded, also when the run is interrupted: the
         hosts whose commands were running then are named."""
-        steps: dict[str, Step] = {}
-        recorded: set[str] = set()
+        steps = PhaseSteps(phase.name)
         self.current = phase.name
         try:
-            self._passes(phase, more_phases_follow, ran, steps, recorded)
+            self._passes(phase, more_phases_follow, ran, steps)
         except Interrupted:
             for name in self.in_pass:
                 note = "interrupted: its remote commands were ended" if name in self.ended_on else "interrupted while it ran"
-                steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, note))
+                steps.add(name, Step(phase.name, FAILED, note))
             raise
         finally:
             self.in_pass = []
             for name in self.reports:
-                if name in steps and name not in recorded:
-                    self._record(name, steps[name])
+                if name in steps.by_host and name not in steps.recorded:
+                    self._record(name, steps.by_host[name])
 
-    def _passes(
-        self, phase: Phase, more_phases_follow: bool, ran: dict[str, list[Cmd]], steps: dict[str, Step], recorded: set[str]
-    ) -> None:
+    def _refusal(self, phase: Phase) -> str | None:
+        """The phase's operator-side step before a pass (consul: its ACLs; a UserError), then its
+        cluster-wide check, from the latest facts: a one-line refusal stops the phase."""
+        settle = self.settle.get(phase.name)
+        if settle is not None:
+            try:
+                self.inputs = settle(self.context(), self.consul_api)
+            except UserError as exc:
+                return str(exc)
+        return self.check(phase)
+
+    def _plan_pass(self, phase: Phase, ctx: Context, steps: PhaseSteps) -> PassPlan:
+        """Every live host's commands for this pass, its wave and whether it rolls; a host that
+        cannot be planned fails now (and is skipped by the rest of the run)."""
+        pass_plan = PassPlan()
+        for name in self._alive():
+            host = self.cluster.spec.host(name)
+            try:
+                cmds = phase.plan(ctx, host, ctx.facts[name])
+                pass_plan.cmds[name] = cmds
+                if cmds:
+                    pass_plan.waves[name] = wave(phase, ctx, host, ctx.facts[name])
+                    if rolling(phase, ctx, host, ctx.facts[name]):
+                        pass_plan.rolling.add(name)
+            except PlanError as exc:
+                self._record(name, steps.add(name, Step(phase.name, FAILED, str(exc))))
+                steps.recorded.add(name)
+            except Exception as exc:  # noqa: BLE001 - one host's odd facts never stop the others
+                why = one_line(f"could not plan this host ({type(exc).__name__}: {exc})")
+                self._record(name, steps.add(name, Step(phase.name, FAILED, why)))
+                steps.recorded.add(name)
+        return pass_plan
+
+    def _apply_wave(self, phase: Phase, ctx: Context, pass_plan: PassPlan, now: list[str]) -> dict[str, Outcome]:
+        """Run this wave: hosts that do not roll all at once, then the rolling ones a batch at a
+        time (each batch waits for the cluster first); a failed batch stops the rolling."""
+        self.in_pass = list(now)
+        self.observer.phase_started(phase.name, now)
+        together = [n for n in now if n not in pass_plan.rolling]
+        results = self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in together}) if together else {}
+        rolling_now = [n for n in now if n in pass_plan.rolling]
+        batch = max(1, int(getattr(phase, "rolling_batch", lambda _ctx: 1)(ctx)))
+        for i in range(0, len(rolling_now), batch):
+            group = rolling_now[i : i + batch]
+            results.update(self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in group}))
+            if any(not results[n].ok or not results[n].value.ok for n in group):  # type: ignore[union-attr]
+                break  # stop rolling: the others keep what they run
+        self.in_pass = []
+        return results
+
+    def _passes(self, phase: Phase, more_phases_follow: bool, ran: dict[str, list[Cmd]], steps: PhaseSteps) -> None:
         passes = max(1, int(getattr(phase, "passes", 1)))
         waiting: list[str] = []
-        timeout = self.cluster.spec.ssh.command_timeout
-        settle = self.settle.get(phase.name)
         for n in range(passes):
-            if settle is not None:
-                # The phase's operator-side step before each pass (consul: its ACLs), from the
-                # latest facts; a refusal stops the phase, one line.
-                try:
-                    self.inputs = settle(self.context(), self.consul_api)
-                except UserError as exc:
-                    self.refused[phase.name] = str(exc)
-                    for name in self._alive():
-                        steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, str(exc)))
-                    break
-            why = self.check(phase)
+            why = self._refusal(phase)
             if why is not None:
                 self.refused[phase.name] = why
                 for name in self._alive():
-                    steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, why))
+                    steps.add(name, Step(phase.name, FAILED, why))
                 break
             ctx = self.context(pass_index=n)
             ctx = self.context(self._lookups(phase, ctx), pass_index=n)
-            plans: dict[str, list[Cmd]] = {}
-            waves: dict[str, int] = {}
-            one_at_a_time: list[str] = []
-            for name in self._alive():
-                host = self.cluster.spec.host(name)
-                try:
-                    plans[name] = phase.plan(ctx, host, ctx.facts[name])
-                    if plans[name]:
-                        waves[name] = wave(phase, ctx, host, ctx.facts[name])
-                        if rolling(phase, ctx, host, ctx.facts[name]):
-                            one_at_a_time.append(name)
-                except PlanError as exc:
-                    # Recorded now: a failed host is skipped by the rest of the run.
-                    self._record(name, _merge(steps.get(name), Step(phase.name, FAILED, str(exc))))
-                    recorded.add(name)
-                except Exception as exc:  # noqa: BLE001 - one host's odd facts never stop the others
-                    why = one_line(f"could not plan this host ({type(exc).__name__}: {exc})")
-                    self._record(name, _merge(steps.get(name), Step(phase.name, FAILED, why)))
-                    recorded.add(name)
+            pass_plan = self._plan_pass(phase, ctx, steps)
             if n == 0:
                 self.phase_notes += _phase_notes(phase, ctx)
-            todo = [n for n, cmds in plans.items() if cmds]
-            for name in plans:
-                if name not in todo and name not in steps and name not in recorded:
-                    steps[name] = Step(phase.name, OK, "unchanged")
+            for name, cmds in pass_plan.cmds.items():
+                if not cmds and name not in steps.by_host and name not in steps.recorded:
+                    steps.by_host[name] = Step(phase.name, OK, "unchanged")
             waiting = []
-            if not todo:
+            if not pass_plan.todo:
                 break
             if self.options.dry_run:
-                for name in todo:
-                    rendered = [c.display() for c in plans[name]]
-                    steps[name] = Step(phase.name, PLANNED, _summary(plans[name]), commands=rendered)
+                for name in pass_plan.todo:
+                    cmds = pass_plan.cmds[name]
+                    steps.by_host[name] = Step(phase.name, PLANNED, _summary(cmds), commands=[c.display() for c in cmds])
                 break
-            first = min(waves[n] for n in todo)
-            now = [n for n in todo if waves[n] == first]
-            waiting = [n for n in todo if waves[n] != first]
-
-            def work(name: str):
-                script = Script(tuple(plans[name]))
-                return self.sessions[name].run(self._remote(script), timeout=timeout, stdin=script.stdin)
-
+            now, waiting = pass_plan.first_wave()
             for name in now:
-                ran.setdefault(name, []).extend(plans[name])
-            self.in_pass = list(now)
-            together = [n for n in now if n not in one_at_a_time]
-            results = self._parallel(together, work, timeout=timeout + 5) if together else {}
-            rolling_now = [n for n in now if n in one_at_a_time]
-            batch = max(1, int(getattr(phase, "rolling_batch", lambda _ctx: 1)(ctx)))
-            for i in range(0, len(rolling_now), batch):  # rolling: each batch waits for the cluster first
-                group = rolling_now[i : i + batch]
-                results.update(self._parallel(group, work, timeout=timeout + 5))
-                if any(not results[n].ok or not results[n].value.ok for n in group):  # type: ignore[union-attr]
-                    break  # stop rolling: the others keep what they run
-            self.in_pass = []
+                ran.setdefault(name, []).extend(pass_plan.cmds[name])
+            results = self._apply_wave(phase, ctx, pass_plan, now)
             failed = False
             for name, out in results.items():
-                rendered = [c.display() for c in plans[name]]
-                self.reports[name].round_trips = self.sessions[name].round_trips
-                self.reports[name].bytes_sent = self.sessions[name].bytes_sent
+                rendered = [c.display() for c in pass_plan.cmds[name]]
                 if out.ok and out.value.ok:  # type: ignore[union-attr]
-                    step = Step(phase.name, CHANGED, _summary(plans[name]), out.seconds, rendered)
+                    step = Step(phase.name, CHANGED, _summary(pass_plan.cmds[name]), out.seconds, rendered)
                 else:
                     why = _strip_kind(out) if not out.ok else out.value.tail(2)  # type: ignore[union-attr]
                     step = Step(phase.name, FAILED, why, out.seconds, rendered)
                     failed = True
-                steps[name] = _merge(steps.get(name), step)
+                steps.add(name, step)
             for name in now:
                 if name not in results:
-                    steps[name] = _merge(steps.get(name), Step(phase.name, SKIPPED, "rolling change stopped: an earlier host failed"))
-            changed = [n for n in now if n in results and steps[n].status == CHANGED]
+                    steps.add(name, Step(phase.name, SKIPPED, "rolling change stopped: an earlier host failed"))
+            changed = [n for n in now if n in results and steps.by_host[n].status == CHANGED]
             if failed and waiting:
                 for name in waiting:
-                    steps[name] = _merge(steps.get(name), Step(phase.name, SKIPPED, "not started: an earlier wave failed"))
+                    steps.add(name, Step(phase.name, SKIPPED, "not started: an earlier wave failed"))
                 waiting = []
             if failed and passes > 1 and independent_hosts(phase, ctx):
                 # The others go on to their next pass; the failed ones are out of the run now.
                 for name in results:
-                    if steps[name].status == FAILED:
-                        self._record(name, steps[name])
-                        recorded.add(name)
+                    if steps.by_host[name].status == FAILED:
+                        self._record(name, steps.by_host[name])
+                        steps.recorded.add(name)
             elif failed and passes > 1:
                 break
             if not changed:
@@ -497,7 +475,7 @@ class Manager:
             elif more_phases_follow:
                 self._reprobe(changed if passes == 1 else list(self._alive()), phase)
         for name in waiting:
-            steps[name] = _merge(steps.get(name), Step(phase.name, FAILED, f"not reached within {passes} passes"))
+            steps.add(name, Step(phase.name, FAILED, f"not reached within {passes} passes"))
 
     def _reprobe(self, names: list[str], phase: Phase) -> None:
         # Hosts failed in this phase are not alive any more; their failure is already noted.
@@ -510,15 +488,6 @@ def one_line(text: str, limit: int = 500) -> str:
     escaped, bounded."""
     safe = printable(" ".join(text.split()))
     return safe if len(safe) <= limit else safe[: limit - 1] + "…"
-
-
-def _merge(old: Step | None, new: Step) -> Step:
-    """One step per host per phase, however many passes it took."""
-    if old is None or (old.status == OK and not old.commands):
-        return new
-    status = FAILED if FAILED in (old.status, new.status) else new.status
-    message = new.message if new.status == FAILED else "; ".join(m for m in (old.message, new.message) if m)
-    return Step(old.phase, status, message, old.seconds + new.seconds, old.commands + new.commands)
 
 
 def _summary(cmds: list[Cmd]) -> str:
@@ -539,7 +508,7 @@ def execute(
     endpoints: dict[str, Endpoint],
     known_hosts: KnownHosts,
     options: Options,
-    progress: Progress | None = None,
+    observer: RunObserver | None = None,
     inputs: Inputs | None = None,
     prepare: Callable[[Context, Callable], Inputs] | None = None,
     settle: Mapping[str, Callable[[Context, Callable], Inputs]] | None = None,
@@ -553,7 +522,7 @@ def execute(
     `lock`, when given, is held from right after `prepare` to the end of the phases (the
     cluster's own lock in Consul; it raises LockHeld to refuse)."""
     t0 = time.monotonic()
-    with Manager(cluster, endpoints, known_hosts, options, progress, inputs) as m:
+    with Manager(cluster, endpoints, known_hosts, options, observer, inputs) as m:
         try:
             m.connect()
             m.current = "probe"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clusterctl.phases.manager import CHANGED, FAILED, OK, PLANNED, SKIPPED, RunReport, Step
+from clusterctl.report.model import CHANGED, FAILED, OK, PLANNED, SKIPPED, RunReport, Step
 
 STYLE = {OK: "green", CHANGED: "yellow", PLANNED: "cyan", FAILED: "bold red", SKIPPED: "dim"}
 

@@ -306,11 +306,13 @@ class Session:
     # Set by open_session(): a one-off Connector (with its bastion connection) this session owns.
     _owner: Connector | None = field(default=None, repr=False)
 
-    def run(self, command: str, timeout: float | None = None, stdin: object = None) -> RunResult:
+    def run(self, command: str, timeout: float | None = None, stdin: object = None, watch: object = None) -> RunResult:
         """Run one command line; stdout/stderr are read concurrently; `timeout` bounds the whole run.
 
         `stdin` is bytes, or a stream source with write_to(write) (e.g. an image archive written
-        straight into the channel, never held in memory whole).
+        straight into the channel, never held in memory whole). `watch`, when given, sees the
+        run as it goes: watch.stderr(chunk) for what arrives on stderr, watch.sent(n) for bytes
+        sent on stdin (progress output; its errors never stop the run).
         """
         self.round_trips += 1
         t0 = time.monotonic()
@@ -327,6 +329,7 @@ class Session:
                 try:
                     while data := chan.recv_stderr(65536):
                         err_chunks.append(data)
+                        _tell(watch, "stderr", data)
                 except (socket.timeout, OSError):
                     pass
 
@@ -335,11 +338,13 @@ class Session:
             if isinstance(stdin, (bytes, bytearray)):
                 chan.sendall(stdin)
                 self.bytes_sent += len(stdin)
+                _tell(watch, "sent", len(stdin))
             elif stdin is not None:
 
                 def write(data: bytes) -> None:
                     chan.sendall(data)
                     self.bytes_sent += len(data)
+                    _tell(watch, "sent", len(data))
 
                 stdin.write_to(write)
             chan.shutdown_write()
@@ -366,6 +371,15 @@ class Session:
         self.connection.close()
         if self._owner is not None:
             self._owner.close()
+
+
+def _tell(watch: object, what: str, arg: object) -> None:
+    if watch is None:
+        return
+    try:
+        getattr(watch, what)(arg)
+    except Exception:  # noqa: BLE001 - progress output never stops a run
+        pass
 
 
 class _ProxyCommand(paramiko.ProxyCommand):

@@ -43,10 +43,18 @@ def test_up_installs_and_starts_docker_on_bare_hosts(cli, lab, state_dir):
     docker.io plus docker-cli (only Recommended there). daemon.json is written before the
     engine's first start, so the engine phase has nothing left to change (no restart). The
     swarm is formed in this run: a poll of every host's process list all along never shows a
-    join token, nor the gossip key or a TLS private key."""
+    join token, nor the gossip key or a TLS private key. With -v, each remote command is a line
+    as it starts and another with its time as it ends, host and phase first."""
     with watching_processes(lab) as seen:
-        code, report = cli.json("up", "-f", str(lab.cluster_file))
+        proc = cli("up", "-f", str(lab.cluster_file), "-v", "--output", "json")
+    code, report = proc.returncode, json.loads(proc.stdout)
     assert code == 0, report
+    lines = proc.stderr.splitlines()
+    for host in ("node1", "node2", "node3"):
+        started = [line for line in lines if line.startswith(f"  {host} docker$ ")]
+        ended = [line for line in lines if line.startswith(f"  {host} docker: done in ")]
+        assert started and len(started) == len(ended), proc.stderr[-3000:]
+        assert any("apt-get" in line for line in started), started
     key = (state_dir / "clusters" / f"lab-{lab.name}" / "gossip.key").read_text().strip()
     assert len(seen) > 30 and any("consul agent" in s for s in seen)
     assert not any("SWMTKN" in s or key in s or "PRIVATE KEY" in s for s in seen)

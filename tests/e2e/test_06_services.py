@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clusterctl.lab import example
 from clusterctl.lab import lab as lab_mod
 from tests.e2e.conftest import watching_processes
 
@@ -122,6 +123,9 @@ def test_any_container_finds_hello_by_name(lab, svc):
         found = sorted(line.split()[-1] for line in out.splitlines() if line.startswith("Address:") and ":53" not in line)
         assert found == sorted([addr["node1"], addr["node3"]]), out
         assert out.rstrip().endswith("Hello world"), out
+    # The line the local lab 'default' ends its `up` with (lab/example.py), on node2.
+    asked = lab.docker("exec", lab.container("node2"), "sh", "-c", example.ask_line(), check=False)
+    assert asked.returncode == 0 and asked.stdout.strip() == "Hello world", asked
 
 
 def test_second_up_changes_nothing_in_one_round_trip(cli, lab, svc):

@@ -26,7 +26,7 @@ class Hanging:
         self.name, self.log, self.round_trips, self.bytes_sent = name, log, 0, 0
         self.ended = threading.Event()
 
-    def run(self, command: str, timeout=None, stdin=None) -> RunResult:
+    def run(self, command: str, timeout=None, stdin=None, watch=None) -> RunResult:
         self.round_trips += 1
         argv = shlex.split(command)
         if argv[2].startswith("# clusterctl probe"):

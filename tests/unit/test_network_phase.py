@@ -30,6 +30,7 @@ from clusterctl.lab.busybox import rootfs_tar
 from clusterctl.network.facts import parse_network_probe
 from clusterctl.phases import PHASES
 from clusterctl.phases.base import Context, Inputs, PhaseError, PlanError
+from clusterctl.commands.base import STEP_MARK_SHELL
 from clusterctl.phases.manager import RECORD_PGID, Manager, Options, execute
 from clusterctl.phases.network import NetworkPhase, network_inputs, plan_network
 from clusterctl.transport.ssh import RunResult
@@ -125,6 +126,8 @@ class World:
         out = []
         for line in script.splitlines()[1:]:  # after `set -e`
             argv = shlex.split(line)
+            if argv[:2] == ["printf", STEP_MARK_SHELL + "%s\\n"]:  # a step mark, for progress output
+                continue
             if argv[:3] == ["docker", "swarm", "init"]:
                 assert not self.cluster_id
                 self.cluster_id, self.leader, self.members[host] = "C1", host, "manager"
@@ -158,7 +161,7 @@ class FakeSession:
     def __init__(self, world: World, name: str):
         self.world, self.name, self.round_trips, self.bytes_sent = world, name, 0, 0
 
-    def run(self, command: str, timeout=None, stdin=None) -> RunResult:
+    def run(self, command: str, timeout=None, stdin=None, watch=None) -> RunResult:
         self.round_trips += 1
         argv = shlex.split(command)
         if argv[:2] == ["sh", "-c"] and argv[2].startswith("# clusterctl probe"):

@@ -269,7 +269,7 @@ class Hosts:
         class Session:
             round_trips = bytes_sent = 0
 
-            def run(self, command: str, timeout=None, stdin=None) -> RunResult:
+            def run(self, command: str, timeout=None, stdin=None, watch=None) -> RunResult:
                 self.round_trips += 1
                 argv = shlex.split(command)
                 if argv[:2] == ["sh", "-c"] and argv[2].startswith("# clusterctl probe"):
