@@ -15,6 +15,55 @@ root_read() { # a read of what only root may see (clusterctl keeps /etc/clusterc
 	# through sudo -n (never prompting) for another user, as this user when it has no sudo
 	if [ "$SUDO" = none ]; then "$@"; else $SUDO "$@"; fi
 }
+containers_facts() {
+	printf ',"containers":'
+	$SUDO docker ps -a --no-trunc --filter label=clusterctl.cluster --format '{{json .}}' 2>/dev/null | jsonl
+	# The images other containers (no clusterctl label) were made from: prune and down keep them.
+	printf ',"foreign_images":'
+	$SUDO docker ps -a --no-trunc --format '{{if not (.Label "clusterctl.cluster")}}{{json .Image}}{{end}}' 2>/dev/null | grep -v '^$' | sort -u | jsonl
+}
+images_facts() {
+	printf ',"images":'
+	# Images clusterctl built, with their layer digests: shipping sends only the layers missing here.
+	ids=$($SUDO docker images -q --no-trunc --filter label=clusterctl.role 2>/dev/null | sort -u)
+	if [ -n "$ids" ]; then
+		# shellcheck disable=SC2086
+		$SUDO docker image inspect --format '{"Id":"{{.Id}}","RepoTags":{{json .RepoTags}},"Labels":{{json .Config.Labels}},"RootFS":{{json .RootFS}},"Size":{{.Size}}}' $ids 2>/dev/null | jsonl
+	else
+		printf '[]'
+	fi
+}
+consul_facts() {
+	# The local clusterctl Consul agent's view, in one exec: raft's servers (the consul CLI, with
+	# the agent's own token from its file when ACLs deny, -stale answers without a leader; printed
+	# as {"Servers":[{"Node":..,"Voter":..}]}) and this agent's checks (BusyBox wget: hosts may
+	# lack curl; anonymous may read them). A server that restarted on its own is a non-voter until
+	# autopilot promotes it, and a replica that came back with its host is critical until its
+	# check runs: `up` waits for both, never a no-op. Raft is asked twice before it counts as
+	# unknown (a busy host's CLI can miss one timeout), since unknown means a wait. The checks are
+	# read meanwhile (in the background, into the agent container's own /tmp).
+	c_out=$($SUDO docker exec clusterctl-consul sh -c 'if [ -f /consul/config/agent.token ]; then export CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token; fi
+		rm -f /tmp/.clusterctl-checks; timeout 3 wget -qO /tmp/.clusterctl-checks "$0" 2>/dev/null &
+		p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || { case "$p" in *"ACL not found"*) echo "{\"TokenMissing\":true}"; p="" ;; *) p="" ;; esac; }
+		printf "%s\n" "$p" | awk '"'"'NR > 1 && NF >= 5 { printf "%s{\"Node\":\"%s\",\"Voter\":%s}", (n++ ? "," : "{\"Servers\":["), $1, ($5 == "true" ? "true" : "false") } END { if (n) print "]}"; else print "" }'"'"'
+		wait; cat /tmp/.clusterctl-checks 2>/dev/null; echo' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
+	# The agent's own token unknown to Consul: a line before raft's (see the parser).
+	case "$c_out" in '{"TokenMissing":true}'*) printf ',"consul_token_missing":true'; c_out=$(printf '%s\n' "$c_out" | sed 1d) ;; esac
+	for c_key in consul_raft consul_checks; do
+		c_line=$(printf '%s\n' "$c_out" | sed -n 1p); c_out=$(printf '%s\n' "$c_out" | sed 1d)
+		printf ',"%s":' "$c_key"
+		case "$c_line" in '{'*'}') printf '%s' "$c_line" ;; *) printf 'null' ;; esac
+	done
+}
+# The slowest reads (docker CLI calls, ~50 ms each, and the Consul agent's view, a docker exec)
+# need nothing read below: they start now, in the background, and are printed at the end, once
+# `docker info` has answered.
+early=""
+if [ "$SUDO" != none ] && command -v docker >/dev/null 2>&1 && early=$(mktemp -d 2>/dev/null); then
+	containers_facts >"$early/c" 2>/dev/null &
+	images_facts >"$early/i" 2>/dev/null &
+	consul_facts >"$early/r" 2>/dev/null &
+fi
 printf '{"probe":1'
 printf ',"hostname":'; js "$(hostname 2>/dev/null || cat /etc/hostname)"
 printf ',"uid":%s' "$(id -u)"
@@ -72,46 +121,6 @@ if command -v docker >/dev/null 2>&1 && [ "$SUDO" != none ]; then
 else
 	printf ',"info":null'
 fi
-containers_facts() {
-	printf ',"containers":'
-	$SUDO docker ps -a --no-trunc --filter label=clusterctl.cluster --format '{{json .}}' 2>/dev/null | jsonl
-	# The images other containers (no clusterctl label) were made from: prune and down keep them.
-	printf ',"foreign_images":'
-	$SUDO docker ps -a --no-trunc --format '{{if not (.Label "clusterctl.cluster")}}{{json .Image}}{{end}}' 2>/dev/null | grep -v '^$' | sort -u | jsonl
-}
-images_facts() {
-	printf ',"images":'
-	# Images clusterctl built, with their layer digests: shipping sends only the layers missing here.
-	ids=$($SUDO docker images -q --no-trunc --filter label=clusterctl.role 2>/dev/null | sort -u)
-	if [ -n "$ids" ]; then
-		# shellcheck disable=SC2086
-		$SUDO docker image inspect --format '{"Id":"{{.Id}}","RepoTags":{{json .RepoTags}},"Labels":{{json .Config.Labels}},"RootFS":{{json .RootFS}},"Size":{{.Size}}}' $ids 2>/dev/null | jsonl
-	else
-		printf '[]'
-	fi
-}
-consul_facts() {
-	# The local clusterctl Consul agent's view, in one exec: raft's servers (the consul CLI, with
-	# the agent's own token from its file when ACLs deny, -stale answers without a leader; printed
-	# as {"Servers":[{"Node":..,"Voter":..}]}) and this agent's checks (BusyBox wget: hosts may
-	# lack curl; anonymous may read them). A server that restarted on its own is a non-voter until
-	# autopilot promotes it, and a replica that came back with its host is critical until its
-	# check runs: `up` waits for both, never a no-op. Raft is asked twice before it counts as
-	# unknown (a busy host's CLI can miss one timeout), since unknown means a wait. The checks are
-	# read meanwhile (in the background, into the agent container's own /tmp).
-	c_out=$($SUDO docker exec clusterctl-consul sh -c 'if [ -f /consul/config/agent.token ]; then export CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token; fi
-		rm -f /tmp/.clusterctl-checks; timeout 3 wget -qO /tmp/.clusterctl-checks "$0" 2>/dev/null &
-		p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || { case "$p" in *"ACL not found"*) echo "{\"TokenMissing\":true}"; p="" ;; *) p="" ;; esac; }
-		printf "%s\n" "$p" | awk '"'"'NR > 1 && NF >= 5 { printf "%s{\"Node\":\"%s\",\"Voter\":%s}", (n++ ? "," : "{\"Servers\":["), $1, ($5 == "true" ? "true" : "false") } END { if (n) print "]}"; else print "" }'"'"'
-		wait; cat /tmp/.clusterctl-checks 2>/dev/null; echo' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
-	# The agent's own token unknown to Consul: a line before raft's (see the parser).
-	case "$c_out" in '{"TokenMissing":true}'*) printf ',"consul_token_missing":true'; c_out=$(printf '%s\n' "$c_out" | sed 1d) ;; esac
-	for c_key in consul_raft consul_checks; do
-		c_line=$(printf '%s\n' "$c_out" | sed -n 1p); c_out=$(printf '%s\n' "$c_out" | sed 1d)
-		printf ',"%s":' "$c_key"
-		case "$c_line" in '{'*'}') printf '%s' "$c_line" ;; *) printf 'null' ;; esac
-	done
-}
 # --- network facts ---------------------------------------------------------------------------
 # Inside "docker": {"network": {...}}, read by clusterctl/network/facts.py (parse_network_probe).
 # Docker networks, swarm nodes (on managers only; null when unreadable), the iptables rules the
@@ -189,18 +198,16 @@ esac
 printf '}'
 }
 # --- end of network facts ----------------------------------------------------------------------
-# The docker reads are independent: run them at once (each docker CLI call costs ~50 ms).
 case "${info:-}" in
 '{'*)
-	if part=$(mktemp -d 2>/dev/null); then
-		containers_facts >"$part/c" & images_facts >"$part/i" & network_facts >"$part/n" &
-		consul_facts >"$part/r" &
+	if [ -n "$early" ]; then
+		network_facts >"$early/n"
 		wait
-		cat "$part/c" "$part/i" "$part/n" "$part/r"
-		rm -rf "$part"
+		cat "$early/c" "$early/i" "$early/n" "$early/r"
 	else
 		containers_facts; images_facts; network_facts; consul_facts
 	fi ;;
 *) network_facts ;;
 esac
+if [ -n "$early" ]; then wait; rm -rf "$early"; fi
 printf '}}\n'

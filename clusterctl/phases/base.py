@@ -18,7 +18,12 @@ Optional members, all read with getattr so simple phases need none of them:
   and handed to the plan as ctx.lookups[host];
 - notes(ctx) -> [str]: cluster-wide remarks on the first pass's plan (a rebalance's moves),
   in the run's report;
-- finish(ctx, ran): after the phase's passes, however they ended (remove a relay).
+- finish(ctx, ran): after the phase's passes, however they ended (remove a relay);
+- own_facts_suffice: after a pass, each host that ran commands is probed again at the end of
+  its own script (the same round trip) and the hosts that ran nothing are not: true when a
+  host's commands change only what its own probe shows. Default: true for one-pass phases;
+  a multi-pass phase whose joins change the others' views (a swarm's node list) keeps false,
+  and every host is probed again after each pass.
 """
 
 from __future__ import annotations
@@ -148,6 +153,12 @@ def independent_hosts(phase: object, ctx: Context) -> bool:
     phase (a swarm whose joins need its leader). Default: stop."""
     fn = getattr(phase, "independent_hosts", None)
     return bool(fn and fn(ctx))
+
+
+def own_facts_suffice(phase: object) -> bool:
+    """See the module's docstring (`own_facts_suffice`)."""
+    default = int(getattr(phase, "passes", 1)) <= 1
+    return bool(getattr(phase, "own_facts_suffice", default))
 
 
 def wave(phase: object, ctx: Context, host: Host, facts: HostFacts) -> int:

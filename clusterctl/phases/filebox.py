@@ -29,6 +29,8 @@ class FileboxPhase:
     # The relay's passes (shipping/relay.py): the seed loads and serves; the others fetch;
     # whoever still lacks an image loads it over SSH and the seed stops serving.
     passes = 3
+    # A host's load, relay or fetch changes only what its own probe shows.
+    own_facts_suffice = True
 
     def wave(self, ctx: Context, host: Host, facts: HostFacts) -> int:
         relay = relay_plan(ctx)

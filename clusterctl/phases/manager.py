@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 
-from clusterctl.commands.base import Cmd, Script, strip_step_marks
+from clusterctl.commands.base import Cmd, Script, sh, strip_step_marks
 from clusterctl.config.loader import Cluster
 from clusterctl.errors import UserError, printable
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
-from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, independent_hosts, rolling, wave
+from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, independent_hosts, own_facts_suffice, rolling, wave
 from clusterctl.report.events import NullObserver, RunObserver, ScriptWatch
 from clusterctl.report.model import CHANGED, FAILED, OK, PLANNED, SKIPPED, HostReport, RunReport, Step, merge_step
 from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
@@ -29,6 +29,8 @@ GRACE_SECONDS = 5.0
 # Every remote script of a phase first records its process group in the SSH user's own cache
 # dir ($1: the run's ID), so that an interrupted run can end it: closing a channel does not stop
 # a remote command that is not writing (a wait, a `docker load` reading what was sent).
+# What a phase script prints before the probe it ends with (own_facts_suffice).
+FACTS_MARK = "clusterctl-facts-follow"
 RECORD_PGID = r"""( p="${HOME:-/nonexistent}/.cache/clusterctl"; umask 077; mkdir -p "$p" && cut -d' ' -f5 "/proc/$$/stat" > "$p/run-$1.pid" ) 2>/dev/null
 trap 'rm -f "${HOME:-/nonexistent}/.cache/clusterctl/run-$1.pid"' EXIT
 """
@@ -138,6 +140,8 @@ class Manager:
         self.current = "connect"
         self.ended_on: list[str] = []
         self.in_pass: list[str] = []
+        # Facts a phase's own script read at its end (own_facts_suffice), by host, until used.
+        self.fresh: dict[str, HostFacts] = {}
 
     def consul_api(self, name: str, token: str | None = None):
         """A py-consul client on the host's Consul agent, through its SSH session."""
@@ -298,13 +302,17 @@ class Manager:
         results = self._run_scripts(phase.name, {h: [c] for h, c in wanted.items()})
         return {n: out.value.stdout for n, out in results.items() if out.ok and out.value.ok}  # type: ignore[union-attr]
 
-    def _run_scripts(self, phase: str, cmds: Mapping[str, Sequence[Cmd]], force: bool = False) -> dict[str, Outcome]:
+    def _run_scripts(
+        self, phase: str, cmds: Mapping[str, Sequence[Cmd]], force: bool = False, with_facts: bool = False
+    ) -> dict[str, Outcome]:
         """Each host's commands as one marked script, in parallel: one round trip per host; the
-        observer sees each command start and end, and the bytes sent."""
+        observer sees each command start and end, and the bytes sent. `with_facts`: the script
+        ends with the probe, and each host whose probe printed facts gets them (self.fresh)."""
         timeout = self.cluster.spec.ssh.command_timeout
+        probe_again = (sh(f"printf '\\n%s\\n' {FACTS_MARK}", "facts follow"), Cmd(("sh", "-c", probe_script()), "read-only probe", check=False))
 
         def work(name: str):
-            script = Script(tuple(cmds[name]))
+            script = Script(tuple(cmds[name]) + (probe_again if with_facts else ()))
             session = self.sessions[name]
             watch = ScriptWatch(self.observer, name, phase, script.cmds, session.bytes_sent)
             result = None
@@ -312,7 +320,14 @@ class Manager:
                 result = session.run(self._remote(script), timeout=timeout, stdin=script.stdin, watch=watch)
             finally:
                 watch.close(result is not None and result.ok)
-            return replace(result, stderr=strip_step_marks(result.stderr))
+            stdout = result.stdout
+            if with_facts and result.ok and f"\n{FACTS_MARK}\n" in stdout:
+                stdout, _, facts = stdout.rpartition(f"\n{FACTS_MARK}\n")
+                try:
+                    self.fresh[name] = parse_probe_output(facts)
+                except Exception:  # noqa: BLE001 - unreadable: this host is probed again on its own
+                    pass
+            return replace(result, stdout=stdout, stderr=strip_step_marks(result.stderr))
 
         results = self._parallel(list(cmds), work, timeout=timeout + 5, force=force)
         for name in results:
@@ -393,18 +408,18 @@ class Manager:
                 steps.recorded.add(name)
         return pass_plan
 
-    def _apply_wave(self, phase: Phase, ctx: Context, pass_plan: PassPlan, now: list[str]) -> dict[str, Outcome]:
+    def _apply_wave(self, phase: Phase, ctx: Context, pass_plan: PassPlan, now: list[str], with_facts: bool) -> dict[str, Outcome]:
         """Run this wave: hosts that do not roll all at once, then the rolling ones a batch at a
         time (each batch waits for the cluster first); a failed batch stops the rolling."""
         self.in_pass = list(now)
         self.observer.phase_started(phase.name, now)
         together = [n for n in now if n not in pass_plan.rolling]
-        results = self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in together}) if together else {}
+        results = self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in together}, with_facts=with_facts) if together else {}
         rolling_now = [n for n in now if n in pass_plan.rolling]
         batch = max(1, int(getattr(phase, "rolling_batch", lambda _ctx: 1)(ctx)))
         for i in range(0, len(rolling_now), batch):
             group = rolling_now[i : i + batch]
-            results.update(self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in group}))
+            results.update(self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in group}, with_facts=with_facts))
             if any(not results[n].ok or not results[n].value.ok for n in group):  # type: ignore[union-attr]
                 break  # stop rolling: the others keep what they run
         self.in_pass = []
@@ -439,7 +454,11 @@ class Manager:
             now, waiting = pass_plan.first_wave()
             for name in now:
                 ran.setdefault(name, []).extend(pass_plan.cmds[name])
-            results = self._apply_wave(phase, ctx, pass_plan, now)
+            # Facts are re-read from the hosts, never edited by hand: when a host's commands
+            # change only its own view, at the end of its own script (one round trip less).
+            own = own_facts_suffice(phase)
+            self.fresh = {}
+            results = self._apply_wave(phase, ctx, pass_plan, now, with_facts=own and (more_phases_follow or n < passes - 1))
             failed = False
             for name, out in results.items():
                 rendered = [c.display() for c in pass_plan.cmds[name]]
@@ -466,14 +485,16 @@ class Manager:
                         steps.recorded.add(name)
             elif failed and passes > 1:
                 break
+            for name, facts in self.fresh.items():
+                if name in changed:
+                    self.reports[name].facts = facts
             if not changed:
                 break
-            if n < passes - 1:
-                # Facts are re-read from the hosts, never edited by hand; a later pass may
-                # depend on any host's view (a swarm manager's node list), so all are read.
-                self._reprobe(list(self._alive()), phase)
-            elif more_phases_follow:
-                self._reprobe(changed if passes == 1 else list(self._alive()), phase)
+            if n < passes - 1 or more_phases_follow:
+                # Otherwise a later pass may depend on any host's view (a swarm manager's node
+                # list), so all are read again.
+                again = changed if own else list(self._alive())
+                self._reprobe([h for h in again if not (own and h in self.fresh)], phase)
         for name in waiting:
             steps.add(name, Step(phase.name, FAILED, f"not reached within {passes} passes"))
 

@@ -15,6 +15,9 @@ from rich.markup import escape
 from clusterctl.report.render import STYLE, progress_line
 
 
+VERBOSE_WIDTH = 400
+
+
 class LineLog:
     """A line per host step as it ends; `verbose`: also each remote command as it starts and
     its time as it ends."""
@@ -30,7 +33,10 @@ class LineLog:
 
     def command_started(self, cmd: RemoteCommand) -> None:
         if self.verbose:
-            self.console.print(f"  [dim]{cmd.host} {cmd.phase}$[/dim] {escape(cmd.line)}", soft_wrap=True)
+            # One line each, bounded (a script of many lines, the probe); `plan` prints them whole.
+            line = " ".join(cmd.line.split())
+            line = line if len(line) <= VERBOSE_WIDTH else line[: VERBOSE_WIDTH - 1] + "…"
+            self.console.print(f"  [dim]{cmd.host} {cmd.phase}$[/dim] {escape(line)}", soft_wrap=True)
 
     def command_ended(self, cmd: RemoteCommand, seconds: float, ok: bool) -> None:
         if self.verbose:

@@ -1,0 +1,113 @@
+"""A phase whose commands change only their own host's view ends each host's script with the
+probe: the next phase plans from those facts with no probe of its own (one round trip less per
+host and phase); facts that cannot be read mean a probe on its own; a multi-pass phase whose
+joins change the others' views probes every host again after each pass."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from clusterctl.commands.base import Cmd
+from clusterctl.config.loader import load_text
+from clusterctl.phases.manager import FACTS_MARK, RECORD_PGID, Manager, Options, execute
+from clusterctl.transport.ssh import RunResult
+
+FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / "probe-docker-running.json").read_text())
+CLUSTER = load_text("name: c1\nhosts:\n  - {name: n1, address: 10.0.0.1}\n  - {name: n2, address: 10.0.0.2}\n", "c.yaml")
+
+
+class Host:
+    """A host whose hostname is what its last phase script set (`set-name X`)."""
+
+    def __init__(self, name: str, log: list, garbled: bool = False):
+        self.name, self.log, self.garbled = name, log, garbled
+        self.hostname, self.round_trips, self.bytes_sent = "before", 0, 0
+
+    def facts(self) -> str:
+        return json.dumps(FIXTURE | {"hostname": self.hostname})
+
+    def run(self, command: str, timeout=None, stdin=None, watch=None) -> RunResult:
+        self.round_trips += 1
+        argv = shlex.split(command)
+        if argv[2].startswith("# clusterctl probe"):
+            self.log.append((self.name, "probe"))
+            return RunResult(0, self.facts(), "", 0.01)
+        script = argv[2].removeprefix(RECORD_PGID)
+        self.log.append((self.name, "script"))
+        out = ""
+        for line in script.splitlines():
+            if line.startswith("set-name "):
+                self.hostname = shlex.split(line)[1]
+        if FACTS_MARK in script:  # the script ends with the probe
+            out += f"\n{FACTS_MARK}\n" + ("{not json" if self.garbled else self.facts())
+        return RunResult(0, out, "", 0.01)
+
+    def close(self) -> None:
+        pass
+
+
+class Rename:
+    name = "rename"
+    title = "set each host's name"
+
+    def __init__(self, passes: int = 1, own: bool | None = None):
+        self.passes = passes
+        if own is not None:
+            self.own_facts_suffice = own
+
+    def plan(self, ctx, host, facts):
+        return [] if facts.hostname == f"{host.name}-renamed" else [Cmd(("set-name", f"{host.name}-renamed"), "rename")]
+
+
+class Seen:
+    name = "seen"
+    title = "plans from the facts"
+
+    def __init__(self):
+        self.names: dict[str, str] = {}
+
+    def plan(self, ctx, host, facts):
+        self.names[host.name] = facts.hostname
+        return []
+
+
+def _run(monkeypatch, phases, garbled=()):
+    log: list = []
+
+    def connect(self: Manager) -> None:
+        for name in self.reports:
+            self.sessions[name] = Host(name, log, name in garbled)  # type: ignore[assignment]
+
+    monkeypatch.setattr(Manager, "connect", connect)
+    report = execute(CLUSTER, phases, {}, None, Options())  # type: ignore[arg-type]
+    return report, log
+
+
+def test_the_next_phase_plans_from_the_facts_the_script_read_with_no_probe_of_its_own(monkeypatch):
+    seen = Seen()
+    report, log = _run(monkeypatch, [Rename(), seen])
+    assert report.ok and seen.names == {"n1": "n1-renamed", "n2": "n2-renamed"}
+    assert sorted(log) == sorted([("n1", "probe"), ("n2", "probe"), ("n1", "script"), ("n2", "script")])
+    assert [h.round_trips for h in report.hosts] == [2, 2]
+
+
+def test_facts_that_cannot_be_read_mean_a_probe_on_its_own(monkeypatch):
+    seen = Seen()
+    report, log = _run(monkeypatch, [Rename(), seen], garbled=("n2",))
+    assert report.ok and seen.names == {"n1": "n1-renamed", "n2": "n2-renamed"}
+    assert log.count(("n2", "probe")) == 2 and log.count(("n1", "probe")) == 1
+
+
+def test_a_multi_pass_phase_whose_hosts_change_the_others_views_probes_every_host(monkeypatch):
+    seen = Seen()
+    report, log = _run(monkeypatch, [Rename(passes=2), seen])
+    assert report.ok and seen.names == {"n1": "n1-renamed", "n2": "n2-renamed"}
+    # The first probe, then one after the pass that changed; the second pass finds nothing.
+    assert log.count(("n1", "probe")) == 2 and log.count(("n2", "probe")) == 2
+
+
+def test_the_last_phase_reads_no_facts_it_would_not_use(monkeypatch):
+    report, log = _run(monkeypatch, [Rename()])
+    assert report.ok and [h.round_trips for h in report.hosts] == [2, 2]
