@@ -618,6 +618,44 @@ def status(
 
 
 @app.command()
+def ui(
+    file: FileOpt = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="This server host (default: the first server in the file that answers).")] = None,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Local port on 127.0.0.1 (default 0: a free one).")] = 0,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the URL only; open no browser.")] = False,
+    show_token: Annotated[bool, typer.Option("--show-token", help="Also print the ACL management token to log in with (stderr).")] = False,
+    accept_new_host_keys: AcceptOpt = False,
+    workers: WorkersOpt = 32,
+) -> None:
+    """Open Consul's web UI through an SSH tunnel to a server: prints the local URL, then keeps
+    the tunnel open until Ctrl-C."""
+    from clusterctl.phases.manager import Interrupted
+    from clusterctl.transport.ssh import resolve_endpoints
+    from clusterctl.ui import port_free, serve
+
+    cluster = _load(file)
+    if host is not None:
+        _select(cluster, [host])
+    if not cluster.spec.consul.enabled:
+        raise UserError(f"{cluster.where('consul', 'enabled')}: Consul is off in this cluster: it has no UI")
+    if port and not port_free(port):
+        raise UserError(f"--port {port}: 127.0.0.1:{port} is in use (leave --port out for a free one)")
+    console = _err_console()
+
+    def say(line: str) -> None:
+        console.print(line, soft_wrap=True, markup=False)
+
+    endpoints = resolve_endpoints(cluster)
+    known = _known_hosts(cluster, accept_new_host_keys)
+    with _sigterm_as_interrupt():
+        try:
+            serve(cluster, endpoints, known, workers, host, port, show_token, no_browser, say)
+        except Interrupted:  # Ctrl-C before the tunnel was open
+            print("interrupted", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@app.command()
 def validate(file: FileOpt = None, output: OutputOpt = Output.table) -> None:
     """Check the cluster file, its filebox binaries and its apps, and print the normalized file
     (YAML, or JSON with -o json); contacts no host and creates no state dir."""

@@ -46,10 +46,19 @@ def _close_quietly(*ends) -> None:  # noqa: ANN002 - sockets and paramiko Channe
 
 
 @contextmanager
-def forward(session: Session, remote_host: str, remote_port: int):
-    """Yield a local port; each connection to it opens a direct-tcpip channel to the remote."""
+def forward(session: Session, remote_host: str, remote_port: int, local_port: int = 0):
+    """Yield a local port on 127.0.0.1 (`local_port`, or a free one when 0); each connection to
+    it opens a direct-tcpip channel to the remote. OSError when `local_port` is taken."""
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
+    if local_port:
+        # The same port again soon after a tunnel on it closed (its connections in TIME_WAIT);
+        # on Linux and macOS this never lets two sockets listen on one port.
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        server.bind(("127.0.0.1", local_port))
+    except OSError:
+        server.close()
+        raise
     server.listen(8)
     server.settimeout(0.2)
     transport = session.connection.client.get_transport()
@@ -70,6 +79,9 @@ def forward(session: Session, remote_host: str, remote_port: int):
                 local.close()
                 continue
             pipe = threading.Thread(target=_pipe, args=(local, chan), daemon=True)
+            # A long-lived tunnel (`clusterctl ui`: a browser opens many connections) keeps
+            # only the pipes still running.
+            pipes[:] = [p for p in pipes if p[2].is_alive()]
             pipes.append((local, chan, pipe))
             pipe.start()
 

@@ -156,6 +156,72 @@ def test_second_up_changes_nothing(cli, lab):
     assert all(h["round_trips"] == 1 for h in report["hosts"])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port, path, token=None):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request("GET", path, headers={"X-Consul-Token": token} if token else {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def test_ui_through_an_ssh_tunnel_until_ctrl_c(cli, lab):
+    """`clusterctl ui` prints the local URL of a tunnel to a server's loopback 8500 (the API is
+    on no other address: test above) and holds it until Ctrl-C: exit 0, no traceback, the token
+    named by its file only, the port closed afterwards."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    port = _free_port()
+    token = (_state_dir(lab) / "acl" / "management.token").read_text().strip()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clusterctl", "ui", "-f", str(lab.cluster_file), "--no-browser", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env,
+    )  # fmt: skip
+    try:
+        first: list[str] = []
+        reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(120)
+        assert first and first[0] == f"http://127.0.0.1:{port}/ui/\n", (first, proc.poll())
+        status, body = _get(port, "/ui/")
+        assert status == 200 and "consul" in body.lower(), (status, body[:500])
+        status, leader = _get(port, "/v1/status/leader")
+        assert status == 200 and json.loads(leader).rsplit(":", 1)[0] in _addresses(lab), leader
+        # The tunnel carries no privilege of its own: default deny without a token, the
+        # management token (what the UI's login asks for) works through it.
+        assert _get(port, "/v1/operator/raft/configuration")[0] == 403
+        status, raft = _get(port, "/v1/operator/raft/configuration", token)
+        assert status == 200 and sorted(s["Node"] for s in json.loads(raft)["Servers"]) == ["node1", "node2", "node3"], raft
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and out == "", (out, err)
+    assert "on node1 (" in err and "acl/management.token" in err and "tunnel closed" in err, err
+    assert token not in out + err
+    with pytest.raises(OSError):  # nothing listens there any more
+        import socket
+
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+
+
 def _voters(cli, lab, via="node2") -> int:
     out = as_operator(lab, via, "operator", "raft", "list-peers")
     return sum(1 for line in out.splitlines()[1:] if len(line.split()) >= 5 and line.split()[4] == "true")
