@@ -1,0 +1,97 @@
+"""What users of such tools expect (issue 13): a final table that never cuts a host name or a
+status."""
+
+import io
+import json
+
+from rich.console import Console
+
+from clusterctl.phases.manager import CHANGED, FAILED, OK, PLANNED, HostReport, RunReport, Step
+from clusterctl.report.render import print_table, report_dict, report_json
+
+
+# The final table
+
+PHASES = ["docker", "engine", "network", "filebox", "consul", "services", "prune"]
+FAILURE = "ssh: connect to host 10.0.0.7 port 22: connection refused by /etc/hosts.deny on the bastion"
+
+
+def _report(names, dry_run=False) -> RunReport:
+    hosts = []
+    for i, name in enumerate(names):
+        statuses = [(PLANNED if dry_run else CHANGED) if (i + j) % 2 else OK for j in range(len(PHASES))]
+        steps = [Step(phase, status) for phase, status in zip(PHASES, statuses, strict=True)]
+        hosts.append(HostReport(name, f"10.0.0.{i}", steps))
+    hosts[0].steps[3] = Step("filebox", FAILED, FAILURE)
+    return RunReport("demo", dry_run, PHASES, hosts, 1.5)
+
+
+def _printed(report, width, terminal) -> str:
+    out = io.StringIO()
+    print_table(report, Console(file=out, width=width, force_terminal=terminal, color_system=None, highlight=False), "up")
+    return out.getvalue()
+
+
+def _rows(text, report):
+    """Each host's first line, split into words (host, statuses, detail words)."""
+    lines = text.splitlines()
+    return {h.name: next(line for line in lines if line.split()[:1] == [h.name]).split() for h in report.hosts}
+
+
+def _statuses(host: HostReport) -> list[str]:
+    return [s.status for s in host.steps]
+
+
+LONG_NAMES = [f"node-with-a-long-name-{i}" for i in (7, 17, 123)]
+
+
+def test_off_a_terminal_nothing_is_cut_or_folded_each_row_is_one_line():
+    report = _report(LONG_NAMES)
+    text = _printed(report, 80, terminal=False)
+    assert "…" not in text
+    rows = _rows(text, report)
+    for h in report.hosts:
+        assert rows[h.name][: 1 + len(PHASES)] == [h.name, *_statuses(h)]
+    assert " ".join(rows[LONG_NAMES[0]][1 + len(PHASES) :]) == FAILURE
+    assert " ".join(rows[LONG_NAMES[1]][1 + len(PHASES) :]) == "4 phase(s) changed"
+
+
+def test_on_a_terminal_the_detail_folds_to_fit_and_host_and_status_cells_stay_whole():
+    report = _report(LONG_NAMES, dry_run=True)
+    text = _printed(report, 120, terminal=True)
+    assert "…" not in text
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 120
+    rows = _rows(text, report)
+    for h in report.hosts:
+        assert rows[h.name][: 1 + len(PHASES)] == [h.name, *_statuses(h)]
+    assert FAILURE not in text and all(word in text for word in FAILURE.split())  # folded, all there
+
+
+def test_on_a_terminal_too_narrow_for_the_host_and_status_columns_the_table_is_wider_not_cut():
+    report = _report(LONG_NAMES)
+    text = _printed(report, 80, terminal=True)
+    assert "…" not in text
+    rows = _rows(text, report)
+    for h in report.hosts:
+        assert rows[h.name][: 1 + len(PHASES)] == [h.name, *_statuses(h)]
+    # Only as wide as the host and status columns and the folded detail need.
+    assert max(len(line.rstrip()) for line in text.splitlines()) < len(f"{LONG_NAMES[2]} {' '.join(['changed'] * len(PHASES))} {FAILURE}")
+
+
+def test_a_table_that_fits_is_printed_as_before():
+    report = _report(["a1", "a2"])
+    report.hosts[0].steps[3] = Step("filebox", FAILED, "exit 1")
+    piped, on_a_terminal = _printed(report, 100, terminal=False), _printed(report, 100, terminal=True)
+    assert piped == on_a_terminal
+    assert max(len(line) for line in piped.splitlines()) <= 100
+    assert _rows(piped, report)["a1"] == ["a1", *_statuses(report.hosts[0]), "exit", "1"]
+
+
+def test_the_json_is_unaffected_by_the_table():
+    report = _report(LONG_NAMES)
+    before = report_json(report)
+    _printed(report, 80, terminal=False)
+    assert report_json(report) == before == json.dumps(report_dict(report), indent=2)
+    doc = json.loads(before)
+    assert [h["name"] for h in doc["hosts"]] == LONG_NAMES
+    assert [[p["status"] for p in h["phases"]] for h in doc["hosts"]] == [_statuses(h) for h in report.hosts]
