@@ -15,16 +15,42 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from clusterctl.errors import EXIT_BAD_INPUT, EXIT_HOSTS_FAILED, EXIT_INTERRUPTED, UserError
 
+
+def _untyped_flags(params: list) -> list:
+    """typer's rich help shows each option's type, a flag's too (`--dry-run <bool>`): a flag
+    takes no value, so it is shown with none (an empty metavar)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class CommandGroup(TyperGroup):
+    """A typer command group whose help, and its commands' help, show flags without a type."""
+
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        return _untyped_flags(super().get_params(ctx))
+
+    def get_command(self, ctx, cmd_name):  # noqa: ANN001, ANN201 - click's signature
+        # Each command is looked up here before it parses its options or prints its help.
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _untyped_flags(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
+    cls=CommandGroup,
     help="Turn SSH-reachable Linux hosts into one container cluster.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-lab_app = typer.Typer(help="A local lab: N SSH-reachable hosts with their own Docker engines, on this machine.")
+lab_app = typer.Typer(cls=CommandGroup, help="A local lab: N SSH-reachable hosts with their own Docker engines, on this machine.")
 app.add_typer(lab_app, name="lab")
 
 DEFAULT_FILE = Path("clusterctl.yaml")
@@ -663,6 +689,7 @@ def schema() -> None:
 
 
 secrets_app = typer.Typer(
+    cls=CommandGroup,
     help="The cluster's operator-side secrets (gossip key, weave password): export them for a second operator, import them.",
     no_args_is_help=True,
 )
@@ -779,9 +806,10 @@ def _mount_subcommands() -> None:
     from clusterctl.images.cli import filebox_app, image_app
     from clusterctl.inventory.cli import app as inventory_app
 
-    app.add_typer(inventory_app, name="inventory")
-    app.add_typer(image_app, name="image")
-    app.add_typer(filebox_app, name="filebox")
+    # CommandGroup here too: these apps are made in their own modules.
+    app.add_typer(inventory_app, name="inventory", cls=CommandGroup)
+    app.add_typer(image_app, name="image", cls=CommandGroup)
+    app.add_typer(filebox_app, name="filebox", cls=CommandGroup)
 
 
 _mount_subcommands()

@@ -1,13 +1,59 @@
-"""What users of such tools expect (issue 13): a final table that never cuts a host name or a
-status."""
+"""What users of such tools expect (issue 13): flags shown as flags in --help, and a final table
+that never cuts a host name or a status."""
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from rich.console import Console
+from typer.main import get_command
+from typer.testing import CliRunner
 
+from clusterctl import cli
 from clusterctl.phases.manager import CHANGED, FAILED, OK, PLANNED, HostReport, RunReport, Step
 from clusterctl.report.render import print_table, report_dict, report_json
+
+# This checkout's clusterctl, whatever the current folder of the command (tests below run in tmp_path).
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _clusterctl(*args, cwd, env=None):
+    base = {"CLUSTERCTL_STATE_DIR": str(Path(cwd) / "state"), "PATH": "/usr/bin:/bin:/usr/local/bin", "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "clusterctl", *args], cwd=cwd, capture_output=True, text=True, env={**base, **(env or {})})
+
+
+def _commands(group, path=()):
+    """(path, click command) of every command under group."""
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+# Flags in --help
+
+
+def test_no_help_shows_a_type_for_a_flag():
+    runner = CliRunner()
+    paths = [(), *(path for path, _ in _commands(get_command(cli.app))), ("lab",), ("secrets",), ("image",), ("filebox",), ("inventory",)]
+    for path in paths:
+        result = runner.invoke(cli.app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "bool" not in result.output.lower(), (path, result.output)
+    # The flags keep their names, and the options with a value their types.
+    up = runner.invoke(cli.app, ["up", "--help"], env={"COLUMNS": "200"}).output
+    rows = {line.split()[1]: line.split()[1:4] for line in up.splitlines() if line.startswith("│ --")}
+    assert rows["--dry-run"] == ["--dry-run", "Print", "what"]
+    assert rows["--accept-new-host-keys"][1] == "Trust"
+    assert rows["--file"] == ["--file", "-f", "<path>"] and rows["--workers"][1] == "<int"
+
+
+def test_flags_still_parse(tmp_path):
+    proc = _clusterctl("down", "--yes", "--dry-run", "--accept-new-host-keys", "-f", "missing.yaml", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (2, "error: missing.yaml: no such file\n")
 
 
 # The final table
