@@ -57,6 +57,34 @@ DEFAULT_FILE = Path("clusterctl.yaml")
 DEFAULT_LAB = "default"
 
 
+def _version() -> str:
+    """The installed distribution's version, else the package's own (a source tree, not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clusterctl")
+    except PackageNotFoundError:
+        import clusterctl
+
+        return getattr(clusterctl, "__version__", "unknown")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"clusterctl {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, expose_value=False, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    # Options of clusterctl itself, before the command; no docstring: the help is the app's.
+    pass
+
+
 class Output(str, Enum):
     table = "table"
     json = "json"

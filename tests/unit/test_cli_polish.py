@@ -1,6 +1,7 @@
-"""What users of such tools expect (issue 13): flags shown as flags in --help, and a final table
-that never cuts a host name or a status."""
+"""What users of such tools expect (issue 13): --version, flags shown as flags in --help, and a
+final table that never cuts a host name or a status."""
 
+import importlib.metadata
 import io
 import json
 import subprocess
@@ -31,6 +32,25 @@ def _commands(group, path=()):
             yield from _commands(command, (*path, name))
         else:
             yield (*path, name), command
+
+
+# --version
+
+
+def test_version_prints_the_installed_distributions_version_and_exits_0(tmp_path):
+    proc = _clusterctl("--version", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"clusterctl {importlib.metadata.version('clusterctl')}\n"
+
+
+def test_version_falls_back_to_the_packages_own_when_the_distribution_is_not_installed(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    import clusterctl
+
+    assert cli._version() == clusterctl.__version__
 
 
 # Flags in --help
