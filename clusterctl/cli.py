@@ -47,7 +47,6 @@ app = typer.Typer(
     cls=CommandGroup,
     help="Turn SSH-reachable Linux hosts into one container cluster.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 lab_app = typer.Typer(cls=CommandGroup, help="A local lab: N SSH-reachable hosts with their own Docker engines, on this machine.")
@@ -858,7 +857,7 @@ def _quiet_libraries() -> None:
 def main() -> None:
     _quiet_libraries()
     try:
-        app()
+        app(prog_name="clusterctl")  # also under `python -m`: help, errors and completion name the command
     except UserError as exc:
         from rich.markup import escape
 

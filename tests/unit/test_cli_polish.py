@@ -1,5 +1,5 @@
-"""What users of such tools expect (issue 13): --version, flags shown as flags in --help, and a
-final table that never cuts a host name or a status."""
+"""What users of such tools expect (issue 13): --version, shell completion, flags shown as flags in
+--help, and a final table that never cuts a host name or a status."""
 
 import importlib.metadata
 import io
@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -51,6 +52,58 @@ def test_version_falls_back_to_the_packages_own_when_the_distribution_is_not_ins
     import clusterctl
 
     assert cli._version() == clusterctl.__version__
+
+
+# Shell completion, and start-up kept cheap: the heavy modules are imported by the commands that use them.
+
+# Not pydantic: typer imports it itself to read a command's options (typer._adapters).
+HEAVY = ("paramiko", "fabric", "invoke", "docker", "consul", "yaml", "ruamel", "cryptography")
+WHAT_IS_IMPORTED = """\
+import sys
+sys.argv = ["clusterctl", *sys.argv[1:]]
+from clusterctl.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("IMPORTED", *sorted(m for m in sys.modules if m.split(".")[0] in {heavy} or m.startswith("clusterctl.phases")))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["up", "--help"], []])
+def test_help_version_and_completion_import_none_of_the_heavy_modules(tmp_path, args):
+    code = WHAT_IS_IMPORTED.format(heavy=set(HEAVY))
+    env = {"CLUSTERCTL_STATE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    if not args:  # what the shell runs on <Tab> after `clusterctl up --`
+        env |= {"_CLUSTERCTL_COMPLETE": "complete_bash", "COMP_WORDS": "clusterctl up --", "COMP_CWORD": "2"}
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.stdout.splitlines()[-1] == "IMPORTED", proc.stdout + proc.stderr
+
+
+def test_help_offers_completion_and_no_arguments_still_print_the_help(tmp_path):
+    assert {"--install-completion", "--show-completion", "--version"} <= set(_clusterctl("--help", cwd=tmp_path).stdout.split())
+    proc = _clusterctl(cwd=tmp_path)
+    assert proc.returncode == 2  # as before completion: click's exit for a help nobody asked for
+    assert "Usage: clusterctl [OPTIONS] COMMAND" in proc.stdout and "up" in proc.stdout.split()
+
+
+def test_the_completion_script_names_clusterctl_also_when_run_as_python_m(tmp_path):
+    # The test hook makes --show-completion take the shell (no detection from this process's parents).
+    proc = _clusterctl("--show-completion", "bash", cwd=tmp_path, env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "_CLUSTERCTL_COMPLETE=complete_bash" in proc.stdout
+    assert proc.stdout.rstrip().endswith("complete -o default -F _clusterctl_completion clusterctl")
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [("clusterctl u", {"up"}), ("clusterctl up --dr", {"--dry-run"}), ("clusterctl secrets ex", {"export"}), ("clusterctl image b", {"build"})],
+)
+def test_tab_completes_commands_and_options(tmp_path, words, expected):
+    env = {"_CLUSTERCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+    proc = _clusterctl(cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert set(proc.stdout.split()) == expected
 
 
 # Flags in --help
