@@ -54,6 +54,7 @@ app.add_typer(lab_app, name="lab")
 
 DEFAULT_FILE = Path("clusterctl.yaml")
 DEFAULT_LAB = "default"
+FILE_ENV = "CLUSTERCTL_FILE"
 
 
 def _version() -> str:
@@ -89,9 +90,25 @@ class Output(str, Enum):
     json = "json"
 
 
+def _file_from_env(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """-f's value; one taken from CLUSTERCTL_FILE that names no file says so: the user did not
+    type that path, the environment did."""
+    source = ctx.get_parameter_source("file")  # click's ParameterSource: by name, typer may vendor click
+    if value is not None and source is not None and source.name == "ENVIRONMENT" and not value.exists():
+        raise UserError(f"{value}: no such file (from {FILE_ENV})")
+    return value
+
+
 FileOpt = Annotated[
     Optional[Path],
-    typer.Option("--file", "-f", help="Cluster file (default: ./clusterctl.yaml, else the local lab 'default')."),
+    typer.Option(
+        "--file",
+        "-f",
+        envvar=FILE_ENV,
+        show_envvar=False,  # the help says it, in its place in the order
+        callback=_file_from_env,
+        help=f"Cluster file. Without -f: ${FILE_ENV}, else ./clusterctl.yaml, else the local lab 'default'.",
+    ),
 ]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
 AcceptOpt = Annotated[
@@ -111,6 +128,8 @@ def _err_console():
 
 
 def _resolve_file(file: Optional[Path], create_lab: bool) -> Path:
+    """The cluster file: -f, else $CLUSTERCTL_FILE (both arrive as `file`), else ./clusterctl.yaml,
+    else the local lab 'default' (created for `up`)."""
     if file is not None:
         return file
     if DEFAULT_FILE.exists():
@@ -121,7 +140,9 @@ def _resolve_file(file: Optional[Path], create_lab: bool) -> Path:
     if not create_lab:
         if default.exists():
             return default
-        raise UserError(f"no cluster file: pass -f FILE, create {DEFAULT_FILE}, or run `clusterctl up` to start the local lab")
+        raise UserError(
+            f"no cluster file: pass -f FILE, set {FILE_ENV}, create {DEFAULT_FILE}, or run `clusterctl up` to start the local lab"
+        )
     # `up` with no file: the local lab 'default', created (or restarted) as needed; idempotent.
     _err_console().print(f"no {DEFAULT_FILE}: using the local lab '{DEFAULT_LAB}'")
     return lab.up(DEFAULT_LAB, 3, log=lambda m: _err_console().print(m))

@@ -1,5 +1,5 @@
-"""What users of such tools expect (issue 13): --version, shell completion, flags shown as flags in
---help, and a final table that never cuts a host name or a status."""
+"""What users of such tools expect (issue 13): --version, shell completion, CLUSTERCTL_FILE, flags
+shown as flags in --help, and a final table that never cuts a host name or a status."""
 
 import importlib.metadata
 import io
@@ -104,6 +104,55 @@ def test_tab_completes_commands_and_options(tmp_path, words, expected):
     proc = _clusterctl(cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert set(proc.stdout.split()) == expected
+
+
+# CLUSTERCTL_FILE
+
+# A file `validate` refuses naming its key: which file a command used shows in its error.
+BAD_FILE = "hosts:\n  - {{name: a, address: 127.0.0.1, port: 1, {key}: 1}}\n"
+FILE_COMMANDS = [
+    ("up",), ("plan",), ("rollback",), ("down",), ("logs",), ("exec",), ("status",), ("validate",), ("place",),
+    ("secrets", "export"), ("secrets", "import"),
+]  # fmt: skip
+
+
+def test_every_command_taking_a_cluster_file_reads_it_from_clusterctl_file():
+    commands = dict(_commands(get_command(cli.app)))
+    for path in FILE_COMMANDS:
+        (file,) = [p for p in commands[path].params if p.name == "file"]
+        assert file.opts == ["--file", "-f"] and file.envvar == "CLUSTERCTL_FILE", path
+
+
+def test_the_help_says_the_order(tmp_path):
+    help_text = " ".join(_clusterctl("plan", "--help", cwd=tmp_path).stdout.split())
+    assert "Without -f: $CLUSTERCTL_FILE, else ./clusterctl.yaml, else the local lab 'default'." in help_text
+
+
+def test_f_comes_before_clusterctl_file_which_comes_before_the_current_folders_file(tmp_path):
+    for key in ("explicit", "env", "here"):
+        (tmp_path / f"{key}.yaml").write_text(BAD_FILE.format(key=key))
+    (tmp_path / "clusterctl.yaml").write_text(BAD_FILE.format(key="here"))
+    env = {"CLUSTERCTL_FILE": "env.yaml"}
+    assert "explicit.yaml:2: hosts[0].explicit: unknown key" in _clusterctl("validate", "-f", "explicit.yaml", cwd=tmp_path, env=env).stderr
+    assert "env.yaml:2: hosts[0].env: unknown key" in _clusterctl("validate", cwd=tmp_path, env=env).stderr
+    # Empty is unset (click's rule for every variable).
+    here = _clusterctl("validate", cwd=tmp_path, env={"CLUSTERCTL_FILE": ""})
+    assert "clusterctl.yaml:2: hosts[0].here: unknown key" in here.stderr
+
+
+def test_clusterctl_file_naming_no_file_is_one_line_and_exit_2(tmp_path):
+    for command in ("plan", "place", "status"):
+        proc = _clusterctl(command, cwd=tmp_path, env={"CLUSTERCTL_FILE": "missing.yaml"})
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == "error: missing.yaml: no such file (from CLUSTERCTL_FILE)\n"
+    # -f naming no file: the loader's own line, as before.
+    proc = _clusterctl("plan", "-f", "missing.yaml", cwd=tmp_path, env={"CLUSTERCTL_FILE": "missing-too.yaml"})
+    assert (proc.returncode, proc.stderr) == (2, "error: missing.yaml: no such file\n")
+
+
+def test_without_any_file_the_error_names_clusterctl_file_among_the_ways(tmp_path):
+    proc = _clusterctl("plan", cwd=tmp_path)
+    assert proc.returncode == 2 and "set CLUSTERCTL_FILE" in proc.stderr and len(proc.stderr.splitlines()) == 1
 
 
 # Flags in --help
