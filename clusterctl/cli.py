@@ -15,20 +15,74 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from clusterctl.errors import EXIT_BAD_INPUT, EXIT_HOSTS_FAILED, EXIT_INTERRUPTED, UserError
 
+
+def _untyped_flags(params: list) -> list:
+    """typer's rich help shows each option's type, a flag's too (`--dry-run <bool>`): a flag
+    takes no value, so it is shown with none (an empty metavar)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class CommandGroup(TyperGroup):
+    """A typer command group whose help, and its commands' help, show flags without a type."""
+
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        return _untyped_flags(super().get_params(ctx))
+
+    def get_command(self, ctx, cmd_name):  # noqa: ANN001, ANN201 - click's signature
+        # Each command is looked up here before it parses its options or prints its help.
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _untyped_flags(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
+    cls=CommandGroup,
     help="Turn SSH-reachable Linux hosts into one container cluster.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
-lab_app = typer.Typer(help="A local lab: N SSH-reachable hosts with their own Docker engines, on this machine.")
+lab_app = typer.Typer(cls=CommandGroup, help="A local lab: N SSH-reachable hosts with their own Docker engines, on this machine.")
 app.add_typer(lab_app, name="lab")
 
 DEFAULT_FILE = Path("clusterctl.yaml")
 DEFAULT_LAB = "default"
+FILE_ENV = "CLUSTERCTL_FILE"
+
+
+def _version() -> str:
+    """The installed distribution's version, else the package's own (a source tree, not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clusterctl")
+    except PackageNotFoundError:
+        import clusterctl
+
+        return getattr(clusterctl, "__version__", "unknown")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"clusterctl {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, expose_value=False, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    # Options of clusterctl itself, before the command; no docstring: the help is the app's.
+    pass
 
 
 class Output(str, Enum):
@@ -36,9 +90,25 @@ class Output(str, Enum):
     json = "json"
 
 
+def _file_from_env(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """-f's value; one taken from CLUSTERCTL_FILE that names no file says so: the user did not
+    type that path, the environment did."""
+    source = ctx.get_parameter_source("file")  # click's ParameterSource: by name, typer may vendor click
+    if value is not None and source is not None and source.name == "ENVIRONMENT" and not value.exists():
+        raise UserError(f"{value}: no such file (from {FILE_ENV})")
+    return value
+
+
 FileOpt = Annotated[
     Optional[Path],
-    typer.Option("--file", "-f", help="Cluster file (default: ./clusterctl.yaml, else the local lab 'default')."),
+    typer.Option(
+        "--file",
+        "-f",
+        envvar=FILE_ENV,
+        show_envvar=False,  # the help says it, in its place in the order
+        callback=_file_from_env,
+        help=f"Cluster file. Without -f: ${FILE_ENV}, else ./clusterctl.yaml, else the local lab 'default'.",
+    ),
 ]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
 AcceptOpt = Annotated[
@@ -61,6 +131,8 @@ def _err_console():
 
 
 def _resolve_file(file: Optional[Path], create_lab: bool) -> Path:
+    """The cluster file: -f, else $CLUSTERCTL_FILE (both arrive as `file`), else ./clusterctl.yaml,
+    else the local lab 'default' (created for `up`)."""
     if file is not None:
         return file
     if DEFAULT_FILE.exists():
@@ -71,7 +143,9 @@ def _resolve_file(file: Optional[Path], create_lab: bool) -> Path:
     if not create_lab:
         if default.exists():
             return default
-        raise UserError(f"no cluster file: pass -f FILE, create {DEFAULT_FILE}, or run `clusterctl up` to start the local lab")
+        raise UserError(
+            f"no cluster file: pass -f FILE, set {FILE_ENV}, create {DEFAULT_FILE}, or run `clusterctl up` to start the local lab"
+        )
     # `up` with no file: the local lab 'default', created (or restarted) as needed; idempotent.
     _err_console().print(f"no {DEFAULT_FILE}: using the local lab '{DEFAULT_LAB}'")
     return lab.up(DEFAULT_LAB, 3, log=lambda m: _err_console().print(m), example=True)
@@ -740,6 +814,7 @@ def schema() -> None:
 
 
 secrets_app = typer.Typer(
+    cls=CommandGroup,
     help="The cluster's operator-side secrets (gossip key, weave password): export them for a second operator, import them.",
     no_args_is_help=True,
 )
@@ -859,9 +934,10 @@ def _mount_subcommands() -> None:
     from clusterctl.images.cli import filebox_app, image_app
     from clusterctl.inventory.cli import app as inventory_app
 
-    app.add_typer(inventory_app, name="inventory")
-    app.add_typer(image_app, name="image")
-    app.add_typer(filebox_app, name="filebox")
+    # CommandGroup here too: these apps are made in their own modules.
+    app.add_typer(inventory_app, name="inventory", cls=CommandGroup)
+    app.add_typer(image_app, name="image", cls=CommandGroup)
+    app.add_typer(filebox_app, name="filebox", cls=CommandGroup)
 
 
 _mount_subcommands()
@@ -882,7 +958,7 @@ def _quiet_libraries() -> None:
 def main() -> None:
     _quiet_libraries()
     try:
-        app()
+        app(prog_name="clusterctl")  # also under `python -m`: help, errors and completion name the command
     except UserError as exc:
         from rich.markup import escape
 

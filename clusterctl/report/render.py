@@ -8,6 +8,10 @@ from typing import Any
 from clusterctl.report.model import CHANGED, FAILED, OK, PLANNED, SKIPPED, RunReport, Step
 
 STYLE = {OK: "green", CHANGED: "yellow", PLANNED: "cyan", FAILED: "bold red", SKIPPED: "dim"}
+# The table's detail column folds down to this width, no narrower.
+DETAIL_MIN_WIDTH = 12
+# Wider than any table measured: measurements are capped to the width they are given.
+MEASURE_WIDTH = 1 << 16
 
 
 def report_dict(report: RunReport) -> dict[str, Any]:
@@ -70,10 +74,11 @@ def print_table(report: RunReport, console, verb: str = "") -> None:  # noqa: AN
     from rich import box
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # Host and status cells are kept whole (_fit_width makes room for them); only the detail folds.
     table.add_column("host", no_wrap=True)
     for phase in report.phases:
         table.add_column(phase, no_wrap=True)
-    table.add_column("detail", overflow="fold", min_width=12)
+    table.add_column("detail", overflow="fold", min_width=DETAIL_MIN_WIDTH)
     for h in report.hosts:
         by_phase = {s.phase: s for s in h.steps}
         cells = []
@@ -85,7 +90,8 @@ def print_table(report: RunReport, console, verb: str = "") -> None:  # noqa: AN
         changed = [s.phase for s in h.steps if s.changed]
         detail = failed.message if failed else ("converged" if not changed else f"{len(changed)} phase(s) {'planned' if report.dry_run else 'changed'}")
         table.add_row(h.name, *cells, _escape(detail))
-    console.print(table)
+    _fit_width(table, console)
+    console.print(table, crop=False)  # a table wider than the console is printed whole
     for note in report.notes:
         console.print(f"[bold]note:[/bold] {_escape(note)}", soft_wrap=True)
     if report.dry_run:
@@ -93,3 +99,24 @@ def print_table(report: RunReport, console, verb: str = "") -> None:  # noqa: AN
             for s in h.steps:
                 for c in s.commands:
                     console.print(f"[cyan]{h.name}[/cyan] {s.phase}$ {_escape(c)}", soft_wrap=True)
+
+
+def _fit_width(table, console) -> None:  # noqa: ANN001 - rich Table and Console, imported lazily
+    """Widen the table past the console where its host and status cells would not fit whole
+    (rich cuts cells to the console's width: `nod…`, `chang…`). Off a terminal (a pipe, a
+    file, a CI log) the console's width is only a default: the table takes all it needs, a row
+    a line. On a terminal it fits the screen by folding the detail column, and is wider only
+    when the host and status columns beside a detail folded to its least are."""
+    from rich.measure import Measurement
+
+    def measured() -> int:
+        return Measurement.get(console, console.options.update_width(MEASURE_WIDTH), table).maximum
+
+    detail = table.columns[-1]
+    natural = measured()
+    detail.max_width = detail.min_width  # the width with the detail folded as far as it goes
+    least = measured()
+    detail.max_width = None
+    width = min(natural, max(console.width, least)) if console.is_terminal else natural
+    if width > console.width:
+        table.width = width
