@@ -311,6 +311,11 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _direct(endpoints) -> frozenset[str]:  # noqa: ANN001 - {name: Endpoint}
+    """The hosts reached with no bastion or ProxyCommand between the operator and them."""
+    return frozenset(n for n, ep in endpoints.items() if ep.bastion is None and not ep.proxy_command)
+
+
 @contextmanager
 def _progress(console, hosts: list[str], verbose: bool):
     """What shows the run as it goes, on stderr: a live board with a row per host on a terminal;
@@ -364,7 +369,7 @@ def _converge(
         from clusterctl.phases import PHASES as phases
         from clusterctl.phases.network import network_inputs
 
-        inputs = replace(network_inputs(cluster, _inputs(cluster, dry_run), dry_run), rebalance=rebalance)
+        inputs = replace(network_inputs(cluster, _inputs(cluster, dry_run), dry_run), rebalance=rebalance, direct_ssh=_direct(endpoints))
         prepare, settle = _prepare(cluster, dry_run)
     console = _err_console()
     options = Options(accept_new_host_keys=accept_new, workers=workers, dry_run=dry_run, only=only)

@@ -559,8 +559,11 @@ class FileboxSection(Strict):
     # Big images reach the first host that lacks them over SSH, and the other hosts fetch them
     # from it over the cluster network, so the operator's uplink carries them once. The port
     # (on the first host's cluster address, for the length of one `up`) must be open between
-    # hosts; set relay: false to send to every host over SSH instead.
-    relay: bool = True
+    # hosts. auto: the relay unless the operator reaches every host that lacks them directly
+    # (no bastion, no ProxyCommand) from one of the host's own networks, where sending each
+    # host its copy over SSH costs no uplink and is faster; false: always over SSH; true: always
+    # the relay.
+    relay: bool | Literal["auto"] = "auto"
     relay_port: Port = 7380
 
     def has(self, name: str) -> bool:

@@ -120,6 +120,9 @@ class HostFacts:
     nameservers: tuple[str, ...] = ()
     # resolv.conf nameserver values that are not addresses (skipped; named in the probe's step).
     skipped_nameservers: tuple[str, ...] = ()
+    # The client side of the SSH connection: the operator's address as the host sees it (a
+    # bastion's, behind one).
+    ssh_client_address: str | None = None
     # /etc/docker/daemon.json as found ("" when absent).
     daemon_json: str = ""
     # daemon.json's mtime and the engine's start, epoch seconds (None: unknown, e.g. no engine).
@@ -169,6 +172,15 @@ class HostFacts:
             and not a.interface.ip.is_link_local
             and not a.ifname.startswith(skip_prefixes)
         ]
+
+    def on_a_network_of_mine(self, address: str | None) -> bool:
+        """Whether the address is on one of this host's own networks (not loopback): e.g. the
+        SSH client's, when the operator sits on the hosts' own LAN."""
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in a.network for a in self.global_addresses() if a.network.version == ip.version)
 
     def cluster_address(self, configured: str | None = None) -> str | None:
         """The address the cluster talks on: the configured one (checked to be on this host),
@@ -341,6 +353,7 @@ def parse_probe_output(text: str) -> HostFacts:
         init=data.get("init", "other"),
         has_apt=bool(data.get("apt")),
         ssh_server_address=ssh_conn[2] if len(ssh_conn) >= 3 else None,
+        ssh_client_address=ssh_conn[0] if len(ssh_conn) >= 3 else None,
         addresses=_parse_addresses(data.get("addresses") or []),
         default_ifname=_default_ifname(data.get("routes") or []),
         docker=_docker(data.get("docker") or {}),

@@ -78,6 +78,8 @@ class Inputs:
     notes: tuple[str, ...] = ()
     # `up --rebalance`: running replicas move to meet their spread (else they stay).
     rebalance: bool = False
+    # The hosts the operator reaches with no bastion or ProxyCommand between (filebox.relay auto).
+    direct_ssh: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.gossip_key is not None and not isinstance(self.gossip_key, Secret):

@@ -128,6 +128,8 @@ def _relay_plan(ctx: Context) -> Relay | None:
     lacking = [h.name for h in ctx.cluster.spec.hosts if h.name in ctx.facts and missing_images(big, ctx.facts[h.name])]
     if len(lacking) < 2:
         return None
+    if spec.relay == "auto" and all(operator_is_near(ctx, n) for n in lacking):
+        return None  # each host's copy over SSH costs no uplink here, and is faster
     seed = lacking[0]
     # Leave out only layers every one of these hosts already holds.
     common = set.intersection(*(present_chain_ids(ctx.facts[n]) for n in lacking))
@@ -135,6 +137,13 @@ def _relay_plan(ctx: Context) -> Relay | None:
     extra = tuple(i for i in missing_images(ctx.inputs.images, ctx.facts[seed]) if i not in images)
     carried = extra + images
     return _make(ctx, seed, carried, frozenset(layers_to_omit(carried, common)), running=False)
+
+
+def operator_is_near(ctx: Context, name: str) -> bool:
+    """The operator reaches the host directly (no bastion, no ProxyCommand: ctx.inputs.direct_ssh)
+    and its SSH client address is on one of the host's own networks: the same LAN (or machine)."""
+    facts = ctx.facts.get(name)
+    return name in ctx.inputs.direct_ssh and facts is not None and facts.on_a_network_of_mine(facts.ssh_client_address)
 
 
 # Per Context: every host's plan (and wave) reads the same relay, its archive hashed once.

@@ -254,7 +254,9 @@ def test_killed_server_keeps_a_leader_and_next_up_restores_it(cli, lab):
 
 def test_node_runs_from_the_filebox_and_a_changed_filebox_rolls_consul(cli, lab, tmp_path):
     doc = yaml.safe_load(lab.cluster_file.read_text())
-    doc["filebox"] = {"binaries": ["consul", "/usr/bin/node"]}
+    # relay: true, as across an uplink: the lab's operator sits on the hosts' own network, where
+    # `auto` would send each host its copy.
+    doc["filebox"] = {"binaries": ["consul", "/usr/bin/node"], "relay": True}
     f = tmp_path / "with-node.yaml"
     f.write_text(yaml.safe_dump(doc))
     try:

@@ -65,7 +65,7 @@ def test_a_rogue_server_on_the_relay_port_is_never_loaded_and_up_converges_over_
     doc = yaml.safe_load(lab.cluster_file.read_text())
     marker = tmp_path / "relay-marker.txt"
     marker.write_text(f"relay test {uuid.uuid4()}\n")  # a new filebox version, so every host lacks it
-    doc["filebox"] = {"binaries": ["consul"], "files": [f"{marker}:/etc/relay-marker.txt"]}
+    doc["filebox"] = {"binaries": ["consul"], "files": [f"{marker}:/etc/relay-marker.txt"], "relay": True}
     f = tmp_path / "relay.yaml"
     f.write_text(yaml.safe_dump(doc))
     tag = f"rogue/evil:{uuid.uuid4().hex[:8]}"

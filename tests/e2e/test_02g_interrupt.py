@@ -29,7 +29,8 @@ def _file(lab, tmp_path, name: str, services=()) -> object:
     doc = yaml.safe_load(lab.cluster_file.read_text())
     marker = tmp_path / f"{name}-marker.txt"
     marker.write_text(f"{name} {uuid.uuid4()}\n")
-    doc["filebox"] = {"binaries": ["consul"], "files": [f"{marker}:/etc/interrupt-marker.txt"]}
+    # relay: true, so an interrupt finds a relay to remove (`auto` skips it on the lab).
+    doc["filebox"] = {"binaries": ["consul"], "files": [f"{marker}:/etc/interrupt-marker.txt"], "relay": True}
     if services:
         doc["services"] = list(services)
     f = tmp_path / f"{name}.yaml"

@@ -97,7 +97,7 @@ def test_the_completion_script_names_clusterctl_also_when_run_as_python_m(tmp_pa
 
 @pytest.mark.parametrize(
     ("words", "expected"),
-    [("clusterctl u", {"up"}), ("clusterctl up --dr", {"--dry-run"}), ("clusterctl secrets ex", {"export"}), ("clusterctl image b", {"build"})],
+    [("clusterctl u", {"up", "ui"}), ("clusterctl up --dr", {"--dry-run"}), ("clusterctl secrets ex", {"export"}), ("clusterctl image b", {"build"})],
 )
 def test_tab_completes_commands_and_options(tmp_path, words, expected):
     env = {"_CLUSTERCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}

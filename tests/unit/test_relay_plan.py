@@ -151,3 +151,36 @@ def test_finish_removes_a_relay_the_run_started_and_left():
     cleanup = ["docker rm -f clusterctl-relay || true", "rm -rf /var/lib/clusterctl/relay"]
     assert {h: [x.render() for x in cmds] for h, cmds in ph.finish(c, {"n1": seed_cmds, "n2": plan(c, "n2")}).items()} == {"n1": cleanup}
     assert ph.finish(c, {"n1": seed_cmds + relay_cleanup_cmds()}) == {}
+
+
+def _auto(facts, direct=("n1", "n2", "n3"), relay=None):
+    text = FILE + (f"filebox: {{binaries: [consul], relay: {relay}}}\n" if relay is not None else "")
+    inputs = Inputs(gossip_key="k", base_image=SMALL, filebox_container="fb", images=(SMALL, BIG), filebox_image=BIG, filebox_version="v", direct_ssh=frozenset(direct))
+    return Context(load_text(text, "c.yaml"), facts, inputs)
+
+
+def test_auto_sends_each_host_its_copy_when_the_operator_sits_on_their_own_network():
+    # facts_for: the SSH client (the operator) is 10.0.0.100, on each host's 10.0.0.0/24.
+    c = _auto(fresh())
+    assert load_text(FILE, "c.yaml").spec.filebox.relay == "auto" and relay_plan(c) is None
+    for name in ("n1", "n2", "n3"):
+        cmds = plan(c, name)
+        assert is_load(cmds[0], "-") and cmds[0].stdin.images == (SMALL, BIG), name  # over SSH, at once
+    assert {FileboxPhase().wave(c, c.cluster.spec.host(n), c.facts[n]) for n in ("n1", "n2", "n3")} == {0}
+
+
+def test_auto_relays_when_a_host_is_behind_a_bastion_or_sees_the_operator_from_afar():
+    assert relay_plan(_auto(fresh(), direct=("n1", "n3"))).seed == "n1"  # n2: through a bastion
+    far = fresh() | {"n3": replace(with_images("10.0.0.3"), ssh_client_address="198.51.100.7")}
+    assert relay_plan(_auto(far)).seed == "n1"
+    assert relay_plan(_auto(fresh(), relay="true")).seed == "n1"  # true: always
+    assert relay_plan(_auto(fresh(), relay="false")) is None
+
+
+def test_relay_takes_true_false_or_auto_only():
+    import pytest
+
+    from clusterctl.config.loader import ConfigError
+
+    with pytest.raises(ConfigError, match="relay"):
+        load_text(FILE + "filebox: {binaries: [consul], relay: sometimes}\n", "c.yaml")
