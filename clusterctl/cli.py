@@ -679,8 +679,8 @@ def status(
         table = Table(title=f"cluster {cluster.name}: leader {report.leader or 'none'}", title_justify="left",
                       box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fmt: skip
         for col in ("host", "address", "reachable", "docker", "consul", "alive", "voter", "leader", "filebox"):
-            table.add_column(col, no_wrap=col in ("host", "address"))
-        table.add_column("services", overflow="fold")
+            table.add_column(col, no_wrap=col != "reachable")  # an unreachable host's reason may fold
+        table.add_column("services", overflow="fold", min_width=12)
         for h in report.hosts:
             reach = "[green]yes[/green]" if h.reachable else f"[red]no[/red] {h.error}"
             voter = "-" if h.voter is None else ("yes" if h.voter else "[yellow]no[/yellow]")
@@ -689,7 +689,9 @@ def status(
                 f"{name}:[{colour.get(state, 'red')}]{state}[/]" for name, state in sorted(h.services.items())
             ) or "-"
             table.add_row(h.host, h.address, reach, h.docker, h.consul, h.alive, voter, "*" if h.leader else "", h.filebox[:8], services)
-        Console(highlight=False).print(table)
+        from clusterctl.report.render import print_whole
+
+        print_whole(table, Console(highlight=False))
         if report.consul_error:
             _err_console().print(f"[yellow]consul:[/yellow] {report.consul_error}")
     if not report.ok:
@@ -798,12 +800,17 @@ def place(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("service", "replicas", "each", "hosts", title=f"placement of {cluster.name} (all hosts up)")
+        table = Table(title=f"placement of {cluster.name} (all hosts up)")
+        for col in ("service", "replicas", "each"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("hosts", overflow="fold", min_width=12)
         for s in spec.services:
             hosts = placed.hosts_of[s.name]
             on = ", ".join(f"{h} x{n}" if n > 1 else h for h, n in Counter(hosts).items())
             table.add_row(s.name, str(len(hosts)), describe(request_of(s)), on or "-")
-        Console(highlight=False).print(table)
+        from clusterctl.report.render import print_whole
+
+        print_whole(table, Console(highlight=False))
     for note in placed.notes:
         _err_console().print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
 

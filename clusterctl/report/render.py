@@ -90,8 +90,7 @@ def print_table(report: RunReport, console, verb: str = "") -> None:  # noqa: AN
         changed = [s.phase for s in h.steps if s.changed]
         detail = failed.message if failed else ("converged" if not changed else f"{len(changed)} phase(s) {'planned' if report.dry_run else 'changed'}")
         table.add_row(h.name, *cells, _escape(detail))
-    _fit_width(table, console)
-    console.print(table, crop=False)  # a table wider than the console is printed whole
+    print_whole(table, console)
     for note in report.notes:
         console.print(f"[bold]note:[/bold] {_escape(note)}", soft_wrap=True)
     if report.dry_run:
@@ -99,6 +98,12 @@ def print_table(report: RunReport, console, verb: str = "") -> None:  # noqa: AN
             for s in h.steps:
                 for c in s.commands:
                     console.print(f"[cyan]{h.name}[/cyan] {s.phase}$ {_escape(c)}", soft_wrap=True)
+
+
+def print_whole(table, console) -> None:  # noqa: ANN001 - rich Table and Console, imported lazily
+    """Print a table whose last column is the one that may fold: every other cell whole."""
+    _fit_width(table, console)
+    console.print(table, crop=False)  # a table wider than the console is printed whole
 
 
 def _fit_width(table, console) -> None:  # noqa: ANN001 - rich Table and Console, imported lazily

@@ -51,3 +51,18 @@ def test_the_ssh_keys_the_file_names_need_not_be_here(tmp_path):
     _, proc = _validate(tmp_path, text, "-o", "json", command="place")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["services"][0] == {"name": "web", "hosts": ["a1", "h1"]}
+
+
+def test_piped_at_80_columns_names_are_never_cut(tmp_path):
+    import subprocess
+    import sys
+
+    long = "a-service-with-a-rather-long-name"
+    text = FILE.replace("cpu: 2, memory", "cpu: 1, memory").replace("name: api", f"name: {long}").replace("a1,", "host-number-one-of-the-aws-side,")
+    text = text.replace("{name: a1,", "{name: host-number-one-of-the-aws-side,")
+    f = tmp_path / "cluster.yaml"
+    f.write_text(text)
+    env = {"CLUSTERCTL_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin", "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, "-m", "clusterctl", "place", "-f", str(f)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert long in proc.stdout and "host-number-one-of-the-aws-side" in proc.stdout and "…" not in proc.stdout, proc.stdout
