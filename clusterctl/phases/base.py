@@ -23,7 +23,9 @@ Optional members, all read with getattr so simple phases need none of them:
   its own script (the same round trip) and the hosts that ran nothing are not: true when a
   host's commands change only what its own probe shows. Default: true for one-pass phases;
   a multi-pass phase whose joins change the others' views (a swarm's node list) keeps false,
-  and every host is probed again after each pass.
+  and every host is probed again after each pass;
+- beside(ctx) -> names: the phases right before this one that it may run at the same time as
+  (it needs nothing they make, they nothing it makes): the filebox ships while the network forms.
 """
 
 from __future__ import annotations
@@ -155,6 +157,12 @@ def independent_hosts(phase: object, ctx: Context) -> bool:
     phase (a swarm whose joins need its leader). Default: stop."""
     fn = getattr(phase, "independent_hosts", None)
     return bool(fn and fn(ctx))
+
+
+def beside(phase: object, ctx: Context) -> tuple[str, ...]:
+    """See the module's docstring (`beside`)."""
+    fn = getattr(phase, "beside", None)
+    return tuple(fn(ctx)) if fn else ()
 
 
 def own_facts_suffice(phase: object) -> bool:

@@ -11,6 +11,7 @@ from clusterctl.commands.base import Cmd
 from clusterctl.commands.docker import as_root
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
+from clusterctl.network.addresses import over_mesh
 from clusterctl.phases.base import Context
 from clusterctl.shipping.relay import RELAY_CONTAINER, relay_cleanup_cmds, relay_fetch_cmd, relay_plan, relay_seed_cmds
 from clusterctl.shipping.store import image_ref
@@ -31,6 +32,11 @@ class FileboxPhase:
     passes = 3
     # A host's load, relay or fetch changes only what its own probe shows.
     own_facts_suffice = True
+
+    def beside(self, ctx: Context) -> tuple[str, ...]:
+        # Images go over SSH, or through a relay on the hosts' cluster addresses: nothing of the
+        # network phase is needed, unless the hosts talk over the WireGuard mesh it makes.
+        return () if over_mesh(ctx.cluster) else ("network",)
 
     def wave(self, ctx: Context, host: Host, facts: HostFacts) -> int:
         relay = relay_plan(ctx)

@@ -18,7 +18,18 @@ from clusterctl.commands.base import Cmd, Script, sh, strip_step_marks
 from clusterctl.config.loader import Cluster
 from clusterctl.errors import UserError, printable
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
-from clusterctl.phases.base import Context, Inputs, Phase, PhaseError, PlanError, independent_hosts, own_facts_suffice, rolling, wave
+from clusterctl.phases.base import (
+    Context,
+    Inputs,
+    Phase,
+    PhaseError,
+    PlanError,
+    beside,
+    independent_hosts,
+    own_facts_suffice,
+    rolling,
+    wave,
+)
 from clusterctl.report.events import NullObserver, RunObserver, ScriptWatch
 from clusterctl.report.model import CHANGED, FAILED, OK, PLANNED, SKIPPED, HostReport, RunReport, Step, merge_step
 from clusterctl.transport.executor import DEFAULT_WORKERS, Outcome, run_parallel
@@ -27,18 +38,21 @@ from clusterctl.transport.ssh import Connector, Endpoint, KnownHosts, Session, S
 # How long commands already running may go on after Ctrl-C or SIGTERM before they are ended.
 GRACE_SECONDS = 5.0
 # Every remote script of a phase first records its process group in the SSH user's own cache
-# dir ($1: the run's ID), so that an interrupted run can end it: closing a channel does not stop
+# dir ($1: the run's ID; one file per script), so that an interrupted run can end it: closing a channel does not stop
 # a remote command that is not writing (a wait, a `docker load` reading what was sent).
 # What a phase script prints before the probe it ends with (own_facts_suffice).
 FACTS_MARK = "clusterctl-facts-follow"
-RECORD_PGID = r"""( p="${HOME:-/nonexistent}/.cache/clusterctl"; umask 077; mkdir -p "$p" && cut -d' ' -f5 "/proc/$$/stat" > "$p/run-$1.pid" ) 2>/dev/null
-trap 'rm -f "${HOME:-/nonexistent}/.cache/clusterctl/run-$1.pid"' EXIT
+RECORD_PGID = r"""( p="${HOME:-/nonexistent}/.cache/clusterctl"; umask 077; mkdir -p "$p" && cut -d' ' -f5 "/proc/$$/stat" > "$p/run-$1-$$.pid" ) 2>/dev/null
+trap 'rm -f "${HOME:-/nonexistent}/.cache/clusterctl/run-$1-$$.pid"' EXIT
 """
-END_RUN = r"""p="${HOME:-/nonexistent}/.cache/clusterctl/run-$1.pid"
-[ -r "$p" ] || exit 0
-g=$(cat "$p"); case "$g" in '' | *[!0-9]*) exit 0 ;; esac
-rm -f "$p"
-kill -TERM -- "-$g" 2>/dev/null || true
+# Every script of the run still recorded (phases that run beside each other: one file each).
+END_RUN = r"""for p in "${HOME:-/nonexistent}/.cache/clusterctl/run-$1-"*.pid; do
+	[ -r "$p" ] || continue
+	g=$(cat "$p"); rm -f "$p"
+	case "$g" in '' | *[!0-9]*) continue ;; esac
+	# Not `kill -TERM -- -G`: dash (Debian's sh) takes `--` for a number and kills nothing.
+	kill -TERM "-$g" 2>/dev/null || true
+done
 """
 
 
@@ -139,9 +153,10 @@ class Manager:
         self.interrupted = False
         self.current = "connect"
         self.ended_on: list[str] = []
-        self.in_pass: list[str] = []
-        # Facts a phase's own script read at its end (own_facts_suffice), by host, until used.
-        self.fresh: dict[str, HostFacts] = {}
+        # Per phase running now: the hosts whose commands of it run (phases may run beside
+        # each other: `beside`).
+        self.in_pass: dict[str, list[str]] = {}
+        self.running: list[str] = []
 
     def consul_api(self, name: str, token: str | None = None):
         """A py-consul client on the host's Consul agent, through its SSH session."""
@@ -303,11 +318,12 @@ class Manager:
         return {n: out.value.stdout for n, out in results.items() if out.ok and out.value.ok}  # type: ignore[union-attr]
 
     def _run_scripts(
-        self, phase: str, cmds: Mapping[str, Sequence[Cmd]], force: bool = False, with_facts: bool = False
+        self, phase: str, cmds: Mapping[str, Sequence[Cmd]], force: bool = False, fresh: dict[str, HostFacts] | None = None
     ) -> dict[str, Outcome]:
         """Each host's commands as one marked script, in parallel: one round trip per host; the
-        observer sees each command start and end, and the bytes sent. `with_facts`: the script
-        ends with the probe, and each host whose probe printed facts gets them (self.fresh)."""
+        observer sees each command start and end, and the bytes sent. `fresh`, when given: the
+        script ends with the probe, and each host whose probe printed facts has them put there."""
+        with_facts = fresh is not None
         timeout = self.cluster.spec.ssh.command_timeout
         probe_again = (sh(f"printf '\\n%s\\n' {FACTS_MARK}", "facts follow"), Cmd(("sh", "-c", probe_script()), "read-only probe", check=False))
 
@@ -324,7 +340,7 @@ class Manager:
             if with_facts and result.ok and f"\n{FACTS_MARK}\n" in stdout:
                 stdout, _, facts = stdout.rpartition(f"\n{FACTS_MARK}\n")
                 try:
-                    self.fresh[name] = parse_probe_output(facts)
+                    fresh[name] = parse_probe_output(facts)  # type: ignore[index]
                 except Exception:  # noqa: BLE001 - unreadable: this host is probed again on its own
                     pass
             return replace(result, stdout=stdout, stderr=strip_step_marks(result.stderr))
@@ -344,6 +360,33 @@ class Manager:
         finally:
             self._finish(phase, ran)
 
+    def run_together(self, group: Sequence[Phase], more_phases_follow: bool) -> None:
+        """Phases that need nothing of each other (`beside`), each in its own thread; Ctrl-C
+        (which only this thread sees) stops them all; the first failure of one is raised."""
+        failures: list[BaseException] = []
+
+        def one(phase: Phase) -> None:
+            try:
+                self.run_phase(phase, more_phases_follow)
+            except BaseException as exc:  # noqa: BLE001 - raised again in this thread
+                failures.append(exc)
+
+        threads = [threading.Thread(target=one, args=(p,), daemon=True, name=f"phase-{p.name}") for p in group]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:
+            if not self.interrupted:
+                self.stop()
+            for t in threads:
+                t.join()
+            raise Interrupted() from None
+        if failures:
+            raise failures[0]
+
     def _finish(self, phase: Phase, ran: dict[str, list[Cmd]]) -> None:
         """The phase's clean-up after its passes, also after a failure: `finish(ctx, ran)`
         returns commands by host from what each host ran (e.g. the filebox relay is removed)."""
@@ -361,16 +404,20 @@ class Manager:
         """The passes, then one step per host recorded, also when the run is interrupted: the
         hosts whose commands were running then are named."""
         steps = PhaseSteps(phase.name)
-        self.current = phase.name
+        self.running.append(phase.name)
+        self.current = ", ".join(self.running)
         try:
             self._passes(phase, more_phases_follow, ran, steps)
         except Interrupted:
-            for name in self.in_pass:
+            for name in self.in_pass.get(phase.name, []):
                 note = "interrupted: its remote commands were ended" if name in self.ended_on else "interrupted while it ran"
                 steps.add(name, Step(phase.name, FAILED, note))
             raise
         finally:
-            self.in_pass = []
+            self.in_pass.pop(phase.name, None)
+            if not self.interrupted:  # the report names the phases that were running
+                self.running.remove(phase.name)
+                self.current = ", ".join(self.running) or phase.name
             for name in self.reports:
                 if name in steps.by_host and name not in steps.recorded:
                     self._record(name, steps.by_host[name])
@@ -408,21 +455,23 @@ class Manager:
                 steps.recorded.add(name)
         return pass_plan
 
-    def _apply_wave(self, phase: Phase, ctx: Context, pass_plan: PassPlan, now: list[str], with_facts: bool) -> dict[str, Outcome]:
+    def _apply_wave(
+        self, phase: Phase, ctx: Context, pass_plan: PassPlan, now: list[str], fresh: dict[str, HostFacts] | None
+    ) -> dict[str, Outcome]:
         """Run this wave: hosts that do not roll all at once, then the rolling ones a batch at a
         time (each batch waits for the cluster first); a failed batch stops the rolling."""
-        self.in_pass = list(now)
+        self.in_pass[phase.name] = list(now)
         self.observer.phase_started(phase.name, now)
         together = [n for n in now if n not in pass_plan.rolling]
-        results = self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in together}, with_facts=with_facts) if together else {}
+        results = self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in together}, fresh=fresh) if together else {}
         rolling_now = [n for n in now if n in pass_plan.rolling]
         batch = max(1, int(getattr(phase, "rolling_batch", lambda _ctx: 1)(ctx)))
         for i in range(0, len(rolling_now), batch):
             group = rolling_now[i : i + batch]
-            results.update(self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in group}, with_facts=with_facts))
+            results.update(self._run_scripts(phase.name, {n: pass_plan.cmds[n] for n in group}, fresh=fresh))
             if any(not results[n].ok or not results[n].value.ok for n in group):  # type: ignore[union-attr]
                 break  # stop rolling: the others keep what they run
-        self.in_pass = []
+        self.in_pass[phase.name] = []
         return results
 
     def _passes(self, phase: Phase, more_phases_follow: bool, ran: dict[str, list[Cmd]], steps: PhaseSteps) -> None:
@@ -457,8 +506,8 @@ class Manager:
             # Facts are re-read from the hosts, never edited by hand: when a host's commands
             # change only its own view, at the end of its own script (one round trip less).
             own = own_facts_suffice(phase)
-            self.fresh = {}
-            results = self._apply_wave(phase, ctx, pass_plan, now, with_facts=own and (more_phases_follow or n < passes - 1))
+            fresh: dict[str, HostFacts] = {}
+            results = self._apply_wave(phase, ctx, pass_plan, now, fresh if own and (more_phases_follow or n < passes - 1) else None)
             failed = False
             for name, out in results.items():
                 rendered = [c.display() for c in pass_plan.cmds[name]]
@@ -485,7 +534,7 @@ class Manager:
                         steps.recorded.add(name)
             elif failed and passes > 1:
                 break
-            for name, facts in self.fresh.items():
+            for name, facts in fresh.items():
                 if name in changed:
                     self.reports[name].facts = facts
             if not changed:
@@ -494,7 +543,7 @@ class Manager:
                 # Otherwise a later pass may depend on any host's view (a swarm manager's node
                 # list), so all are read again.
                 again = changed if own else list(self._alive())
-                self._reprobe([h for h in again if not (own and h in self.fresh)], phase)
+                self._reprobe([h for h in again if not (own and h in fresh)], phase)
         for name in waiting:
             steps.add(name, Step(phase.name, FAILED, f"not reached within {passes} passes"))
 
@@ -521,6 +570,18 @@ def _strip_kind(out: Outcome) -> str:
         if text.startswith(prefix):
             return text[len(prefix) :]
     return text
+
+
+def _groups(phases: Sequence[Phase], ctx: Context) -> list[tuple[list[Phase], bool]]:
+    """The phases in order, a phase that may run beside the ones before it (`beside`) joined
+    to their group; each group with whether more phases follow it."""
+    groups: list[list[Phase]] = []
+    for phase in phases:
+        if groups and all(p.name in beside(phase, ctx) for p in groups[-1]):
+            groups[-1].append(phase)
+        else:
+            groups.append([phase])
+    return [(g, i < len(groups) - 1) for i, g in enumerate(groups)]
 
 
 def execute(
@@ -554,8 +615,11 @@ def execute(
                 m.inputs = prepare(m.context(), m.consul_api)
             with lock(m.context(), m.consul_api) if lock is not None else nullcontext():
                 if m.preflight(phases):
-                    for i, phase in enumerate(phases):
-                        m.run_phase(phase, more_phases_follow=i < len(phases) - 1)
+                    for group, follow in _groups(phases, m.context()):
+                        if len(group) == 1:
+                            m.run_phase(group[0], more_phases_follow=follow)
+                        else:
+                            m.run_together(group, more_phases_follow=follow)
         except (Interrupted, KeyboardInterrupt):
             # Stopped: what ran is in the report, the lock is released, phases cleaned up.
             if not m.interrupted:

@@ -99,3 +99,29 @@ def test_an_interrupt_ends_remote_work_runs_finish_and_starts_nothing_new(monkey
 
     shown = report_dict(report)
     assert shown["interrupted"] == "slow" and shown["ended_on"] == ["n1", "n2"] and json.dumps(shown)
+
+
+def test_end_run_ends_every_script_of_the_run_on_the_host_and_no_other(tmp_path):
+    """Phases that run beside each other have scripts of the same run at once on one host: each
+    records its own process group, and END_RUN ends them all, not another run's."""
+    import os
+    import subprocess
+    import time
+
+    env = dict(os.environ, HOME=str(tmp_path))
+
+    def start(run_id: str) -> subprocess.Popen:
+        return subprocess.Popen(["sh", "-c", RECORD_PGID + "sleep 30\n", "sh", run_id], env=env, start_new_session=True)
+
+    mine, also_mine, other = start("r1"), start("r1"), start("r2")
+    records = tmp_path / ".cache" / "clusterctl"
+    deadline = time.monotonic() + 10
+    while len(list(records.glob("run-*.pid"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(list(records.glob("run-r1-*.pid"))) == 2
+    subprocess.run(["sh", "-c", END_RUN, "sh", "r1"], env=env, check=True, timeout=10)
+    assert mine.wait(10) != 0 and also_mine.wait(10) != 0
+    assert other.poll() is None
+    other.kill()
+    other.wait()
+    assert not list(records.glob("run-r1-*.pid"))

@@ -1,0 +1,74 @@
+"""Phases that need nothing of each other run at the same time (`beside`): the filebox ships
+while the network forms, each host's two scripts at once; the report keeps one step per host
+per phase; the filebox waits for the network when the hosts talk over the WireGuard mesh."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+from pathlib import Path
+
+from clusterctl.commands.base import Cmd
+from clusterctl.config.loader import load_text
+from clusterctl.phases.base import Context, Inputs
+from clusterctl.phases.filebox import FileboxPhase
+from clusterctl.phases.manager import RECORD_PGID, Manager, Options, _groups, execute
+from clusterctl.transport.ssh import RunResult
+
+FIXTURE = (Path(__file__).parent.parent / "fixtures" / "probe-docker-running.json").read_text()
+CLUSTER = load_text("name: c1\nhosts:\n  - {name: n1, address: 10.0.0.1}\n  - {name: n2, address: 10.0.0.2}\n", "c.yaml")
+
+
+class Host:
+    def __init__(self, name: str, both_started: threading.Barrier):
+        self.name, self.both, self.round_trips, self.bytes_sent = name, both_started, 0, 0
+
+    def run(self, command: str, timeout=None, stdin=None, watch=None) -> RunResult:
+        self.round_trips += 1
+        argv = shlex.split(command)
+        if argv[2].startswith("# clusterctl probe"):
+            return RunResult(0, FIXTURE, "", 0.01)
+        assert argv[2].startswith(RECORD_PGID)
+        self.both.wait(5)  # the other phase's script must be running at the same time
+        return RunResult(0, "", "", 0.01)
+
+    def close(self) -> None:
+        pass
+
+
+class Step:
+    def __init__(self, name: str, beside: tuple[str, ...] = ()):
+        self.name, self.title, self._beside = name, name, beside
+
+    def beside(self, ctx):
+        return self._beside
+
+    def plan(self, ctx, host, facts):
+        return [Cmd(("true",), f"{self.name} on {host.name}")]
+
+
+def test_a_phase_beside_the_one_before_runs_at_the_same_time_on_each_host(monkeypatch):
+    barriers = {"n1": threading.Barrier(2), "n2": threading.Barrier(2)}
+
+    def connect(self: Manager) -> None:
+        for name in self.reports:
+            self.sessions[name] = Host(name, barriers[name])  # type: ignore[assignment]
+
+    monkeypatch.setattr(Manager, "connect", connect)
+    network, filebox, after = Step("network"), Step("filebox", beside=("network",)), Step("after")
+    assert [([p.name for p in g], follow) for g, follow in _groups([network, filebox, after], None)] == [
+        (["network", "filebox"], True), (["after"], False),
+    ]  # fmt: skip
+    report = execute(CLUSTER, [network, filebox], {}, None, Options())  # type: ignore[arg-type]
+    assert report.ok, [(h.name, [(s.phase, s.status, s.message) for s in h.steps]) for h in report.hosts]
+    for h in report.hosts:
+        assert sorted(s.phase for s in h.steps if s.phase in ("network", "filebox")) == ["filebox", "network"]
+        assert all(s.status == "changed" for s in h.steps if s.phase in ("network", "filebox"))
+
+
+def test_the_filebox_waits_for_the_network_when_hosts_talk_over_the_mesh(tmp_path):
+    text = "name: c1\nnetwork: {driver: wireguard}\nhosts:\n  - {name: n1, address: 10.0.0.1, labels: {provider: a}}\n  - {name: n2, address: 10.0.0.2, labels: {provider: b}}\n"
+    mesh = Context(load_text(text, "c.yaml"), {}, Inputs())
+    assert FileboxPhase().beside(mesh) == ()
+    assert FileboxPhase().beside(Context(CLUSTER, {}, Inputs())) == ("network",)
