@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from clusterctl.commands.base import Cmd, sh_args
 from clusterctl.commands.consul import CONTAINER as CONSUL_CONTAINER
 from clusterctl.commands.consul import SERVICES_DIR, consul_cli
+from clusterctl.config.models import duration_seconds
 
 CONTAINER_PREFIX = "clusterctl-svc-"
 ROLE = "service"
@@ -139,10 +140,12 @@ class Replica:
         where = f" on {self.address}:{self.published}" if self.port else ""
         return Cmd(tuple(argv), f"start {self.id}{where}")
 
-    def definition(self, token: str | None = None) -> str:
+    def definition(self, token: str | None = None, passing: bool = False) -> str:
         """The agent's service definition (JSON; Consul reads it from its -config-dir), with the
         service's ACL token (it may write this service only) when Consul runs ACLs: the file is
-        then a secret, written 0600 from stdin."""
+        then a secret, written 0600 from stdin. With `passing`: the check's initial status is
+        passing (Consul's `status`), for a replica clusterctl has just seen answer that very
+        check (register_checked); otherwise it starts critical until the agent runs it."""
         target = f"{_host_part(self.address)}:{self.published}"
         check: dict[str, object] = {
             "id": f"{self.id}-alive",
@@ -150,6 +153,8 @@ class Replica:
             "interval": self.check_interval,
             "timeout": self.check_timeout,
         }
+        if passing:
+            check["status"] = "passing"
         if self.check_http:
             check["http"] = f"http://{target}{self.check_http}"
         else:
@@ -168,6 +173,13 @@ class Replica:
         if token:
             doc["service"]["token"] = token
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+    def own_check(self) -> tuple[str, str, str, str, str, str]:
+        """The replica's Consul check as register_checked runs it once itself: (replica ID,
+        "http" or "tcp", the URL, the address, the port, the timeout in seconds)."""
+        target = f"{_host_part(self.address)}:{self.published}"
+        kind, url = ("http", f"http://{target}{self.check_http}") if self.check_http else ("tcp", "")
+        return (self.id, kind, url, self.address, str(self.published), f"{duration_seconds(self.check_timeout):g}")
 
 
 def _host_part(address: str) -> str:
@@ -197,6 +209,63 @@ def remove_definitions(rids: list[str]) -> Cmd:
 
 def reload_agent() -> Cmd:
     return consul_cli("reload", description="reload consul's service definitions")
+
+
+# A replica clusterctl has just seen answer its own check is registered with that check passing
+# from the start, so `up` is not held up by the agent's first run of it (staggered at random
+# within the interval). The definitions with `"status": "passing"` are staged here, outside
+# consul's config dir (never loaded from here), put in place for the one reload that registers
+# them, and the plain definitions put back right after it: the file the agent reads when it
+# starts again (a reboot) makes no claim about a replica nobody has checked.
+PASSING_DIR = f"{ROOT}/passing"
+# How long the check of just-started replicas is tried (every 0.1 s) before they are left to
+# the agent: about 2 s, at most 3 s of wall clock (an attempt is bounded by the check's timeout).
+OWN_CHECK_ROUNDS = 20
+OWN_CHECK_SECONDS = 3
+
+
+def passing_path(rid: str) -> str:
+    return f"{PASSING_DIR}/{rid}.json"
+
+
+# Run by the agent's container (BusyBox, --net=host: the network namespace the agent's own checks
+# run in): prints the ID of each replica whose check answered. HTTP: a GET answered 2xx (BusyBox
+# wget fails on anything else, and follows redirects as the agent does); TCP: a connect.
+_OWN_CHECKS = (
+    'rounds=$1 secs=$2 n=$3; shift 3; end=$(($(date +%s) + secs)); seen=" "; r=0; '
+    'check_all() { pending=0; i=0; while [ "$i" -lt "$n" ]; do i=$((i+1)); '
+    'rid=$1 kind=$2 url=$3 addr=$4 port=$5 t=$6; shift 6; '
+    'case "$seen" in *" $rid "*) continue ;; esac; '
+    'if [ "$kind" = http ]; then timeout "$t" wget -q -O /dev/null "$url" >/dev/null 2>&1; '
+    'else timeout "$t" nc "$addr" "$port" -e true >/dev/null 2>&1; fi && { seen="$seen$rid "; echo "$rid"; continue; }; '
+    "pending=1; done; }; "
+    'while :; do check_all "$@"; [ "$pending" = 0 ] && exit 0; r=$((r+1)); '
+    '{ [ "$r" -ge "$rounds" ] || [ "$(date +%s)" -ge "$end" ]; } && exit 0; sleep 0.1; done'
+)
+
+
+def register_checked(replicas: list[Replica]) -> Cmd:
+    """Each replica checked once from this host as the agent would check it (tried for a moment
+    if it is still starting); those that answered are registered with their check passing (their
+    staged definitions, PASSING_DIR, in place for the reload), the others as before (critical
+    until the agent's first check). The agent then keeps checking them all on its own."""
+    reload = reload_agent().argv
+    groups = [part for r in replicas for part in r.own_check()]
+    rids = ", ".join(r.id for r in replicas)
+    return sh_args(
+        'c=$1 live=$2 staged=$3 rounds=$4 secs=$5 n=$6 probe=$7; shift 7; '
+        'ok=$(docker exec "$c" sh -c "$probe" sh "$rounds" "$secs" "$n" "$@" 2>/dev/null) || ok=""; '
+        'i=0; while [ "$i" -lt "$n" ]; do shift 6; i=$((i+1)); done; swapped=""; '
+        'for r in $ok; do case "$r" in *[!a-z0-9.-]*) continue ;; esac; '
+        'if [ -f "$staged/$r.json" ] && mv -f "$live/$r.json" "$staged/$r.plain" && mv -f "$staged/$r.json" "$live/$r.json"; '
+        'then swapped="$swapped $r"; fi; done; '
+        '"$@"; rc=$?; '
+        'for r in $swapped; do mv -f "$staged/$r.plain" "$live/$r.json"; done; rm -rf "$staged"; '
+        '[ "$rc" = 0 ] && [ -n "$swapped" ] && echo "registered passing, having answered the check from this host:$swapped"; exit "$rc"',
+        CONSUL_CONTAINER, SERVICES_DIR, PASSING_DIR, str(OWN_CHECK_ROUNDS), str(OWN_CHECK_SECONDS), str(len(replicas)), _OWN_CHECKS,
+        *groups, *reload,
+        description=f"reload consul's service definitions ({rids}: passing at once if it answers its check from this host)",
+    )  # fmt: skip
 
 
 # An agent whose sync to the servers failed (e.g. "ACL not found" from a server that has just

@@ -4,7 +4,10 @@ microcontainers, registered with their host's Consul agent, and waited for until
 Per host, in order: replicas no longer placed here are removed (and deregistered), app images
 the host lacks are loaded (only the app's own layers cross: the base is there already), changed
 replicas are replaced, definitions are written, the agent reloads once, and `up` waits for each
-started replica's health check. Hosts that replace a running replica go one at a time, so the
+started replica's health check. Before that reload clusterctl checks each replica it registers
+once itself, from the host, as the agent would (commands/service.py register_checked): one that
+answers is registered with its check passing from the start, so the wait ends at once instead
+of waiting for the agent's first check (staggered at random within the interval). Hosts that replace a running replica go one at a time, so the
 other replicas keep serving; a host that only gives up replicas of a service that other hosts
 start (a rebalance, a move off a host) goes after them, so the new ones serve first.
 
@@ -328,6 +331,9 @@ class ServicesPhase:
             if rid in drain or facts.managed_files.get(build.definition_path(rid)) != sha256(definitions[rid])
         ]
         written = {r.id for r in write}
+        # What an earlier run stopped halfway left staged (register_checked): gone before anything
+        # is staged again.
+        staged_left = sorted(path for path in facts.managed_files if path.startswith(build.PASSING_DIR + "/"))
         apps = tuple({r.service: app for r in wanted if (app := ctx.inputs.apps.get(r.service)) is not None}.values())
         loads = [load] if apps and (load := load_missing_images(apps, facts)) is not None else []
         if loads and (write or env_writes):  # images first, in a pass of their own; the rest once they are there
@@ -363,11 +369,17 @@ class ServicesPhase:
             cmds.append(build.remove(rid, grace.get(c.labels["clusterctl.service"], 0) if c.running else 0))
         if stale_env:
             cmds.append(Cmd(("rm", "-f", *stale_env), "remove the secret env of services gone from this host"))
+        if staged_left:
+            cmds.append(Cmd(("rm", "-rf", build.PASSING_DIR), "remove the definitions an earlier run left staged"))
         cmds += loads
         if write or env_writes:
             # One stdin: definitions (with their tokens) and env files, before the replicas run
             # (docker reads the env file when it creates the container); loaded once they run.
             files = {_under_root(build.definition_path(r.id)): definitions[r.id].encode() for r in write}
+            # Beside each, the same with its check passing from the start: put in place for the
+            # reload only if the replica answers its check from this host once it runs.
+            token = {r.id: service_token(ctx, r.service) for r in write}
+            files.update({_under_root(build.passing_path(r.id)): r.definition(token[r.id], passing=True).encode() for r in write})
             files.update({_under_root(build.env_file_path(n)): b for n, b in env_writes.items()})
             what = []
             if write:
@@ -387,7 +399,7 @@ class ServicesPhase:
                 cmds.append(r.run())
         checks = facts.docker.consul_checks
         if write:
-            cmds.append(build.reload_agent())
+            cmds.append(build.register_checked(write))
         elif checks is not None and (unloaded := [n for n in registering if n not in checks]):
             # A definition on disk the agent does not hold (a run stopped before its reload, or
             # deregistered behind clusterctl's back): planned from the agent, not the file, or

@@ -73,13 +73,20 @@ def plan(ctx, name):
     return ServicesPhase().plan(ctx, ctx.cluster.spec.host(name), ctx.facts[name])
 
 
+def checked(rids):
+    """The description of the reload that registers replicas clusterctl checks itself first."""
+    return f"reload consul's service definitions ({rids}: passing at once if it answers its check from this host)"
+
+
 def test_replicas_spread_over_providers_and_start_registered_and_waited_for():
     ctx = ctx_for()
     assert plan(ctx, "n2") == []  # n1 (aws) and n3 (gcp) run the two replicas
     cmds = plan(ctx, "n1")
     # The definition carries the service's token: written 0600 from stdin, shown nowhere.
     assert "register web" in cmds[0].description and cmds[0].argv[-1] == build.ROOT
-    assert cmds[0].stdin.names == ("consul/services/web.json",) and WEB_TOKEN.encode() in cmds[0].stdin._data
+    # Beside it, the same definition with its check passing from the start (staged outside
+    # consul's config dir): in place for the reload only if the replica answers its check.
+    assert cmds[0].stdin.names == ("consul/services/web.json", "passing/web.json") and WEB_TOKEN.encode() in cmds[0].stdin._data
     run = shlex.split(cmds[1].render())
     assert run[:4] == ["docker", "run", "-d", "--name"] and "clusterctl-svc-web" in run
     assert ["-p", "10.0.0.1:8080:8080"] == run[run.index("-p") : run.index("-p") + 2]
@@ -88,7 +95,8 @@ def test_replicas_spread_over_providers_and_start_registered_and_waited_for():
     assert ["--network", "clusterctl"] == run[run.index("--network") :][:2]
     assert run[-1] == "nginx:1.25"
     assert not any(WEB_TOKEN in c.display() or WEB_TOKEN in repr(c) for c in cmds)
-    assert cmds[2].argv[:3] == ("docker", "exec", "clusterctl-consul") and cmds[2].argv[-1] == "reload"
+    assert cmds[2].description == checked("web")
+    assert cmds[2].argv[-8:-5] == ("docker", "exec", "clusterctl-consul") and cmds[2].argv[-1] == "reload"
     assert "CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token" in cmds[2].render()
     assert "healthy" in cmds[3].description and len(cmds) == 5
     # Passing on the agent is not yet in DNS: up waits until the catalog lists it.
@@ -122,7 +130,7 @@ def test_converged_replica_plans_nothing_and_a_stopped_one_is_started_and_waited
         "wait until the catalog no longer hands out web here",
         "register web with consul (0600: with their tokens)",
         "start the stopped web container",
-        "reload consul's service definitions",
+        checked("web"),
         "wait until consul reports web healthy",
         "wait until the catalog hands out web",
     ]
@@ -269,7 +277,7 @@ def test_a_secret_env_value_reaches_the_host_only_on_stdin_into_a_0600_env_file(
     ctx = secret_ctx()
     cmds = plan(ctx, "n1")
     bundle = next(c for c in cmds if c.stdin is not None)
-    assert bundle.stdin.names == ("consul/services/web.json", "env/web.env")
+    assert bundle.stdin.names == ("consul/services/web.json", "env/web.env", "passing/web.json")
     assert f"DB_PASSWORD={PASSWORD}\n".encode() in bundle.stdin._data
     assert "write the secret env of web (0600)" in bundle.description
     run = next(c for c in cmds if c.argv[:2] == ("docker", "run"))
@@ -427,7 +435,7 @@ def test_start_first_runs_the_successor_on_its_own_slot_and_port_before_the_old_
     assert [c.description for c in cmds] == [
         "register api.2 with consul (0600: with their tokens)",
         "start api.2 on 10.0.0.1:20001",
-        "reload consul's service definitions",
+        checked("api.2"),
         "wait until api.2 passes its check, else roll back to api",
         "wait until the catalog hands out api.2",
         "deregister api from this host's consul agent (definitions kept: the previous version)",
@@ -532,3 +540,140 @@ def test_rollback_of_a_stop_first_rollout_trades_places_with_the_kept_replica():
         "wait until the catalog hands out web",
     ]
     assert cmds[3].argv[-3:] == ("clusterctl-svc-web", "10", ".prev")
+
+
+# --- a replica registered passing once clusterctl saw it answer its check ------------------------
+
+
+def test_each_new_definition_is_staged_again_with_its_check_passing_and_checked_as_the_agent_would():
+    ctx = ctx_for()
+    cmds = plan(ctx, "n1")
+    r = replica(ctx, ctx.cluster.spec.services[0], ctx.cluster.spec.host("n1"), ctx.facts["n1"])
+    plain, passing = json.loads(r.definition(WEB_TOKEN)), json.loads(r.definition(WEB_TOKEN, passing=True))
+    assert "status" not in plain["service"]["check"] and passing["service"]["check"].pop("status") == "passing"
+    assert passing == plain  # nothing else differs
+    # The check the agent runs (HTTP GET of the registered address), as argv words: never shell text.
+    reload = next(c for c in cmds if c.description == checked("web"))
+    assert ("web", "http", "http://10.0.0.1:8080/healthz", "10.0.0.1", "8080", "2") == reload.argv[11:17]
+    assert reload.argv[4:7] == ("clusterctl-consul", build.SERVICES_DIR, build.PASSING_DIR)
+    # Without check.http the agent connects over TCP; so does clusterctl.
+    tcp = ctx_for(FILE.replace("    check: {http: /healthz}\n", ""))
+    r = replica(tcp, tcp.cluster.spec.services[0], tcp.cluster.spec.host("n1"), tcp.facts["n1"])
+    assert r.own_check() == ("web", "tcp", "", "10.0.0.1", "8080", "2")
+    # A converged replica is not checked again: nothing is registered.
+    assert plan(ctx_for(n1=converged(ctx, "n1")), "n1") == []
+
+
+def test_definitions_a_stopped_run_left_staged_are_removed_first():
+    ctx = ctx_for()
+    left = {build.passing_path("web"): "x"}
+    f = converged(ctx, "n1")
+    done = facts_for("10.0.0.1", [container("web", f.docker.containers[0].labels["clusterctl.config"])],
+                     {**f.managed_files, **left}, {"web": "passing"})  # fmt: skip
+    assert [c.render() for c in plan(ctx_for(n1=done), "n1")] == [f"rm -rf {build.PASSING_DIR}"]
+    fresh = facts_for("10.0.0.1", [], left)
+    descriptions = [c.description for c in plan(ctx_for(n1=fresh), "n1")]
+    assert descriptions.index("remove the definitions an earlier run left staged") < descriptions.index(
+        "register web with consul (0600: with their tokens)"
+    )
+
+
+def _http_server(port_holder):
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path.startswith("/ok") else 500)
+            self.end_headers()
+            self.wfile.write(b"hi")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port_holder.append(server.server_address[1])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_register_checked_puts_in_place_only_what_answered_and_the_plain_files_back(tmp_path):
+    """For real in a local shell: docker and consul faked (the one `exec`s the command here, the
+    other records what the agent would load), BusyBox's wget and nc as in the agent's container.
+    A replica answering 200, one answering 500, one listening for TCP only from a moment after
+    the start, one with nothing listening: the first and third are loaded passing; after the
+    reload every definition on disk is the plain one again and nothing is left staged."""
+    import shutil
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    busybox = shutil.which("busybox")
+    if not busybox:
+        pytest.skip("no busybox here")
+    live, staged, snap, bin_ = (tmp_path / d for d in ("live", "staged", "snap", "bin"))
+    for d in (live, staged, snap, bin_):
+        d.mkdir()
+    (bin_ / "docker").write_text('#!/bin/sh\n[ "$1" = exec ] || exit 1\nshift 2\nexec "$@"\n')
+    (bin_ / "consul").write_text('#!/bin/sh\n[ "$1" = reload ] && cp "$LIVE"/*.json "$SNAP"/ && echo "Configuration reload triggered"\n')
+    for name in ("docker", "consul"):
+        (bin_ / name).chmod(0o755)
+    for applet in ("wget", "nc"):
+        (bin_ / applet).symlink_to(busybox)
+    ports: list[int] = []
+    server = _http_server(ports)
+    late = socket.socket()
+    late.bind(("127.0.0.1", 0))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: refused
+    pwned = tmp_path / "pwned"
+    base = build.Replica(service="x", host="n1", image="i", address="127.0.0.1", port=None, command=None, env=(),
+                         filebox_container=None, network=None, cluster="c1")  # fmt: skip
+    replicas = [
+        replace(base, service="good", port=ports[0], check_http=f"/ok?q=$(touch${{IFS}}{pwned})"),
+        replace(base, service="bad", port=ports[0], check_http="/fail"),
+        replace(base, service="late", port=late.getsockname()[1]),
+        replace(base, service="closed", port=closed.getsockname()[1]),
+    ]
+    for r in replicas:
+        (live / f"{r.id}.json").write_text(r.definition())
+        (staged / f"{r.id}.json").write_text(r.definition(passing=True))
+    cmd = build.register_checked(replicas)
+    argv = list(cmd.argv)
+    assert argv[4:7] == ["clusterctl-consul", build.SERVICES_DIR, build.PASSING_DIR]
+    argv[5:8] = [str(live), str(staged), "10"]  # the dirs here; up to 10 rounds (about a second)
+    threading.Timer(0.3, lambda: late.listen(5)).start()
+    env = {"PATH": f"{bin_}:/usr/bin:/bin", "LIVE": str(live), "SNAP": str(snap)}
+    started = time.monotonic()
+    proc = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, text=True, env=env, timeout=30)
+    took = time.monotonic() - started
+    server.shutdown()
+    late.close()
+    closed.close()
+    assert proc.returncode == 0, proc.stderr
+    loaded = {p.stem: json.loads(p.read_text())["service"]["check"].get("status") for p in snap.iterdir()}
+    assert loaded == {"good": "passing", "bad": None, "late": "passing", "closed": None}
+    assert "registered passing, having answered the check from this host: good late" in proc.stdout
+    assert {p.name: p.read_text() for p in live.iterdir()} == {f"{r.id}.json": r.definition() for r in replicas}
+    assert not staged.exists() and not pwned.exists()
+    assert took < 5  # bounded: the two that never answer are left to the agent after about a second
+
+
+def test_register_checked_fails_with_the_reload_and_still_puts_the_plain_files_back(tmp_path):
+    import subprocess
+
+    live, staged, bin_ = (tmp_path / d for d in ("live", "staged", "bin"))
+    for d in (live, staged, bin_):
+        d.mkdir()
+    (bin_ / "docker").write_text('#!/bin/sh\nshift 2\ncase "$*" in *reload*) echo "agent down" >&2; exit 1 ;; esac\necho web\n')
+    (bin_ / "docker").chmod(0o755)
+    r = build.Replica(service="web", host="n1", image="i", address="127.0.0.1", port=1, command=None, env=(),
+                      filebox_container=None, network=None, cluster="c1")  # fmt: skip
+    (live / "web.json").write_text(r.definition())
+    (staged / "web.json").write_text(r.definition(passing=True))
+    argv = list(build.register_checked([r]).argv)
+    argv[5:7] = [str(live), str(staged)]
+    proc = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, text=True, env={"PATH": f"{bin_}:/usr/bin:/bin"}, timeout=30)
+    assert proc.returncode == 1 and "agent down" in proc.stderr and "registered passing" not in proc.stdout
+    assert (live / "web.json").read_text() == r.definition() and not staged.exists()
