@@ -190,16 +190,21 @@ def _inputs(cluster, dry_run: bool):
         return Inputs(service_env=service_env)
     from clusterctl.filebox.build import build_filebox
     from clusterctl.images.base import base_image
+    from clusterctl.images.cache import BuildCache, cache_dir
     from clusterctl.phases.filebox import filebox_container_name
 
     from clusterctl.errors import UserError
 
+    # Built in memory to compare digests with what the hosts hold; what ldd said and the layers'
+    # digests come from the operator's build cache while their files are unchanged (a dry run
+    # reads it and writes nothing).
+    cache = BuildCache(cache_dir(), write=not dry_run)
     try:
-        box = build_filebox(spec.filebox.binaries, spec.filebox.files, base_dir=cluster.path.parent)
+        box = build_filebox(spec.filebox.binaries, spec.filebox.files, base_dir=cluster.path.parent, cache=cache)
     except UserError as exc:
         raise UserError(f"{cluster.where('filebox', 'binaries')}: {str(exc).removeprefix('filebox: ')}") from None
-    base = base_image(box.manifest, box.version)
-    apps = _service_apps(cluster, base)
+    base = base_image(box.manifest, box.version, cache=cache)
+    apps = _service_apps(cluster, base, cache)
     return Inputs(
         apps=apps,
         base_image=base.image,
@@ -262,7 +267,7 @@ def _cluster_lock_in_consul(cluster, holder: str, wait: float):
     return hold
 
 
-def _service_apps(cluster, base) -> dict:
+def _service_apps(cluster, base, cache=None) -> dict:
     """The app image of each service that names an app folder, built on the cluster's base."""
     from clusterctl.errors import UserError
     from clusterctl.images.app import app_on_base
@@ -272,7 +277,7 @@ def _service_apps(cluster, base) -> dict:
         if svc.app is None:
             continue
         try:
-            apps[svc.name] = app_on_base(cluster.resolve_path(svc.app), base)
+            apps[svc.name] = app_on_base(cluster.resolve_path(svc.app), base, cache=cache)
         except UserError as exc:  # each of the app file's problems on its own line
             where = cluster.where("services", i, "app")
             raise UserError("\n".join(f"{where}: {line}" for line in str(exc).splitlines())) from None

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clusterctl.config.models import FILEBOX_ROOT, check_file_dest, split_file_spec
 from clusterctl.errors import UserError
@@ -30,6 +31,9 @@ from clusterctl.images.archive import (
     read_archive,
     read_layer_file,
 )
+
+if TYPE_CHECKING:
+    from clusterctl.images.cache import BuildCache
 
 ROOT = FILEBOX_ROOT
 BIN_DIR = f"{ROOT}/bin"
@@ -229,8 +233,9 @@ def manifest_bytes(manifest: Mapping) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
-def filebox_image(closures: Sequence[Closure], extras: Sequence[ExtraFile] = ()) -> Filebox:
-    """The filebox image for resolved closures: one layer under /opt/files, VOLUME /opt/files."""
+def filebox_image(closures: Sequence[Closure], extras: Sequence[ExtraFile] = (), cache: BuildCache | None = None) -> Filebox:
+    """The filebox image for resolved closures: one layer under /opt/files, VOLUME /opt/files
+    (its digest from the build cache when it holds one for exactly these files)."""
     manifest = filebox_manifest(closures, extras)
     entries: list[Entry] = [Dir(ROOT), Dir(BIN_DIR), Dir(LIB_DIR)]
     for c, b in zip(closures, manifest["binaries"]):
@@ -240,7 +245,7 @@ def filebox_image(closures: Sequence[Closure], extras: Sequence[ExtraFile] = ())
     for x in extras:
         entries.extend(_extra_entries(x))
     entries.append(File.from_bytes(MANIFEST_PATH, manifest_bytes(manifest)))
-    layer = Layer(entries, comment=f"clusterctl filebox: {', '.join(b['name'] for b in manifest['binaries'])}")
+    layer = Layer(entries, comment=f"clusterctl filebox: {', '.join(b['name'] for b in manifest['binaries'])}", cache=cache)
     version = layer.diff_id.split(":", 1)[1]
     first = manifest["binaries"][0]
     loader = next((lib["path"] for lib in manifest["libs"] if lib["loader"]), None)
@@ -262,10 +267,14 @@ def filebox_image(closures: Sequence[Closure], extras: Sequence[ExtraFile] = ())
     return Filebox(image, manifest)
 
 
-def build_filebox(binaries: Sequence[str], files: Sequence[str] = (), *, base_dir: Path | None = None) -> Filebox:
+def build_filebox(
+    binaries: Sequence[str], files: Sequence[str] = (), *, base_dir: Path | None = None, cache: BuildCache | None = None
+) -> Filebox:
     """Resolve each binary's ldd closure and assemble the filebox.
 
     A binary with a '/' is a path (relative to base_dir); a bare name is looked up on PATH.
+    With a build cache (images/cache.py), ldd's answers and the layer's digest are reused
+    while none of the files they came from changed.
     """
     if not binaries:
         raise UserError("the filebox needs at least one binary (filebox.binaries)")
@@ -273,9 +282,9 @@ def build_filebox(binaries: Sequence[str], files: Sequence[str] = (), *, base_di
     for b in binaries:
         if "/" in b and not os.path.isabs(os.path.expanduser(b)) and base_dir is not None:
             b = str(base_dir / b)
-        closures.append(resolve_closure(b))
+        closures.append(resolve_closure(b, cache=cache))
     extras = [parse_file_spec(f, base_dir) for f in files]
-    return filebox_image(closures, extras)
+    return filebox_image(closures, extras, cache)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,12 @@ import shutil
 import struct
 import subprocess
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from clusterctl.errors import UserError
+
+if TYPE_CHECKING:
+    from clusterctl.images.cache import BuildCache
 
 ELF_MAGIC = b"\x7fELF"
 PT_INTERP = 3
@@ -165,8 +168,37 @@ def locate(binary: str) -> str:
     return os.path.abspath(os.path.expanduser(binary))
 
 
-def resolve_closure(binary: str | os.PathLike, *, ldd: str = "ldd", timeout: float = 60.0) -> Closure:
-    """The binary and every shared library it loads, per ldd; a UserError (one line) otherwise."""
+def resolve_closure(
+    binary: str | os.PathLike, *, ldd: str = "ldd", timeout: float = 60.0, cache: BuildCache | None = None
+) -> Closure:
+    """The binary and every shared library it loads, per ldd; a UserError (one line) otherwise.
+    With a build cache (images/cache.py): what ldd answered before, while the binary, every
+    library it found, ldd and the loader's own files are as they were then."""
+    if cache is None:
+        return _resolve_closure(binary, ldd=ldd, timeout=timeout)
+    given = os.fspath(binary)
+    try:
+        path = locate(given)
+    except UserError:
+        return _resolve_closure(binary, ldd=ldd, timeout=timeout)  # says why
+    key = cache.closure_key(given, path, ldd, os.environ)
+    found = cache.closure(key)
+    if found is not None:
+        try:
+            libs = tuple(Lib(str(lib["soname"]), str(lib["path"]), str(lib["real_path"]), bool(lib["loader"])) for lib in found["libs"])
+            return Closure(given, str(found["path"]), str(found["real_path"]), str(found["arch"]), found["interpreter"], libs)
+        except (KeyError, TypeError, ValueError):
+            pass  # not what this code writes: resolved again
+    closure = _resolve_closure(binary, ldd=ldd, timeout=timeout)
+    doc = {
+        "path": closure.path, "real_path": closure.real_path, "arch": closure.arch, "interpreter": closure.interpreter,
+        "libs": [{"soname": lib.soname, "path": lib.path, "real_path": lib.real_path, "loader": lib.loader} for lib in closure.libs],
+    }  # fmt: skip
+    cache.remember_closure(key, doc, [closure.path, *(lib.path for lib in closure.libs)])
+    return closure
+
+
+def _resolve_closure(binary: str | os.PathLike, *, ldd: str, timeout: float) -> Closure:
     given = os.fspath(binary)
     path = locate(given)
     if not os.path.lexists(path):

@@ -14,11 +14,15 @@ import stat
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clusterctl.errors import UserError
 from clusterctl.filebox.build import ROLE_LABEL, VERSION_LABEL, Filebox, build_filebox, read_filebox
 from clusterctl.images.archive import Dir, Entry, File, ImageConfig, ImageSpec, Layer, Symlink
 from clusterctl.images.base import Base, base_image
+
+if TYPE_CHECKING:
+    from clusterctl.images.cache import BuildCache
 
 APP_FILE = "clusterctl-app.yaml"
 APP_ROOT = "/app"
@@ -120,7 +124,12 @@ DEPS_DIR = "node_modules"
 
 
 def app_layer(
-    app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = (), part: str | None = None
+    app_dir: Path,
+    *,
+    strip: bool = True,
+    exclude: Collection[Path] = (),
+    part: str | None = None,
+    cache: BuildCache | None = None,
 ) -> Layer:
     """The app folder under /app: files, folders and symlinks as they are, .git skipped.
 
@@ -161,7 +170,7 @@ def app_layer(
                 entries.append(File.from_source(dest, full))
             else:
                 raise UserError(f"{full}: not a file, folder or symlink (a socket or fifo?); remove it from the app folder")
-    return Layer(entries, comment=f"clusterctl app: {root.name}" + (f" ({part})" if part else ""))
+    return Layer(entries, comment=f"clusterctl app: {root.name}" + (f" ({part})" if part else ""), cache=cache)
 
 
 def _in_part(parts: tuple[str, ...], part: str | None) -> bool:
@@ -170,15 +179,17 @@ def _in_part(parts: tuple[str, ...], part: str | None) -> bool:
     return (parts[0] == DEPS_DIR) == (part == "deps")
 
 
-def app_layers(app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = ()) -> tuple[Layer, ...]:
+def app_layers(
+    app_dir: Path, *, strip: bool = True, exclude: Collection[Path] = (), cache: BuildCache | None = None
+) -> tuple[Layer, ...]:
     """Dependencies and code in separate layers: a code change then ships only the small code
     layer, while node_modules stays where it already is."""
     if (app_dir / DEPS_DIR).is_dir():
         return (
-            app_layer(app_dir, strip=strip, exclude=exclude, part="deps"),
-            app_layer(app_dir, strip=strip, exclude=exclude, part="code"),
+            app_layer(app_dir, strip=strip, exclude=exclude, part="deps", cache=cache),
+            app_layer(app_dir, strip=strip, exclude=exclude, part="code", cache=cache),
         )
-    return (app_layer(app_dir, strip=strip, exclude=exclude),)
+    return (app_layer(app_dir, strip=strip, exclude=exclude, cache=cache),)
 
 
 def app_image(spec: AppSpec, layers: Layer | Sequence[Layer], base: Base, *, tag: str | None = None) -> ImageSpec:
@@ -253,8 +264,10 @@ def app_on_base(
     strip: bool = True,
     exclude: Collection[Path] = (),
     tag: str | None = None,
+    cache: BuildCache | None = None,
 ) -> ImageSpec:
-    """The app image on a given base (a cluster's: its filebox is already on the hosts)."""
+    """The app image on a given base (a cluster's: its filebox is already on the hosts); its
+    layers' digests from the build cache while the app's files are as they were."""
     if spec is None:
         spec = read_app_spec(app_dir)
         check_node_modules(app_dir)
@@ -264,5 +277,5 @@ def app_on_base(
             f"command {program!r} is neither in the filebox ({', '.join(base.binaries)}) nor a BusyBox applet: "
             "add it to the filebox's binaries"
         )
-    layers = app_layers(app_dir, strip=strip, exclude=exclude)
+    layers = app_layers(app_dir, strip=strip, exclude=exclude, cache=cache)
     return app_image(spec, layers, base, tag=tag)

@@ -20,9 +20,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Union
 
 from clusterctl.errors import UserError
+
+if TYPE_CHECKING:
+    from clusterctl.images.cache import BuildCache
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -138,10 +141,11 @@ def _padding(n: int) -> int:
 class Layer:
     """One image layer: its entries (parents added, sorted) and the uncompressed tar they make.
 
-    diff_id is the sha256 of that tar; computing it reads every source file once.
+    diff_id is the sha256 of that tar; computing it reads every source file once, unless a
+    build cache (images/cache.py) holds it for exactly these entries and source files.
     """
 
-    def __init__(self, entries: Iterable[Entry], comment: str = "") -> None:
+    def __init__(self, entries: Iterable[Entry], comment: str = "", cache: BuildCache | None = None) -> None:
         by_path: dict[str, Entry] = {}
         for entry in entries:
             old = by_path.get(entry.path)
@@ -159,6 +163,8 @@ class Layer:
                 parent = posixpath.dirname(parent)
         self.entries: tuple[Entry, ...] = tuple(sorted(by_path.values(), key=_sort_key))
         self.comment = comment
+        self._cache = cache
+        self._cache_key: str | None = None
 
     def __repr__(self) -> str:
         return f"Layer({len(self.entries)} entries, {self.comment!r})"
@@ -208,10 +214,25 @@ class Layer:
 
     @cached_property
     def diff_id(self) -> str:
+        # Only a layer that reads files from disk is worth a lookup (one made in memory hashes faster).
+        cache = self._cache if any(isinstance(e, File) and e.source is not None for e in self.entries) else None
+        if cache is not None:
+            self._cache_key = cache.layer_key(self)
+            found = cache.layer_digest(self, self._cache_key)
+            if found is not None:
+                return found
         h = hashlib.sha256()
         for chunk in self.chunks():
             h.update(chunk)
-        return "sha256:" + h.hexdigest()
+        digest = "sha256:" + h.hexdigest()
+        if cache is not None:
+            cache.remember_layer(self, self._cache_key, digest)
+        return digest
+
+    def forget_cached(self) -> None:
+        """What the cache said of this layer proved wrong (its tar hashed otherwise): dropped."""
+        if self._cache is not None and self._cache_key is not None:
+            self._cache.drop(self._cache_key)
 
     def write_to(self, out: BinaryIO) -> str:
         """Write the layer tar; returns the digest of what was written."""
@@ -493,6 +514,7 @@ def write_archive(
             _member(out, blob_name(d), size=layer.tar_size)
             got = layer.write_to(out)  # type: ignore[arg-type]
             if got != d:
+                layer.forget_cached()
                 raise UserError(f"a source file of layer {layer.comment or d[:19]} changed during the build: build again")
             written.append(d)
     out.write(b"\0" * (2 * BLOCK))

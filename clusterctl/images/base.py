@@ -12,11 +12,15 @@ import posixpath
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from clusterctl.errors import UserError
 from clusterctl.filebox.build import MANIFEST_PATH, ROLE_LABEL, VERSION_LABEL, symlink_plan
 from clusterctl.filebox.closure import resolve_closure
 from clusterctl.images.archive import Dir, Entry, File, ImageConfig, ImageSpec, Layer, Symlink
+
+if TYPE_CHECKING:
+    from clusterctl.images.cache import BuildCache
 
 BUSYBOX = "/bin/busybox"
 ENTRYPOINT = "/bin/clusterctl-entrypoint"
@@ -42,26 +46,38 @@ def entrypoint_script() -> bytes:
     ).encode()
 
 
-def list_applets(busybox: str = BUSYBOX) -> tuple[str, ...]:
-    """`busybox --list-full`: applet paths such as usr/bin/wget."""
+def list_applets(busybox: str = BUSYBOX, cache: BuildCache | None = None) -> tuple[str, ...]:
+    """`busybox --list-full`: applet paths such as usr/bin/wget (from the build cache while the
+    binary is the same file)."""
+    key = None
+    if cache is not None and (stamp := cache.stamp(busybox)) is not None:
+        key = cache.key("applets", [busybox, stamp])
+        found = cache.get("applets", key)
+        if isinstance(found, list) and found and all(isinstance(a, str) for a in found):
+            cache.hits += 1
+            return tuple(found)
+        cache.misses += 1
     try:
         out = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise UserError(f"{busybox}: cannot list its applets ({exc})") from None
-    return tuple(line.strip() for line in out.splitlines() if line.strip())
+    applets = tuple(line.strip() for line in out.splitlines() if line.strip())
+    if cache is not None and key is not None and applets:
+        cache.put("applets", key, list(applets))
+    return applets
 
 
-def check_busybox(busybox: str = BUSYBOX) -> str:
+def check_busybox(busybox: str = BUSYBOX, cache: BuildCache | None = None) -> str:
     """The busybox binary's architecture; it must be static (nothing else is in the base)."""
     if not os.path.exists(busybox):
         raise UserError(f"{busybox} not found: apt-get install -y busybox-static (scripts/setup.sh installs it)")
-    closure = resolve_closure(busybox)
+    closure = resolve_closure(busybox, cache=cache)
     if not closure.static:
         raise UserError(f"{busybox} is dynamically linked; the base needs a static one: apt-get install -y busybox-static")
     return closure.arch
 
 
-def busybox_layer(busybox: str, applets: Iterable[str]) -> Layer:
+def busybox_layer(busybox: str, applets: Iterable[str], cache: BuildCache | None = None) -> Layer:
     """BusyBox, one absolute symlink per applet, a minimal /etc, /tmp, and the entrypoint."""
     home = "/" + BUSYBOX.lstrip("/")
     entries: list[Entry] = [
@@ -79,7 +95,7 @@ def busybox_layer(busybox: str, applets: Iterable[str]) -> Layer:
         if path == home or posixpath.dirname(path) == "/":
             continue
         entries.append(Symlink(path, home))
-    return Layer(entries, comment="clusterctl base: busybox")
+    return Layer(entries, comment="clusterctl base: busybox", cache=cache)
 
 
 def links_layer(plan: Sequence[tuple[str, str]]) -> Layer:
@@ -102,19 +118,25 @@ class Base:
 
 
 def base_image(
-    manifest: Mapping, filebox_version: str, *, busybox: str = BUSYBOX, applets: Sequence[str] | None = None
+    manifest: Mapping,
+    filebox_version: str,
+    *,
+    busybox: str = BUSYBOX,
+    applets: Sequence[str] | None = None,
+    cache: BuildCache | None = None,
 ) -> Base:
-    """The base for microcontainers of this filebox (reads busybox from this machine)."""
-    arch = check_busybox(busybox)
+    """The base for microcontainers of this filebox (reads busybox from this machine, or what
+    the build cache kept of it while it is the same file)."""
+    arch = check_busybox(busybox, cache)
     if manifest.get("arch") and manifest["arch"] != arch:
         raise UserError(f"{busybox} is {arch} but the filebox is {manifest['arch']}")
     if applets is None:
-        applets = list_applets(busybox)
+        applets = list_applets(busybox, cache)
     try:
         plan = symlink_plan(manifest)
     except ValueError as exc:
         raise UserError(f"filebox manifest: {exc}") from None
-    layers = (busybox_layer(busybox, applets), links_layer(plan))
+    layers = (busybox_layer(busybox, applets, cache), links_layer(plan))
     config = ImageConfig(
         entrypoint=(ENTRYPOINT,),
         cmd=("sh",),
