@@ -210,6 +210,11 @@ class Manager:
         """Stop the run: work in flight gets GRACE_SECONDS, then its remote process group is
         ended (END_RUN, on a channel of its own); a second Ctrl-C ends clusterctl at once."""
         self.interrupted = True
+        # The report names the phases whose commands were running (of phases running beside
+        # each other, not one that was only reading, e.g. the swarm's join tokens).
+        busy = [p for p in self.running if self.in_pass.get(p)]
+        if busy:
+            self.current = ", ".join(busy)
         deadline = time.monotonic() + GRACE_SECONDS
         while self.in_flight and time.monotonic() < deadline:
             time.sleep(0.1)

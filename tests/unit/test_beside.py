@@ -72,3 +72,56 @@ def test_the_filebox_waits_for_the_network_when_hosts_talk_over_the_mesh(tmp_pat
     mesh = Context(load_text(text, "c.yaml"), {}, Inputs())
     assert FileboxPhase().beside(mesh) == ()
     assert FileboxPhase().beside(Context(CLUSTER, {}, Inputs())) == ("network",)
+
+
+class Blocking:
+    """Every script blocks until END_RUN (as a remote `docker load` or a slow read would)."""
+
+    def __init__(self, name: str):
+        from clusterctl.phases.manager import END_RUN
+
+        self.name, self.end_run, self.round_trips, self.bytes_sent = name, END_RUN, 0, 0
+        self.ended = threading.Event()
+
+    def run(self, command: str, timeout=None, stdin=None, watch=None) -> RunResult:
+        self.round_trips += 1
+        argv = shlex.split(command)
+        if argv[2].startswith("# clusterctl probe"):
+            return RunResult(0, FIXTURE, "", 0.01)
+        if argv[2] == self.end_run:
+            self.ended.set()
+            return RunResult(0, "", "", 0.01)
+        self.ended.wait(30)
+        return RunResult(143, "", "Terminated", 0.01)
+
+    def close(self) -> None:
+        pass
+
+
+class Reading(Step):
+    """A phase still reading (its lookups) when the run is stopped: it ran no command yet."""
+
+    def lookups(self, ctx):
+        return {h.name: Cmd(("read-tokens",)) for h in ctx.cluster.hosts}
+
+
+def test_the_report_names_the_phase_whose_commands_ran_not_one_that_was_reading(monkeypatch):
+    import _thread
+
+    from clusterctl.phases import manager as manager_mod
+
+    monkeypatch.setattr(manager_mod, "GRACE_SECONDS", 0.3)
+
+    def connect(self: Manager) -> None:
+        for name in self.reports:
+            self.sessions[name] = Blocking(name)  # type: ignore[assignment]
+
+    monkeypatch.setattr(Manager, "connect", connect)
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    try:
+        report = execute(CLUSTER, [Reading("network"), Step("filebox", beside=("network",))], {}, None, Options())  # type: ignore[arg-type]
+    finally:
+        timer.cancel()
+    assert report.interrupted == "filebox", report.interrupted
+    assert report.ended_on == ["n1", "n2"]
