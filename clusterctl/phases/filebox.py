@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from clusterctl.commands.base import Cmd
+from clusterctl.commands.base import Cmd, sh_args
 from clusterctl.commands.docker import as_root
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
@@ -90,5 +90,8 @@ class FileboxPhase:
             facts = ctx.facts.get(name)
             seen = facts is not None and facts.container(RELAY_CONTAINER) is not None
             if (started and (not removed or removed[-1] < started[-1])) or seen:
-                out[name] = [as_root(c, facts.sudo if facts else "") for c in relay_cleanup_cmds()]
+                # Once more a second later: a `docker run` of the relay ended mid-way (a stopped
+                # run ends its remote commands) may still land in the engine after the first rm.
+                again = sh_args('sleep 1; docker rm -f "$1" >/dev/null 2>&1 || true', RELAY_CONTAINER, description="stop the relay, should it have started late")
+                out[name] = [as_root(c, facts.sudo if facts else "") for c in (*relay_cleanup_cmds(), again)]
         return out
