@@ -3,13 +3,14 @@ fetch it from the first one over the cluster network. Planned from facts alone."
 
 import hashlib
 import json
+import shlex
 from dataclasses import replace
 
 from clusterctl.config.loader import load_text
 from clusterctl.images.archive import File, ImageConfig, ImageSpec, Layer
 from clusterctl.facts.parser import Image
 from clusterctl.phases.base import Context, Inputs
-from clusterctl.phases.filebox import FileboxPhase
+from clusterctl.phases.filebox import RELAY_LATE, FileboxPhase
 from clusterctl.shipping.relay import RELAY_CONTAINER, archive_sha256, relay_cleanup_cmds, relay_plan
 from clusterctl.shipping.stream import LOAD_SCRIPT, ArchiveStream
 from tests.unit.test_consul_plan import facts_for
@@ -148,8 +149,8 @@ def test_finish_removes_a_relay_the_run_started_and_left():
     c = ctx(fresh())
     seed_cmds = plan(c, "n1")
     ph = FileboxPhase()
-    # Removed, and once more a second later: a `docker run` ended mid-way may land late.
-    again = """sh -c 'sleep 1; docker rm -f "$1" >/dev/null 2>&1 || true' sh clusterctl-relay"""
+    # Removed, and watched for 5 s more: a `docker run` ended mid-way may land late.
+    again = shlex.join(["sh", "-c", RELAY_LATE, "sh", "clusterctl-relay"])
     cleanup = ["docker rm -f clusterctl-relay || true", "rm -rf /var/lib/clusterctl/relay", again]
     assert {h: [x.render() for x in cmds] for h, cmds in ph.finish(c, {"n1": seed_cmds, "n2": plan(c, "n2")}).items()} == {"n1": cleanup}
     assert ph.finish(c, {"n1": seed_cmds + relay_cleanup_cmds()}) == {}
