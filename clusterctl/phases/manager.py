@@ -200,7 +200,9 @@ class Manager:
                     self.in_flight.discard(name)
 
         try:
-            return run_parallel(names, tracked, workers=self.options.workers, timeout=timeout)
+            # Clean-up (`force`) is never work in flight that an interrupt ends: with phases
+            # beside each other, one's clean-up may run while the interrupt is being handled.
+            return run_parallel(names, work if force else tracked, workers=self.options.workers, timeout=timeout)
         except KeyboardInterrupt:
             if not self.interrupted:  # a second Ctrl-C (e.g. during clean-up) waits no more
                 self.stop()
@@ -229,9 +231,10 @@ class Manager:
         while self.in_flight and time.monotonic() < deadline:  # their channels close as they end
             time.sleep(0.1)
 
-    def _remote(self, script: Script) -> str:
-        """The command line of a phase's script on a host: recorded first, so it can be ended."""
-        return shlex.join(["sh", "-c", RECORD_PGID + script.render(marked=True), "sh", self.run_id])
+    def _remote(self, script: Script, recorded: bool = True) -> str:
+        """The command line of a phase's script on a host: recorded first, so it can be ended
+        (not a clean-up: END_RUN must never end the removal of a relay)."""
+        return shlex.join(["sh", "-c", (RECORD_PGID if recorded else "") + script.render(marked=True), "sh", self.run_id])
 
     def connect(self) -> None:
         def work(name: str) -> Session:
@@ -338,7 +341,7 @@ class Manager:
             watch = ScriptWatch(self.observer, name, phase, script.cmds, session.bytes_sent)
             result = None
             try:
-                result = session.run(self._remote(script), timeout=timeout, stdin=script.stdin, watch=watch)
+                result = session.run(self._remote(script, recorded=not force), timeout=timeout, stdin=script.stdin, watch=watch)
             finally:
                 watch.close(result is not None and result.ok)
             stdout = result.stdout
