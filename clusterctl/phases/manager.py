@@ -372,25 +372,29 @@ class Manager:
         """Phases that need nothing of each other (`beside`), each in its own thread; Ctrl-C
         (which only this thread sees) stops them all; the first failure of one is raised."""
         failures: list[BaseException] = []
+        # Waited for by events, not Thread.join: a Ctrl-C landing inside join() (Python < 3.13)
+        # can mark a thread still running as ended, and the run then exits before its clean-up.
+        done = {p.name: threading.Event() for p in group}
 
         def one(phase: Phase) -> None:
             try:
                 self.run_phase(phase, more_phases_follow)
             except BaseException as exc:  # noqa: BLE001 - raised again in this thread
                 failures.append(exc)
+            finally:
+                done[phase.name].set()
 
-        threads = [threading.Thread(target=one, args=(p,), daemon=True, name=f"phase-{p.name}") for p in group]
-        for t in threads:
-            t.start()
+        for phase in group:
+            threading.Thread(target=one, args=(phase,), daemon=True, name=f"phase-{phase.name}").start()
         try:
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+            for event in done.values():
+                while not event.wait(0.2):
+                    pass
         except KeyboardInterrupt:
             if not self.interrupted:
                 self.stop()
-            for t in threads:
-                t.join()
+            for event in done.values():
+                event.wait()
             raise Interrupted() from None
         if failures:
             raise failures[0]

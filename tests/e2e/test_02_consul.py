@@ -10,6 +10,7 @@ import time
 import pytest
 import yaml
 
+from tests.conftest import ended
 from tests.e2e.consul_helpers import as_operator, state_dir_of
 
 pytestmark = pytest.mark.e2e
@@ -181,16 +182,11 @@ def test_ui_through_an_ssh_tunnel_until_ctrl_c(cli, lab):
     on no other address: test above) and holds it until Ctrl-C: exit 0, no traceback, the token
     named by its file only, the port closed afterwards."""
     import signal
-    import subprocess
-    import sys
     import threading
 
     port = _free_port()
     token = (_state_dir(lab) / "acl" / "management.token").read_text().strip()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clusterctl", "ui", "-f", str(lab.cluster_file), "--no-browser", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli.env,
-    )  # fmt: skip
+    proc = cli.start("ui", "-f", str(lab.cluster_file), "--no-browser", "--port", str(port))
     try:
         first: list[str] = []
         reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
@@ -207,7 +203,7 @@ def test_ui_through_an_ssh_tunnel_until_ctrl_c(cli, lab):
         status, raft = _get(port, "/v1/operator/raft/configuration", token)
         assert status == 200 and sorted(s["Node"] for s in json.loads(raft)["Servers"]) == ["node1", "node2", "node3"], raft
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = ended(proc, 30)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 import yaml
+
+from tests.conftest import ended
 
 pytestmark = pytest.mark.e2e
 
@@ -39,24 +39,35 @@ def _file(lab, tmp_path, name: str, services=()) -> object:
 
 
 def _interrupt_when(cli, f, ready, sig, timeout: float = 300) -> dict:
-    """`up -f F -o json` in the background, sent `sig` as soon as ready() is true; its report."""
-    proc = subprocess.Popen([sys.executable, "-m", "clusterctl", "up", "-f", str(f), "-o", "json"],
-                            env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    """`up -v -f F -o json` in the background, sent `sig` as soon as ready() is true; its report
+    (with `_stderr` and `_times`: what a failing test shows)."""
+    proc = cli.start("up", "-v", "-f", str(f), "-o", "json")
     try:
         deadline = time.monotonic() + timeout
         while not ready():
             assert proc.poll() is None, f"up ended before the moment to interrupt: {proc.communicate()[1][-3000:]}"
             assert time.monotonic() < deadline, "the moment to interrupt never came"
             time.sleep(0.2)
+        sent = time.strftime("%H:%M:%S", time.gmtime())
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
+        out, err = ended(proc, 120)
+        done = time.strftime("%H:%M:%S", time.gmtime())
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, (proc.returncode, err[-3000:])
     assert "interrupted" in err, err[-2000:]
-    return json.loads(out)
+    report = json.loads(out)
+    report["_stderr"], report["_times"] = err, f"signal sent {sent} UTC, up ended {done} UTC"
+    return report
+
+
+def _why_left(lab, report: dict) -> str:
+    """What a failing leftovers check shows: the relay's times, the run's own lines."""
+    seen = {h: _on(lab, h, "date -u +%T.%N; docker ps -a --filter name=clusterctl-relay "
+                           "--format '{{.ID}} {{.Status}} {{.CreatedAt}}'") for h in HOSTS}  # fmt: skip
+    return f"{report['_times']}; on the hosts: {seen}; up -v printed:\n{report['_stderr'][-6000:]}"
 
 
 def _leftovers(lab) -> dict[str, str]:
@@ -90,7 +101,7 @@ def test_interrupted_during_the_filebox_transfer(cli, lab, tmp_path):
     steps = {h["name"]: [p["phase"] for p in h["phases"]] for h in report["hosts"]}
     assert all("consul" not in s for s in steps.values()), steps  # nothing after the filebox started
     time.sleep(1)
-    assert _leftovers(lab) == {}
+    assert _leftovers(lab) == {}, _why_left(lab, report)
     _converged(cli, lab, f)
 
 
@@ -100,7 +111,7 @@ def test_interrupted_during_the_consul_roll(cli, lab, tmp_path):
     report = _interrupt_when(cli, f, lambda: any(i not in ("", before[h]) for h, i in _consul_ids(lab).items()), signal.SIGTERM)
     assert report["interrupted"] == "consul", report["interrupted"]
     time.sleep(1)
-    assert _leftovers(lab) == {}
+    assert _leftovers(lab) == {}, _why_left(lab, report)
     _converged(cli, lab, f)
     code, st = cli.json("status", "-f", str(f))
     assert code == 0 and st["leader"], st
@@ -124,7 +135,7 @@ def test_interrupted_during_a_service_roll(cli, lab, tmp_path):
         report = _interrupt_when(cli, f, replaced_one, signal.SIGTERM)
         assert report["interrupted"] == "services", report["interrupted"]
         time.sleep(1)
-        assert _leftovers(lab) == {}
+        assert _leftovers(lab) == {}, _why_left(lab, report)
         _converged(cli, lab, f)
         for host in HOSTS:
             assert _on(lab, host, "docker ps -q --filter label=clusterctl.role=service | wc -l").strip() == "1", host

@@ -125,3 +125,63 @@ def test_the_report_names_the_phase_whose_commands_ran_not_one_that_was_reading(
         timer.cancel()
     assert report.interrupted == "filebox", report.interrupted
     assert report.ended_on == ["n1", "n2"]
+
+
+class Finishing(Step):
+    """A phase whose clean-up (`finish`) must run however its passes end (the filebox's relay)."""
+
+    def __init__(self, name: str, beside: tuple[str, ...] = ()):
+        super().__init__(name, beside)
+        self.finished: list[str] = []
+
+    def finish(self, ctx, ran):
+        import time
+
+        time.sleep(0.5)  # as the relay's removal takes a round trip
+        self.finished += sorted(ran)
+        return {}
+
+
+class Slow:
+    """Scripts that end on their own 0.5 s after they start (within the grace of an interrupt)."""
+
+    def __init__(self, name: str):
+        self.name, self.round_trips, self.bytes_sent = name, 0, 0
+
+    def run(self, command: str, timeout=None, stdin=None, watch=None) -> RunResult:
+        import time
+
+        self.round_trips += 1
+        if shlex.split(command)[2].startswith("# clusterctl probe"):
+            return RunResult(0, FIXTURE, "", 0.01)
+        time.sleep(0.5)
+        return RunResult(0, "", "", 0.5)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_ctrl_c_while_phases_run_beside_each_other_still_runs_each_ones_clean_up(monkeypatch):
+    """A real SIGINT to the main thread while it waits for the phases' threads: every phase's
+    `finish` has run when the run returns (Thread.join under Ctrl-C once let the run end first,
+    leaving the filebox's relay running on its host)."""
+    import signal
+
+    def connect(self: Manager) -> None:
+        for name in self.reports:
+            self.sessions[name] = Slow(name)  # type: ignore[assignment]
+
+    monkeypatch.setattr(Manager, "connect", connect)
+    network, filebox = Finishing("network"), Finishing("filebox", beside=("network",))
+    main = threading.main_thread().ident
+    for delay in (0.15, 0.25, 0.35):  # the signal lands at a different moment of the wait each time
+        network.finished.clear()
+        filebox.finished.clear()
+        timer = threading.Timer(delay, signal.pthread_kill, (main, signal.SIGINT))
+        timer.start()
+        try:
+            report = execute(CLUSTER, [network, filebox], {}, None, Options())  # type: ignore[arg-type]
+        finally:
+            timer.cancel()
+        assert report.interrupted, delay
+        assert network.finished == ["n1", "n2"] and filebox.finished == ["n1", "n2"], (delay, network.finished, filebox.finished)
