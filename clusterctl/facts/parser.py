@@ -237,6 +237,8 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
     info = d.get("info") or {}
     errors = info.get("ServerErrors") or []
     running = bool(info.get("ServerVersion")) and not errors
+    # The probe lists clusterctl's containers whole and of the others only their image.
+    listed = [c for c in d.get("containers") or [] if isinstance(c, dict)]
     containers = tuple(
         Container(
             id=c.get("ID", ""),
@@ -245,8 +247,10 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
             state=c.get("State", ""),
             labels=_labels(c.get("Labels", "")),
         )
-        for c in d.get("containers") or []
+        for c in listed
+        if "ForeignImage" not in c
     )
+    foreign = sorted({c["ForeignImage"] for c in listed if isinstance(c.get("ForeignImage"), str)})
     images = tuple(
         Image(
             id=i.get("Id", ""),
@@ -269,7 +273,7 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
         consul_voters=_consul_voters(d.get("consul_raft")),
         consul_checks=_consul_checks(d.get("consul_checks")),
         consul_token_missing=d.get("consul_token_missing") is True,
-        foreign_images=tuple(i for i in d.get("foreign_images") or () if isinstance(i, str)),
+        foreign_images=tuple(foreign),
     )
 
 

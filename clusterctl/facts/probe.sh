@@ -1,26 +1,37 @@
 # clusterctl probe: prints one JSON object of host facts. POSIX sh, no python needed on the host.
 # Runs read-only; one round trip per host per `up`. Docker's own JSON is embedded as it comes.
 export LC_ALL=C PATH="$PATH:/usr/sbin:/sbin:/usr/local/bin"
-js() { # JSON string from $1
-	printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/	/\\t/g' | tr -d '\000-\037')"
+js() { # JSON string from $1; no process for the common value (nothing to escape)
+	case "$1" in
+	*[\\\"]* | *[![:print:]]*) printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/	/\\t/g' | tr -d '\000-\037')" ;;
+	*) printf '"%s"' "$1" ;;
+	esac
 }
 jsonl() { # JSON array from lines of JSON objects on stdin
 	printf '['; sed -e '$!s/$/,/' | tr -d '\n'; printf ']'
 }
-osr() { # a value from /etc/os-release
-	[ -r /etc/os-release ] && sed -n "s/^$1=//p" /etc/os-release | sed -e 's/^"//' -e 's/"$//' | head -n 1
-}
+# /etc/os-release's values, read by the shell itself (the first of each key, one quote pair off).
+os_id="" os_version="" os_pretty=""
+if [ -r /etc/os-release ]; then
+	while IFS="=" read -r o_key o_value || [ -n "$o_key" ]; do
+		o_value=${o_value#\"}; o_value=${o_value%\"}
+		case "$o_key" in
+		ID) [ -n "$os_id" ] || os_id=$o_value ;;
+		VERSION_ID) [ -n "$os_version" ] || os_version=$o_value ;;
+		PRETTY_NAME) [ -n "$os_pretty" ] || os_pretty=$o_value ;;
+		esac
+	done </etc/os-release
+fi
 if [ "$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi
 root_read() { # a read of what only root may see (clusterctl keeps /etc/clusterctl 0700): as root,
 	# through sudo -n (never prompting) for another user, as this user when it has no sudo
 	if [ "$SUDO" = none ]; then "$@"; else $SUDO "$@"; fi
 }
 containers_facts() {
+	# One read: clusterctl's containers whole; of the others only the image they were made from
+	# (prune and down keep those images).
 	printf ',"containers":'
-	$SUDO docker ps -a --no-trunc --filter label=clusterctl.cluster --format '{{json .}}' 2>/dev/null | jsonl
-	# The images other containers (no clusterctl label) were made from: prune and down keep them.
-	printf ',"foreign_images":'
-	$SUDO docker ps -a --no-trunc --format '{{if not (.Label "clusterctl.cluster")}}{{json .Image}}{{end}}' 2>/dev/null | grep -v '^$' | sort -u | jsonl
+	$SUDO docker ps -a --no-trunc --format '{{if .Label "clusterctl.cluster"}}{{json .}}{{else}}{"ForeignImage":{{json .Image}}}{{end}}' 2>/dev/null | jsonl
 }
 images_facts() {
 	printf ',"images":'
@@ -33,20 +44,49 @@ images_facts() {
 		printf '[]'
 	fi
 }
-consul_facts() {
-	# The local clusterctl Consul agent's view, in one exec: raft's servers (the consul CLI, with
-	# the agent's own token from its file when ACLs deny, -stale answers without a leader; printed
-	# as {"Servers":[{"Node":..,"Voter":..}]}) and this agent's checks (BusyBox wget: hosts may
-	# lack curl; anonymous may read them). A server that restarted on its own is a non-voter until
-	# autopilot promotes it, and a replica that came back with its host is critical until its
-	# check runs: `up` waits for both, never a no-op. Raft is asked twice before it counts as
-	# unknown (a busy host's CLI can miss one timeout), since unknown means a wait. The checks are
-	# read meanwhile (in the background, into the agent container's own /tmp).
-	c_out=$($SUDO docker exec clusterctl-consul sh -c 'if [ -f /consul/config/agent.token ]; then export CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token; fi
+# Bash's /dev/tcp to the agent's HTTP API on the host's loopback (~15 ms; a docker exec and the
+# consul CLI cost ~0.5 s on a busy host). Raft is read with the agent's token: a root-only file
+# read by `cat` into bash, sent in a header by printf, a builtin: on no command line. The
+# checks, as anonymous (its policy reads them). $1 sudo, $2 the API's port, $3 the token's file.
+CONSUL_HTTP='cr=$(printf "\r")
+port=$2
+tok=$($1 cat "$3" 2>/dev/null) || tok=""
+hdr=""; [ -n "$tok" ] && hdr="X-Consul-Token: $tok$cr
+"
+get() { # $1 the path, $2 the headers
+	exec 3<>"/dev/tcp/127.0.0.1/$port" || { echo; return; }
+	printf "GET %s HTTP/1.0$cr\n%s$cr\n" "$1" "$2" >&3
+	IFS= read -r status <&3 || { echo; return; }
+	while IFS= read -r l <&3 && [ -n "${l%$cr}" ]; do :; done
+	body=$(cat <&3); exec 3<&-
+	case "$status" in
+	"HTTP/"*" 200 "*) printf "%s\n" "$body" ;;
+	*" 403 "*) case "$body" in *"ACL not found"*) echo "{\"TokenMissing\":true}" ;; esac; echo ;;
+	*) echo ;;
+	esac
+}
+get "/v1/operator/raft/configuration?stale" "$hdr"
+get /v1/agent/checks ""'
+consul_in_container() {
+	# Where the host has no bash: the same reads in the agent's container (the consul CLI with the
+	# agent's token from its file; BusyBox wget for the checks, meanwhile).
+	$SUDO docker exec clusterctl-consul sh -c 'if [ -f /consul/config/agent.token ]; then export CONSUL_HTTP_TOKEN_FILE=/consul/config/agent.token; fi
 		rm -f /tmp/.clusterctl-checks; timeout 3 wget -qO /tmp/.clusterctl-checks "$0" 2>/dev/null &
 		p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || p=$(timeout 5 consul operator raft list-peers -stale 2>&1) || { case "$p" in *"ACL not found"*) echo "{\"TokenMissing\":true}"; p="" ;; *) p="" ;; esac; }
 		printf "%s\n" "$p" | awk '"'"'NR > 1 && NF >= 5 { printf "%s{\"Node\":\"%s\",\"Voter\":%s}", (n++ ? "," : "{\"Servers\":["), $1, ($5 == "true" ? "true" : "false") } END { if (n) print "]}"; else print "" }'"'"'
-		wait; cat /tmp/.clusterctl-checks 2>/dev/null; echo' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null) || c_out=""
+		wait; cat /tmp/.clusterctl-checks 2>/dev/null; echo' 'http://127.0.0.1:8500/v1/agent/checks' 2>/dev/null
+}
+consul_facts() {
+	# The local clusterctl Consul agent's view: raft's servers (-stale answers without a leader;
+	# {"Servers":[{"Node":..,"Voter":..},..]}) and this agent's checks. A server that restarted on
+	# its own is a non-voter until autopilot promotes it, and a replica that came back with its
+	# host is critical until its check runs: `up` waits for both, never a no-op. An agent whose own
+	# token Consul does not know (ACL not found) prints {"TokenMissing":true} first.
+	if command -v bash >/dev/null 2>&1; then
+		c_out=$(timeout 5 bash -c "$CONSUL_HTTP" sh "$SUDO" 8500 /etc/clusterctl/consul/agent.token 2>/dev/null) || c_out=""
+	else
+		c_out=$(consul_in_container) || c_out=""
+	fi
 	# The agent's own token unknown to Consul: a line before raft's (see the parser).
 	case "$c_out" in '{"TokenMissing":true}'*) printf ',"consul_token_missing":true'; c_out=$(printf '%s\n' "$c_out" | sed 1d) ;; esac
 	for c_key in consul_raft consul_checks; do
@@ -68,10 +108,11 @@ printf '{"probe":1'
 printf ',"hostname":'; js "$(hostname 2>/dev/null || cat /etc/hostname)"
 printf ',"uid":%s' "$(id -u)"
 printf ',"sudo":'; js "$SUDO"
-printf ',"os":{"id":'; js "$(osr ID)"; printf ',"version_id":'; js "$(osr VERSION_ID)"
-printf ',"pretty":'; js "$(osr PRETTY_NAME)"; printf '}'
-printf ',"arch":'; js "$(uname -m)"
-printf ',"kernel":'; js "$(uname -r)"
+printf ',"os":{"id":'; js "$os_id"; printf ',"version_id":'; js "$os_version"
+printf ',"pretty":'; js "$os_pretty"; printf '}'
+set -- $(uname -rm)
+printf ',"arch":'; js "${2:-}"
+printf ',"kernel":'; js "${1:-}"
 if [ -d /run/systemd/system ]; then init=systemd; else init=other; fi
 printf ',"init":'; js "$init"
 printf ',"apt":%s' "$(command -v apt-get >/dev/null && echo true || echo false)"

@@ -74,10 +74,9 @@ def test_an_image_a_foreign_container_runs_stays():
     """A container without clusterctl's labels (someone's own `docker run clusterctl/base:..`)
     is reported by the probe only as its image (foreign_images): that image stays."""
     data = json.loads(FIXTURE.read_text())
-    data["docker"]["containers"] = []
+    data["docker"]["containers"] = [{"ForeignImage": i} for i in ("debian:12", "clusterctl/base:old", "debian:12")]
     data["docker"]["images"] = [{"Id": i, "RepoTags": t, "Labels": {"clusterctl.role": "base"}, "Layers": []}
                                 for i, t in (("sha256:baseold", ["clusterctl/base:old"]), ("sha256:b2", ["clusterctl/base:b2"]))]  # fmt: skip
-    data["docker"]["foreign_images"] = ["clusterctl/base:old", "debian:12"]
     f = parse_probe_output(json.dumps(data))
     assert f.docker.foreign_images == ("clusterctl/base:old", "debian:12")
     assert plan(f) == ["docker image rm clusterctl/base:b2"]
