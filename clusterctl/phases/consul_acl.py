@@ -161,14 +161,16 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
     last: Exception | None = None
     for name in with_acl:
         made: list[str] = []
+        made_agents: list[str] = []
         try:
             with open_api(name) as api:
-                acl = _settle_via(ctx, api, acl, directory, made)
+                acl = _settle_via(ctx, api, acl, directory, made, made_agents)
         except SecretError:
             raise
         except Exception as exc:  # noqa: BLE001 - try the next agent
             last = exc
             continue
+        resync_agents(open_api, [n for n in with_acl if n in made_agents], acl.management)
         install(path, _record(ctx, acl).encode(), replace=True)
         notes = ctx.inputs.notes + ((f"consul ACLs (via {name}): " + "; ".join(made),) if made else ())
         return replace(ctx.inputs, acl=replace(acl, settled=True), notes=notes)
@@ -193,8 +195,32 @@ def management_token(directory: Path) -> Secret | None:
     return Secret(value.decode()) if value else None
 
 
-def _settle_via(ctx: Context, api: Any, acl: ACLMaterial, directory: Path, made: list[str]) -> ACLMaterial:
-    """Bootstrap (once), policies and tokens through `api`; what it made goes into `made`."""
+def resync_agents(open_api: OpenAPI, hosts: list[str], management: Secret | None) -> None:
+    """Have each of these agents sync with the catalog now. An agent started with a token Consul
+    did not know yet (a new cluster: its token is made once it has a leader) failed its first
+    sync and waits 15-30 s before the next (Consul's anti-entropy), so its services would reach
+    the catalog only then. Setting its default token through the API (to "", as its config has
+    it: nothing persists) makes it sync at once. Best effort: the agent syncs later anyway."""
+    if not hosts or management is None:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(host: str) -> None:
+        try:
+            with open_api(host) as api:
+                api.agent.token.set("default", "", token=management)
+        except Exception:  # noqa: BLE001 - only a wait is saved
+            pass
+
+    with ThreadPoolExecutor(min(8, len(hosts))) as pool:
+        list(pool.map(one, hosts))
+
+
+def _settle_via(
+    ctx: Context, api: Any, acl: ACLMaterial, directory: Path, made: list[str], made_agents: list[str] | None = None
+) -> ACLMaterial:
+    """Bootstrap (once), policies and tokens through `api`; what it made goes into `made` (the
+    hosts whose agent token it made, into `made_agents`)."""
     import consul
 
     deadline = time.monotonic() + BOOTSTRAP_WAIT
@@ -256,6 +282,8 @@ def _settle_via(ctx: Context, api: Any, acl: ACLMaterial, directory: Path, made:
                 description=f"clusterctl agent {host}",
             )  # fmt: skip
             made.append(f"token of agent {host} made")
+            if made_agents is not None:
+                made_agents.append(host)
     for service, secret in sorted(acl.services.items()):
         if not _token_valid(api, secret):
             api.acl.token.create(

@@ -155,3 +155,96 @@ def test_an_agent_whose_token_consul_lost_is_settled_again(tmp_path):
     with pytest.raises(SecretError):
         settle(ctx, unreachable, tmp_path, dry_run=False)
     assert asked
+
+
+class FakeConsul:
+    """Consul's ACL endpoints as settle uses them, in memory: one cluster behind every agent."""
+
+    def __init__(self):
+        import consul
+
+        self.exc = consul
+        self.tokens: dict[str, str] = {}  # secret -> description
+        self.policies: dict[str, str] = {}
+        self.resynced: list[tuple[str, str, str, str]] = []  # (agent, type, secret, auth token)
+        self.bootstrapped = False
+
+    def api(self, agent: str):
+        fake = self
+
+        class NS:
+            pass
+
+        api = NS()
+        api.status = NS()
+        api.status.leader = lambda: "10.0.0.1:8300"
+        api.acl = NS()
+        api.acl.bootstrap = self._bootstrap
+        api.acl.policy = NS()
+        api.acl.policy.list = lambda token: [{"Name": n, "ID": i} for n, i in fake.policies.items()]
+        api.acl.policy.create = lambda name, **kw: {"ID": fake.policies.setdefault(name, f"p{len(fake.policies)}")}
+        api.acl.policy.update = lambda *a, **kw: None
+        api.acl.token = NS()
+        api.acl.token.update = lambda *a, **kw: None
+        api.acl.token.read_self = self._read_self
+        api.acl.token.create = lambda token, secret_id, description, **kw: fake.tokens.__setitem__(secret_id, description)
+        api.agent = NS()
+        api.agent.token = NS()
+        api.agent.token.set = lambda kind, secret, token: fake.resynced.append((agent, kind, secret, str(token)))
+        return api
+
+    def _bootstrap(self):
+        if self.bootstrapped:
+            raise self.exc.ACLPermissionDenied("ACL bootstrap no longer allowed")
+        self.bootstrapped = True
+        self.tokens["0a0a0a0a-0000-4000-8000-000000000001"] = "management"
+        return {"SecretID": "0a0a0a0a-0000-4000-8000-000000000001"}
+
+    def _read_self(self, token):
+        if str(token) not in self.tokens:
+            raise self.exc.ACLPermissionDenied("ACL not found")
+        return {}
+
+    def open_api(self, name):
+        @contextmanager
+        def opened():
+            yield self.api(name)
+
+        return opened()
+
+
+def test_agents_whose_tokens_were_just_made_are_told_to_sync_at_once(tmp_path):
+    """A new cluster: each agent ran with a token Consul did not know yet (its first catalog
+    sync failed, the next would come 15-30 s later): once the tokens exist, every such agent has
+    its default token set to "" through its own API, with the management token."""
+    ctx = ctx_for(n1=facts(2), n2=facts(2))
+    ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
+    fake = FakeConsul()
+    out = settle(ctx, fake.open_api, tmp_path, dry_run=False)
+    assert out.acl.settled and "token of agent n2 made" in out.notes[-1]
+    management = (tmp_path / MANAGEMENT_TOKEN).read_text().strip()
+    assert sorted(fake.resynced) == [("n1", "default", "", management), ("n2", "default", "", management)]
+    # Settled (the record matches): no call at all, so no sync either.
+    fake.resynced.clear()
+    ctx = Context(ctx.cluster, ctx.facts, out)
+    assert settle(ctx, _never, tmp_path, dry_run=False).acl.settled
+    # Tokens Consul holds already (a changed record, nothing made): no agent is told to sync.
+    (tmp_path / RECORD).write_text("{}")
+    settle(ctx, fake.open_api, tmp_path, dry_run=False)
+    assert fake.resynced == []
+
+
+def test_an_agent_that_cannot_be_told_to_sync_does_not_stop_the_run(tmp_path):
+    ctx = ctx_for(n1=facts(2), n2=facts(2))
+    ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
+    fake = FakeConsul()
+    calls: list[str] = []
+
+    def open_api(name):
+        calls.append(name)
+        if len(calls) > 1:  # the settling agent answers; the sync requests meet a closed tunnel
+            raise ConnectionError("tunnel closed")
+        return fake.open_api(name)
+
+    assert settle(ctx, open_api, tmp_path, dry_run=False).acl.settled
+    assert sorted(calls[1:]) == ["n1", "n2"]
