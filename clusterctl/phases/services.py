@@ -228,6 +228,9 @@ class ServicesPhase:
     # image stream, or the definitions, which carry the services' tokens); a host giving up
     # replicas that others start goes in a wave after theirs.
     passes = 3
+    # A host's loads, replicas, definitions and its agent's checks change only what its own
+    # probe shows (the catalog, which others see, is waited for inside the scripts).
+    own_facts_suffice = True
 
     def __init__(self) -> None:
         self._placement = ContextMemo(placement)

@@ -379,10 +379,11 @@ def test_up_rebalance_moves_replicas_to_a_host_that_joined_and_only_when_asked(c
     assert code == 0 and again["changed"] is False and not again["notes"], json.dumps(again, indent=1)[-3000:]
 
 
-# Requests from a BusyBox container, 10 a second: each finds hello through its SRV record.
+# Requests from a BusyBox container, 10 a second: each finds hello through its SRV record; until
+# /tmp/stop exists in the container (or $1 seconds passed).
 SRV_LOOP = """
 ok=0; bad=0; end=$(($(date +%s)+$1))
-while [ "$(date +%s)" -lt "$end" ]; do
+while [ "$(date +%s)" -lt "$end" ] && [ ! -e /tmp/stop ]; do
   set -- $(nslookup -type=srv hello.service.consul 2>/dev/null | sed -n 's/.*service = [0-9]* [0-9]* \\([0-9]*\\) \\([^ ]*\\)$/\\2 \\1/p' | head -n 1) x
   if [ "$1" != x ] && timeout 3 wget -qO- "http://${1%.}:$2/" >/dev/null 2>&1; then ok=$((ok+1)); else bad=$((bad+1)); fi
   sleep 0.1
@@ -422,14 +423,16 @@ def test_start_first_rollout_of_a_single_replica_fails_no_request(cli, lab, svc)
     f = _start_first_file(lab, svc, "sf2", second)
     loop = subprocess.Popen(
         [lab_mod.docker_cli(), "exec", "-i", lab.container("node2"), "sh", "-c",
-         'img=$(docker images clusterctl/base -q | head -n 1); docker run --rm -i --entrypoint busybox "$img" sh -c "$0" loop 45',
+         'img=$(docker images clusterctl/base -q | head -n 1); docker run --rm -i --name srv-loop --entrypoint busybox "$img" sh -c "$0" loop 90',
          SRV_LOOP],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         time.sleep(3)
         report = _up(cli, f)
-        out, err = loop.communicate(timeout=90)
+        time.sleep(3)  # requests go on a while after the old replica went
+        lab.docker("exec", lab.container("node2"), "docker", "exec", "srv-loop", "touch", "/tmp/stop", check=False)
+        out, err = loop.communicate(timeout=120)
     finally:
         loop.kill()
     message = _services(report)["node3"]["message"]
@@ -437,7 +440,7 @@ def test_start_first_rollout_of_a_single_replica_fails_no_request(cli, lab, svc)
     new = new.removeprefix("clusterctl-svc-")
     assert new != old and f"wait until {new} passes its check, else roll back to {old}" in message, message
     ok, bad = (int(part.split("=")[1]) for part in out.split())
-    assert ok > 100 and bad == 0, (out, err)
+    assert ok > 30 and bad == 0, (out, err)
     assert [rid for _, rid, _ in _catalog(cli, f)] == [new]
     code, again = cli.json("up", "-f", str(f))
     assert code == 0 and again["changed"] is False, json.dumps(again, indent=1)[-3000:]
