@@ -23,7 +23,12 @@ Optional members, all read with getattr so simple phases need none of them:
   its own script (the same round trip) and the hosts that ran nothing are not: true when a
   host's commands change only what its own probe shows. Default: true for one-pass phases;
   a multi-pass phase whose joins change the others' views (a swarm's node list) keeps false,
-  and every host is probed again after each pass;
+  and every host is probed again after each pass, unless it says which views others change:
+- watchers(ctx, changed) -> names | None: the hosts whose facts may change with what *other*
+  hosts ran in a pass (`changed`: the hosts that ran commands), e.g. a swarm's members. With
+  names, hosts read their own facts at the end of their scripts, and after a pass only the
+  watchers are probed again (those that saw another host change); with None (or no such
+  method), every host is;
 - beside(ctx) -> names: the phases right before this one that it may run at the same time as
   (it needs nothing they make, they nothing it makes): the filebox ships while the network forms.
 """
@@ -169,6 +174,25 @@ def own_facts_suffice(phase: object) -> bool:
     """See the module's docstring (`own_facts_suffice`)."""
     default = int(getattr(phase, "passes", 1)) <= 1
     return bool(getattr(phase, "own_facts_suffice", default))
+
+
+def reprobe_after_pass(phase: object, ctx: Context, changed: list[str], fresh: Mapping[str, object], alive: list[str]) -> list[str]:
+    """The hosts to probe again after a pass (see own_facts_suffice and watchers): `fresh` holds
+    the facts the changed hosts' own scripts printed."""
+    if own_facts_suffice(phase):
+        return [h for h in changed if h not in fresh]
+    fn = getattr(phase, "watchers", None)
+    watching = fn(ctx, changed) if fn is not None else None
+    if watching is None:
+        return list(alive)
+    return [h for h in alive if (h in watching and any(c != h for c in changed)) or (h in changed and h not in fresh)]
+
+
+def reads_own_facts(phase: object, ctx: Context) -> bool:
+    """Whether the phase's scripts end with the host's own probe (own_facts_suffice, or it
+    names its watchers)."""
+    fn = getattr(phase, "watchers", None)
+    return own_facts_suffice(phase) or (fn is not None and fn(ctx, ()) is not None)
 
 
 def wave(phase: object, ctx: Context, host: Host, facts: HostFacts) -> int:

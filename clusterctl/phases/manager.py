@@ -26,7 +26,8 @@ from clusterctl.phases.base import (
     PlanError,
     beside,
     independent_hosts,
-    own_facts_suffice,
+    reads_own_facts,
+    reprobe_after_pass,
     rolling,
     wave,
 )
@@ -517,7 +518,7 @@ class Manager:
                 ran.setdefault(name, []).extend(pass_plan.cmds[name])
             # Facts are re-read from the hosts, never edited by hand: when a host's commands
             # change only its own view, at the end of its own script (one round trip less).
-            own = own_facts_suffice(phase)
+            own = reads_own_facts(phase, ctx)
             fresh: dict[str, HostFacts] = {}
             results = self._apply_wave(phase, ctx, pass_plan, now, fresh if own and (more_phases_follow or n < passes - 1) else None)
             failed = False
@@ -552,10 +553,9 @@ class Manager:
             if not changed:
                 break
             if n < passes - 1 or more_phases_follow:
-                # Otherwise a later pass may depend on any host's view (a swarm manager's node
-                # list), so all are read again.
-                again = changed if own else list(self._alive())
-                self._reprobe([h for h in again if not (own and h in fresh)], phase)
+                # The hosts whose facts the pass may have changed and did not print themselves
+                # (all of them, unless the phase says whose views others change).
+                self._reprobe(reprobe_after_pass(phase, ctx, changed, fresh, self._alive()), phase)
         for name in waiting:
             steps.add(name, Step(phase.name, FAILED, f"not reached within {passes} passes"))
 

@@ -160,6 +160,11 @@ class NetworkPhase:
     def lookups(self, ctx: Context) -> dict[str, Cmd]:
         return dict(self._plan(ctx).lookups)
 
+    def watchers(self, ctx: Context, changed) -> frozenset[str] | None:  # noqa: ANN001 - host names
+        """The driver's (see phases/base.py); None when it does not say: every host is read again."""
+        fn = getattr(drivers.DRIVERS[ctx.cluster.spec.network.driver], "watchers", None)
+        return fn(ctx, changed) if fn is not None else None
+
     def wave(self, ctx: Context, host: Host, facts: HostFacts) -> int:
         return self._plan(ctx).waves.get(host.name, 0)
 

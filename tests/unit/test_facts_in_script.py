@@ -111,3 +111,34 @@ def test_a_multi_pass_phase_whose_hosts_change_the_others_views_probes_every_hos
 def test_the_last_phase_reads_no_facts_it_would_not_use(monkeypatch):
     report, log = _run(monkeypatch, [Rename()])
     assert report.ok and [h.round_trips for h in report.hosts] == [2, 2]
+
+
+def test_after_a_pass_only_the_watchers_that_saw_another_host_change_are_probed_again():
+    from clusterctl.phases.base import reads_own_facts, reprobe_after_pass
+
+    class Every:  # no word on watchers: every host is probed again
+        passes = 3
+
+    class Own:
+        passes = 3
+        own_facts_suffice = True
+
+    class Swarm:
+        passes = 3
+
+        def watchers(self, ctx, changed):
+            return frozenset({"a", "b"}) | frozenset(changed)
+
+    class Unsure(Swarm):
+        def watchers(self, ctx, changed):
+            return None
+
+    alive = ["a", "b", "c"]
+    assert reprobe_after_pass(Every(), None, ["a"], {"a": object()}, alive) == alive
+    assert reprobe_after_pass(Own(), None, ["a", "c"], {"a": object()}, alive) == ["c"]  # c printed no facts
+    # a ran alone: b (a member) saw it, a printed its own facts, c watches nothing.
+    assert reprobe_after_pass(Swarm(), None, ["a"], {"a": object()}, alive) == ["b"]
+    # a and c ran: each saw the other; c is a watcher now that it ran (it may have joined).
+    assert reprobe_after_pass(Swarm(), None, ["a", "c"], {"a": object(), "c": object()}, alive) == ["a", "b", "c"]
+    assert reprobe_after_pass(Unsure(), None, ["a"], {"a": object()}, alive) == alive
+    assert [reads_own_facts(p, None) for p in (Every(), Own(), Swarm(), Unsure())] == [False, True, True, False]

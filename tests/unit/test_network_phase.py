@@ -125,8 +125,14 @@ class World:
         self.stdins.append(stdin)
         out = []
         for line in script.splitlines()[1:]:  # after `set -e`
+            if line.startswith("sh -c '# clusterctl probe"):  # the host's own facts, last (many lines)
+                out.append(self.probe(host))
+                break
             argv = shlex.split(line)
             if argv[:2] == ["printf", STEP_MARK_SHELL + "%s\\n"]:  # a step mark, for progress output
+                continue
+            if argv[:2] == ["sh", "-c"] and "clusterctl-facts-follow" in argv[2]:  # the host's own facts follow
+                out.append("\nclusterctl-facts-follow")
                 continue
             if argv[:3] == ["docker", "swarm", "init"]:
                 assert not self.cluster_id
@@ -232,6 +238,11 @@ def test_fresh_swarm_converges_in_passes_and_tokens_stay_secret():
     order = [h for h, _ in world.scripts]
     assert order[:2] == ["node1", "node1"] and sorted(order[2:5]) == ["node1", "node2", "node3"] and order[5:] == ["node1"]
     assert "join-token" in world.scripts[1][1]
+    # Round trips: the probe; node1's init (its own facts at the end: nobody else is in a swarm
+    # yet, so no one is probed again); the token read, node1's label and the joins, then every
+    # member probed again (each saw another join); node1's labels for the others, who are
+    # probed again (their node lists changed), node1 not (its own script printed its facts).
+    assert [h.round_trips for h in report.hosts] == [6, 4, 4]
     s = steps(report)
     assert {n: st.status for n, st in s.items()} == dict.fromkeys(("node1", "node2", "node3"), "changed")
     assert [st.phase for st in report.hosts[1].steps].count("network") == 1  # one step however many passes

@@ -54,6 +54,9 @@ class NetworkDriver(Protocol):
         whole cannot have the network. `addresses`: each host's cluster address."""
         ...
 
+    # Optional: watchers(ctx, changed) -> frozenset of host names whose facts may change with what
+    # other hosts ran in a pass (phases/base.py); a driver without it has every host read again.
+
     def teardown(self, ctx: Context, facts: HostFacts) -> list[Cmd]:
         """What removes this driver's own state of this cluster from a host (its swarm, its router
         and the network it serves, its tunnel), decided from the facts: run by `down` before the

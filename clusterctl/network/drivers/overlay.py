@@ -463,6 +463,12 @@ class OverlayDriver:
     def interfaces(self, network: str) -> tuple[str, ...]:
         return ()
 
+    def watchers(self, ctx: Context, changed) -> frozenset[str]:  # noqa: ANN001 - host names
+        """Every swarm member sees the others join, leave and get labels (a manager's node list,
+        every node's remote managers): those and the hosts that just ran (and may have joined).
+        A host outside any swarm sees only what it runs itself (the first pass: one init)."""
+        return frozenset(n for n, f in ctx.facts.items() if swarm_state(f).local_node_state != "inactive") | frozenset(changed)
+
     def plan(self, ctx: Context, addresses: dict[str, str], cidr: IPv4Network) -> NetworkPlan:
         spec = ctx.cluster.spec
         choice = chosen_servers(ctx)  # swarm managers are the Consul server hosts

@@ -222,6 +222,10 @@ class RoutedDriver:
     def interfaces(self, network: str) -> tuple[str, ...]:
         return (bridge_name(network),)
 
+    def watchers(self, ctx: Context, changed) -> frozenset[str]:  # noqa: ANN001 - host names
+        """None: a host's bridge, routes and rules change only what its own probe shows."""
+        return frozenset()
+
     def plan(self, ctx: Context, addresses: dict[str, str], cidr: IPv4Network) -> NetworkPlan:
         net = ctx.cluster.spec.network
         hosts = [RoutedHost(h.name, addresses[h.name]) for h in ctx.cluster.spec.hosts if h.name in addresses]
