@@ -18,8 +18,9 @@ from clusterctl.shipping.store import image_ref
 from clusterctl.shipping.stream import load_missing_images, missing_images
 
 FILEBOX_CONTAINER_PREFIX = "clusterctl-filebox-"
-# $1 the relay container: removed should it appear within 5 s.
-RELAY_LATE = 'i=0; while [ "$i" -lt 10 ]; do sleep 0.5; docker rm -f "$1" >/dev/null 2>&1 && exit 0; i=$((i + 1)); done; exit 0'
+# $1 the relay container: removed once more a second later (`docker rm -f` succeeds whether or
+# not it exists, so there is nothing to watch for).
+RELAY_LATE = 'sleep 1; docker rm -f "$1" >/dev/null 2>&1; exit 0'
 
 
 def filebox_container_name(version: str) -> str:
@@ -92,8 +93,8 @@ class FileboxPhase:
             facts = ctx.facts.get(name)
             seen = facts is not None and facts.container(RELAY_CONTAINER) is not None
             if (started and (not removed or removed[-1] < started[-1])) or seen:
-                # Watched for a few seconds more: a `docker run` of the relay ended mid-way (a
-                # stopped run ends its remote commands) may still land in a busy engine later.
-                again = sh_args(RELAY_LATE, RELAY_CONTAINER, description="stop the relay, should it start late")
+                # Once more a second later: a `docker run` of the relay ended mid-way (a stopped
+                # run ends its remote commands) may still land in a busy engine after the first.
+                again = sh_args(RELAY_LATE, RELAY_CONTAINER, description="stop the relay once more, should it have started late")
                 out[name] = [as_root(c, facts.sudo if facts else "") for c in (*relay_cleanup_cmds(), again)]
         return out

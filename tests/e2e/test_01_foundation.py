@@ -56,8 +56,10 @@ def test_up_installs_and_starts_docker_on_bare_hosts(cli, lab, state_dir):
         assert started and len(started) == len(ended), proc.stderr[-3000:]
         assert any("apt-get" in line for line in started), started
     key = (state_dir / "clusters" / f"lab-{lab.name}" / "gossip.key").read_text().strip()
-    assert len(seen) > 30 and any("consul agent" in s for s in seen)
-    assert not any("SWMTKN" in s or key in s or "PRIVATE KEY" in s for s in seen)
+    # The ACL tokens too: the management token and each agent's (the probe reads raft with it).
+    tokens = [p.read_text().strip() for p in (state_dir / "clusters" / f"lab-{lab.name}" / "acl").glob("*.token")]
+    assert len(seen) > 30 and any("consul agent" in s for s in seen) and len(tokens) >= 4, tokens and len(tokens)
+    assert not any("SWMTKN" in s or key in s or "PRIVATE KEY" in s or any(t in s for t in tokens) for s in seen)
     assert all(s["docker"] == "changed" and s["engine"] == "ok" for s in _statuses(report).values())
     fmt = "{{.ServerVersion}} {{json .DriverStatus}}"
     for host, (version, store) in MIXED_STACKS.items():

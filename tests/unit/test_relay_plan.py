@@ -149,7 +149,7 @@ def test_finish_removes_a_relay_the_run_started_and_left():
     c = ctx(fresh())
     seed_cmds = plan(c, "n1")
     ph = FileboxPhase()
-    # Removed, and watched for 5 s more: a `docker run` ended mid-way may land late.
+    # Removed, and once more a second later: a `docker run` ended mid-way may land late.
     again = shlex.join(["sh", "-c", RELAY_LATE, "sh", "clusterctl-relay"])
     cleanup = ["docker rm -f clusterctl-relay || true", "rm -rf /var/lib/clusterctl/relay", again]
     assert {h: [x.render() for x in cmds] for h, cmds in ph.finish(c, {"n1": seed_cmds, "n2": plan(c, "n2")}).items()} == {"n1": cleanup}
