@@ -53,20 +53,23 @@ port=$2
 tok=$($1 cat "$3" 2>/dev/null) || tok=""
 hdr=""; [ -n "$tok" ] && hdr="X-Consul-Token: $tok$cr
 "
-get() { # $1 the path, $2 the headers
-	exec 3<>"/dev/tcp/127.0.0.1/$port" || { echo; return; }
+get() { # $1 the path, $2 the headers. 200: the body, 0; 403 ACL not found: a TokenMissing line, 2; else 1
+	exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
 	printf "GET %s HTTP/1.0$cr\n%s$cr\n" "$1" "$2" >&3
-	IFS= read -r status <&3 || { echo; return; }
-	while IFS= read -r l <&3 && [ -n "${l%$cr}" ]; do :; done
+	IFS= read -r -t 2 status <&3 || return 1
+	while IFS= read -r -t 2 l <&3 && [ -n "${l%$cr}" ]; do :; done
 	body=$(cat <&3); exec 3<&-
 	case "$status" in
-	"HTTP/"*" 200 "*) printf "%s\n" "$body" ;;
-	*" 403 "*) case "$body" in *"ACL not found"*) echo "{\"TokenMissing\":true}" ;; esac; echo ;;
-	*) echo ;;
+	"HTTP/"*" 200 "*) printf "%s\n" "$body"; return 0 ;;
+	*" 403 "*) case "$body" in *"ACL not found"*) echo "{\"TokenMissing\":true}"; return 2 ;; esac ;;
 	esac
+	return 1
 }
-get "/v1/operator/raft/configuration?stale" "$hdr"
-get /v1/agent/checks ""'
+# Raft is asked twice before it counts as unknown (unknown means a wait, never a no-op).
+raft=$(get "/v1/operator/raft/configuration?stale" "$hdr"); rc=$?
+if [ "$rc" = 1 ]; then sleep 0.3; raft=$(get "/v1/operator/raft/configuration?stale" "$hdr"); rc=$?; fi
+case "$rc" in 0) printf "%s\n" "$raft" ;; 2) printf "%s\n\n" "$raft" ;; *) echo ;; esac
+checks=$(get /v1/agent/checks "") && printf "%s\n" "$checks" || echo'
 consul_in_container() {
 	# Where the host has no bash: the same reads in the agent's container (the consul CLI with the
 	# agent's token from its file; BusyBox wget for the checks, meanwhile).

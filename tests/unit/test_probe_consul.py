@@ -26,7 +26,8 @@ def _part(name: str) -> str:
 
 
 class Agent:
-    """Answers like Consul's HTTP API: `answers` by path -> (status, body); records each request."""
+    """Answers like Consul's HTTP API: `answers` by path -> (status, body), or a list of them
+    given in turn (the last one again after); records each request."""
 
     def __init__(self, answers: dict[str, tuple[int, str]]):
         self.requests: list[tuple[str, str | None]] = []
@@ -35,7 +36,10 @@ class Agent:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
                 agent.requests.append((self.path, self.headers.get("X-Consul-Token")))
-                status, body = answers.get(self.path, (404, "not found"))
+                answer = answers.get(self.path, (404, "not found"))
+                if isinstance(answer, list):
+                    answer = answer.pop(0) if len(answer) > 1 else answer[0]
+                status, body = answer
                 self.send_response(status)
                 self.end_headers()
                 self.wfile.write(body.encode())
@@ -98,6 +102,18 @@ def test_an_agent_token_consul_does_not_know_is_reported(tmp_path, agent_with, b
     d = _run(tmp_path, agent.port, "old-token")
     assert d["consul_raft"] is None and d.get("consul_token_missing", False) is missing
     assert d["consul_checks"] == CHECKS
+
+
+def test_raft_is_asked_twice_before_it_counts_as_unknown(tmp_path, agent_with):
+    raft = "/v1/operator/raft/configuration?stale"
+    agent = agent_with({raft: [(500, "rpc error"), (200, json.dumps(RAFT))], "/v1/agent/checks": (200, "{}")})
+    d = _run(tmp_path, agent.port, "t")
+    assert d["consul_raft"]["Servers"][0]["Node"] == "node1" and d["consul_checks"] == {}
+    assert [p for p, _ in agent.requests] == [raft, raft, "/v1/agent/checks"]
+    agent = agent_with({raft: (500, "rpc error"), "/v1/agent/checks": (200, "{}")})
+    d = _run(tmp_path, agent.port, "t")
+    assert d["consul_raft"] is None and d["consul_checks"] == {}
+    assert [p for p, _ in agent.requests] == [raft, raft, "/v1/agent/checks"]
 
 
 def test_other_answers_are_unknown(tmp_path, agent_with):
