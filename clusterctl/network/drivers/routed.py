@@ -223,7 +223,7 @@ class RoutedDriver:
         return (bridge_name(network),)
 
     def watchers(self, ctx: Context, changed) -> frozenset[str]:  # noqa: ANN001 - host names
-        """None: a host's bridge, routes and rules change only what its own probe shows."""
+        """Nobody: a host's bridge, routes and rules change only what its own probe shows."""
         return frozenset()
 
     def plan(self, ctx: Context, addresses: dict[str, str], cidr: IPv4Network) -> NetworkPlan:
