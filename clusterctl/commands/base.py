@@ -18,8 +18,10 @@ class Cmd:
     # Tolerate failure (e.g. "remove if present"); the script goes on.
     check: bool = True
     # Fed to this command's stdin: bytes (secrets stay off command lines), or a stream source
-    # with write_to(write) and describe() (image archives). One per Script.
+    # with write_to(write) and describe() (image archives). One per Script, but for commands
+    # that read exactly len(stdin) bytes of it (`stdin_bounded`): those come first, in order.
     stdin: object | None = field(default=None, repr=False, compare=False)
+    stdin_bounded: bool = False
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -65,12 +67,17 @@ class Script:
     cmds: tuple[Cmd, ...]
 
     def __post_init__(self) -> None:
-        if sum(c.stdin is not None for c in self.cmds) > 1:
-            raise ValueError("a Script can feed stdin to one command only")
+        fed = [c for c in self.cmds if c.stdin is not None]
+        # The script's commands share one stdin: each but the last must stop at its own bytes.
+        if any(not c.stdin_bounded for c in fed[:-1]):
+            raise ValueError("a Script can feed stdin to one command only, after those that read a bounded part")
 
     @property
     def stdin(self) -> object | None:
-        return next((c.stdin for c in self.cmds if c.stdin is not None), None)
+        fed = [c.stdin for c in self.cmds if c.stdin is not None]
+        if not fed:
+            return None
+        return fed[0] if len(fed) == 1 else ChainedStdin(tuple(fed))
 
     def render(self, marked: bool = False) -> str:
         """`marked`: each command is preceded by a step mark on stderr (STEP_MARK, its index), so
@@ -124,3 +131,20 @@ class StepMarks:
             buf = buf[end + 1 :]
             if index.isdigit():
                 self.on_step(int(index))
+
+
+@dataclass(frozen=True)
+class ChainedStdin:
+    """Several commands' stdin, one after another on the script's one stdin."""
+
+    parts: tuple[object, ...]
+
+    def describe(self) -> str:
+        return "; ".join(getattr(p, "describe", lambda p=p: f"{len(p)} bytes, not shown")() for p in self.parts)  # type: ignore[arg-type, misc]
+
+    def write_to(self, write) -> None:  # noqa: ANN001 - a bytes sink
+        for part in self.parts:
+            if isinstance(part, (bytes, bytearray)):
+                write(bytes(part))
+            else:
+                part.write_to(write)  # type: ignore[attr-defined]

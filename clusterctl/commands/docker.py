@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 
 from clusterctl.commands.base import Cmd, sh, sh_args
 
@@ -16,7 +17,7 @@ def as_root(cmd: Cmd, sudo: str | None) -> Cmd:
     """Prefix with `sudo -n` when the SSH user is not root (sudo is "" for root)."""
     if not sudo:
         return cmd
-    return Cmd(tuple(sudo.split()) + cmd.argv, cmd.description, cmd.check, stdin=cmd.stdin)
+    return replace(cmd, argv=tuple(sudo.split()) + cmd.argv)
 
 
 def install_package() -> Cmd:
@@ -58,12 +59,13 @@ def start_engine(systemd: bool) -> Cmd:
 
 
 def wait_for_engine(timeout: float) -> Cmd:
-    """Poll `docker info` until the engine answers; fail with its last error."""
+    """Poll `docker info` until the engine answers; fail with its last error. Every 0.1 s: a
+    restart's engine answers within a second or so, and each poll is one short CLI call."""
     return sh_args(
         'i=0; while ! err=$(docker info 2>&1 >/dev/null); do '
         'i=$((i+1)); if [ "$i" -ge "$1" ]; then echo "docker did not answer within $2s:" >&2; '
-        'printf "%s\\n" "$err" | tail -n 2 >&2; exit 1; fi; sleep 0.5; done',
-        str(max(1, int(timeout * 2))),
+        'printf "%s\\n" "$err" | tail -n 2 >&2; exit 1; fi; sleep 0.1; done',
+        str(max(1, int(timeout * 10))),
         f"{timeout:g}",
         description="wait until `docker info` answers",
     )

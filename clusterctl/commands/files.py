@@ -87,6 +87,10 @@ def write_secrets(directory: str, files: dict[str, bytes], description: str = ""
 
 
 def write_secret_tree(root: str, files: dict[str, bytes], description: str = "") -> Cmd:
-    """Files at paths relative to `root` from stdin, 0600, in one command (one stdin a script)."""
-    cmd = sh_args(WRITE_TREE, root, description=description or f"write {', '.join(sorted(files))} under {root}")
-    return Cmd(cmd.argv, cmd.description, cmd.check, stdin=SecretFiles(files, nested=True))
+    """Files at paths relative to `root` from stdin, 0600, in one command. It reads exactly its
+    bundle's bytes (`head -c`: tar reads ahead), so a later command of the script can read what
+    follows on the same stdin (an image stream)."""
+    bundle = SecretFiles(files, nested=True)
+    script = WRITE_TREE.replace('tar -x -o -C "$t" -f -', 'head -c "$2" | tar -x -o -C "$t" -f -')
+    cmd = sh_args(script, root, str(len(bundle)), description=description or f"write {', '.join(sorted(files))} under {root}")
+    return Cmd(cmd.argv, cmd.description, cmd.check, stdin=bundle, stdin_bounded=True)

@@ -287,30 +287,71 @@ def wait_registered(rids: list[str], node: str, timeout: float = CATALOG_WAIT) -
     return _wait_catalog(rids, node, True, timeout, f"wait until the catalog hands out {', '.join(rids)}")
 
 
+# The agent's HTTP API on the host's loopback through bash's /dev/tcp: a few ms a request, where
+# a `docker exec` of BusyBox wget in the agent's container costs ~0.1 s on a busy host (hosts
+# without bash poll that way still). `get PATH`: $status (the status line), $index (its
+# X-Consul-Index), $body; 1 when nothing answered. $AGENT_PORT: the API's port.
+AGENT_GET_BASH = (
+    'printf -v cr "\\r"; '
+    'get() { status="" index="" body=""; exec 3<>"/dev/tcp/127.0.0.1/$AGENT_PORT" || return 1; '
+    'printf "GET %s HTTP/1.0$cr\\n$cr\\n" "$1" >&3; IFS= read -r -t 5 status <&3 || { exec 3<&-; return 1; }; '
+    'while IFS= read -r -t 5 l <&3; do l=${l%$cr}; [ -z "$l" ] && break; '
+    'case "$l" in [Xx]-[Cc]onsul-[Ii]ndex:*) index=${l#*: } ;; esac; done; body=$(cat <&3); exec 3<&-; }; '
+)
+AGENT_PORT = 8500
+
+# The catalog wait in bash: a blocking query on the node's catalog entry (answers as soon as it
+# changes, or after 2 s), so the wait ends when the agent's sync lands instead of at a poll.
+# $1 node, $2 want (1: listed), $3 seconds, the rest: the replicas (service IDs).
+_WAIT_CATALOG_BASH = AGENT_GET_BASH + (
+    'node=$1 want=$2 secs=${3%.*}; shift 3; end=$((SECONDS + ${secs:-0} + 1)); at=0; while :; do '
+    'if get "/v1/catalog/node/$node?index=$at&wait=2s" 2>/dev/null && case "$status" in *" 200 "*) true ;; *) false ;; esac; then '
+    'left=""; for r in "$@"; do case "$body" in *"\\"ID\\":\\"$r\\""*) [ "$want" = 1 ] || left="$left $r" ;; *) [ "$want" = 1 ] && left="$left $r" ;; esac; done; '
+    '[ -z "$left" ] && exit 0; '
+    # A new index blocks until the next change; one that went back (a new leader) starts over.
+    'case "$index" in ""|*[!0-9]*) at=0; sleep 0.1 ;; *) if [ "$index" -gt "$at" ]; then at=$index; elif [ "$index" -lt "$at" ]; then at=0; fi ;; esac; '
+    'else left=" (its agent did not answer)"; sleep 0.2; fi; '
+    'if [ "$SECONDS" -ge "$end" ]; then '
+    'if [ "$want" = 1 ]; then echo "the catalog does not list$left on $node after ${secs}s" >&2; else echo "the catalog still lists$left on $node after ${secs}s" >&2; fi; '
+    'exit 1; fi; done'
+)
+
+
 def _wait_catalog(rids: list[str], node: str, present: bool, timeout: float, description: str) -> Cmd:
     return sh_args(
-        'n=$1 node=$2 tries=$3 after=$4 want=$5; shift 5; i=0; while :; do '
+        'n=$1 node=$2 tries=$3 after=$4 want=$5 port=$6 fast=$7; shift 7; '
+        'if command -v bash >/dev/null 2>&1; then AGENT_PORT=$port exec bash -c "$fast" bash "$node" "$want" "$after" "$@"; fi; '
+        'i=0; while :; do '
         'if out=$(docker exec "$n" timeout 3 wget -qO- "http://127.0.0.1:8500/v1/catalog/node/$node" 2>/dev/null); then '
         'left=""; for r in "$@"; do case "$out" in *"\\"ID\\":\\"$r\\""*) [ "$want" = 1 ] || left="$left $r" ;; *) [ "$want" = 1 ] && left="$left $r" ;; esac; done; '
         '[ -z "$left" ] && exit 0; else left=" (its agent did not answer)"; fi; '
         'i=$((i+1)); if [ "$i" -ge "$tries" ]; then '
         'if [ "$want" = 1 ]; then echo "the catalog does not list$left on $node after ${after}s" >&2; else echo "the catalog still lists$left on $node after ${after}s" >&2; fi; '
         'exit 1; fi; sleep 0.2; done',
-        CONSUL_CONTAINER, node, str(max(1, int(timeout * 5))), f"{timeout:g}", "1" if present else "0", *rids,
+        CONSUL_CONTAINER, node, str(max(1, int(timeout * 5))), f"{timeout:g}", "1" if present else "0", str(AGENT_PORT), _WAIT_CATALOG_BASH, *rids,
         description=description,
     )  # fmt: skip
+
+
+# The health wait in bash (AGENT_GET_BASH), every 0.1 s: $1 the replica, $2 seconds; 0 once it passes.
+_WAIT_HEALTHY_BASH = AGENT_GET_BASH + (
+    'end=$((SECONDS + ${2%.*} + 1)); while [ "$SECONDS" -lt "$end" ]; do '
+    'get "/v1/agent/health/service/id/$1" 2>/dev/null && case "$status" in *" 200 "*) exit 0 ;; esac; sleep 0.1; done; exit 1'
+)
 
 
 def wait_healthy(rid: str, timeout: float) -> Cmd:
     """Until the host's agent reports the replica's checks passing (the endpoint answers 200
     only then; BusyBox wget fails on its 503)."""
     return sh_args(
+        'if command -v bash >/dev/null 2>&1; then AGENT_PORT=$6 bash -c "$7" bash "$2" "$4" && exit 0; '
+        'echo "$2 is not healthy after $4s; its last output:" >&2; docker logs --tail 5 "$5" >&2; exit 1; fi; '
         'i=0; while :; do '
         'if docker exec "$1" timeout 3 wget -qO /dev/null "http://127.0.0.1:8500/v1/agent/health/service/id/$2" 2>/dev/null; then exit 0; fi; '
         'i=$((i+1)); '
         'if [ "$i" -ge "$3" ]; then echo "$2 is not healthy after $4s; its last output:" >&2; docker logs --tail 5 "$5" >&2; exit 1; fi; '
         "sleep 0.5; done",
-        CONSUL_CONTAINER, rid, str(max(1, int(timeout * 2))), f"{timeout:g}", container_name(rid),
+        CONSUL_CONTAINER, rid, str(max(1, int(timeout * 2))), f"{timeout:g}", container_name(rid), str(AGENT_PORT), _WAIT_HEALTHY_BASH,
         description=f"wait until consul reports {rid} healthy",
     )  # fmt: skip
 

@@ -136,6 +136,23 @@ def node_demote(node_ids: Sequence[str]) -> Cmd:
     return Cmd(("docker", "node", "demote", *(_node_id(n) for n in node_ids)), "demote nodes to workers")
 
 
+# A manager's own node labels right after it initialised or joined (its node ID only known then):
+# a node that just joined may not reach raft's leader for a moment, so a few tries.
+LABEL_SELF = (
+    'id=$(docker info --format "{{.Swarm.NodeID}}") && [ -n "$id" ] || { echo "no swarm node ID" >&2; exit 1; }; i=0; '
+    'until out=$(docker node update "$@" "$id" 2>&1 >/dev/null); do i=$((i+1)); '
+    'if [ "$i" -ge 20 ]; then printf "%s\\n" "$out" >&2; exit 1; fi; sleep 0.2; done'
+)
+
+
+def label_self(labels: Mapping[str, str]) -> Cmd:
+    """This manager node's labels (`docker node update` on its own node ID, as `docker info` tells it)."""
+    args: list[str] = []
+    for key in sorted(labels):
+        args += ["--label-add", f"{key}={labels[key]}"]
+    return sh_args(LABEL_SELF, *args, description="set this node's labels")
+
+
 def node_update_labels(node_id: str, labels: Mapping[str, str]) -> Cmd:
     argv = ["docker", "node", "update"]
     for key in sorted(labels):

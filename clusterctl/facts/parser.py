@@ -233,11 +233,25 @@ def _epoch(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _docker(d: dict[str, Any]) -> DockerFacts:
-    info = d.get("info") or {}
-    errors = info.get("ServerErrors") or []
-    running = bool(info.get("ServerVersion")) and not errors
-    # The probe lists clusterctl's containers whole and of the others only their image.
+def _containers(d: dict[str, Any]) -> tuple[tuple[Container, ...], list[str]]:
+    """clusterctl's containers, and the images of the others (kept by prune and down). From the
+    API (`containers_api`: every container whole, the others' details dropped here) or from the
+    CLI (`docker ps` lists clusterctl's whole and of the others only their image)."""
+    if isinstance(d.get("containers_api"), list):
+        ours, foreign = [], set()
+        for c in d["containers_api"]:
+            if not isinstance(c, dict):
+                continue
+            labels = c.get("Labels") if isinstance(c.get("Labels"), dict) else {}
+            if not labels.get("clusterctl.cluster"):
+                if isinstance(c.get("Image"), str):
+                    foreign.add(c["Image"])
+                continue
+            names = [n.lstrip("/") for n in c.get("Names") or [] if isinstance(n, str)]
+            # A legacy link adds "/other/alias"; the container's own name has no slash.
+            name = next((n for n in names if "/" not in n), names[0] if names else "")
+            ours.append(Container(id=c.get("Id", ""), name=name, image=c.get("Image", ""), state=c.get("State", ""), labels=labels))
+        return tuple(ours), sorted(foreign)
     listed = [c for c in d.get("containers") or [] if isinstance(c, dict)]
     containers = tuple(
         Container(
@@ -250,17 +264,26 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
         for c in listed
         if "ForeignImage" not in c
     )
-    foreign = sorted({c["ForeignImage"] for c in listed if isinstance(c.get("ForeignImage"), str)})
+    return containers, sorted({c["ForeignImage"] for c in listed if isinstance(c.get("ForeignImage"), str)})
+
+
+def _docker(d: dict[str, Any]) -> DockerFacts:
+    info = d.get("info") or {}
+    errors = info.get("ServerErrors") or []
+    running = bool(info.get("ServerVersion")) and not errors
+    containers, foreign = _containers(d)
     images = tuple(
         Image(
             id=i.get("Id", ""),
             repo_tags=tuple(i.get("RepoTags") or ()),
-            labels=dict(i.get("Labels") or {}),
+            # The CLI's template puts Config.Labels at the top; the API leaves it in Config.
+            labels=dict(i.get("Labels") or (i.get("Config") or {}).get("Labels") or {}),
             # RootFS can be {} on the containerd store (layer blobs absent): no layers known.
             layers=tuple((i.get("RootFS") or {}).get("Layers") or i.get("Layers") or ()),
             size=int(i.get("Size") or 0),
         )
-        for i in d.get("images") or []
+        # In the CLI's order (by ID) whichever way they were read.
+        for i in sorted((i for i in d.get("images") or [] if isinstance(i, dict)), key=lambda i: str(i.get("Id", "")))
     )
     return DockerFacts(
         cli=d.get("cli") or None,
@@ -334,6 +357,26 @@ def _consul_voters(raft: Any) -> dict[str, bool] | None:
     return {str(s.get("Node", "")): bool(s.get("Voter")) for s in raft["Servers"] if isinstance(s, dict)}
 
 
+def _network_block(docker: dict[str, Any]) -> dict[str, Any]:
+    """The probe's network block, with what the API path read apart from it (its networks, swarm
+    nodes and Weave's images) merged in, in the CLI's shapes."""
+    block = dict(docker.get("network") or {}) if isinstance(docker.get("network"), dict) else {}
+    api = docker.get("network_api")
+    if isinstance(api, dict):
+        # In the CLI's order: networks by name, nodes by hostname.
+        nets, nodes = api.get("networks"), api.get("swarm_nodes")
+        block["networks"] = sorted((n for n in nets if isinstance(n, dict)), key=lambda n: str(n.get("Name", ""))) if isinstance(nets, list) else None
+        block["swarm_nodes"] = sorted(
+            (n for n in nodes if isinstance(n, dict)), key=lambda n: str((n.get("Description") or {}).get("Hostname", ""))
+        ) if isinstance(nodes, list) else None
+        # Image summaries -> "repository:tag" of the weaveworks/* tags, as `docker images` lists them.
+        summaries = api.get("weave_images_api")
+        block["weave_images"] = [
+            t for i in summaries if isinstance(i, dict) for t in i.get("RepoTags") or [] if isinstance(t, str) and t.startswith("weaveworks/")
+        ] if isinstance(summaries, list) else []
+    return block
+
+
 def parse_probe_output(text: str) -> HostFacts:
     try:
         data = json.loads(text)
@@ -370,7 +413,5 @@ def parse_probe_output(text: str) -> HostFacts:
         memory=(_epoch(data.get("mem_kb")) or 0) * 1024 or None,
         listening=_ports(data.get("listening")),
         managed_files={f["path"]: f["sha256"] for f in data.get("managed_files") or [] if "path" in f},
-        network=parse_network_probe(
-            (data.get("docker") or {}).get("network"), [r.get("route", "") for r in data.get("routes") or []]
-        ),
+        network=parse_network_probe(_network_block(data.get("docker") or {}), [r.get("route", "") for r in data.get("routes") or []]),
     )

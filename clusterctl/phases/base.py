@@ -87,6 +87,9 @@ class Inputs:
     rebalance: bool = False
     # The hosts the operator reaches with no bastion or ProxyCommand between (filebox.relay auto).
     direct_ssh: frozenset[str] = frozenset()
+    # Hosts whose facts an operator-side step just changed (e.g. their Consul agent's token now
+    # exists, so their probe reads raft): probed again before the phase plans (then emptied).
+    reprobe: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.gossip_key is not None and not isinstance(self.gossip_key, Secret):

@@ -173,7 +173,9 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
         resync_agents(open_api, [n for n in with_acl if n in made_agents], acl.management)
         install(path, _record(ctx, acl).encode(), replace=True)
         notes = ctx.inputs.notes + ((f"consul ACLs (via {name}): " + "; ".join(made),) if made else ())
-        return replace(ctx.inputs, acl=replace(acl, settled=True), notes=notes)
+        # An agent whose token was just made: its probe could not read raft; now it can.
+        unread = frozenset(n for n in made_agents if ctx.facts[n].docker.consul_voters is None)
+        return replace(ctx.inputs, acl=replace(acl, settled=True), notes=notes, reprobe=ctx.inputs.reprobe | unread)
     raise SecretError(f"consul ACLs: could not reach any agent of cluster {ctx.cluster.name!r} to set them up: {last}")
 
 

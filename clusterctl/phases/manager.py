@@ -444,6 +444,11 @@ class Manager:
                 self.inputs = settle(self.context(), self.consul_api)
             except UserError as exc:
                 return str(exc)
+            if self.inputs.reprobe:
+                alive = set(self._alive())
+                names = [n for n in self.reports if n in self.inputs.reprobe and n in alive]
+                self.inputs = replace(self.inputs, reprobe=frozenset())
+                self._reprobe(names, phase)
         return self.check(phase)
 
     def _plan_pass(self, phase: Phase, ctx: Context, steps: PhaseSteps) -> PassPlan:

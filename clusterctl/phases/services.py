@@ -339,8 +339,6 @@ class ServicesPhase:
         staged_left = sorted(path for path in facts.managed_files if path.startswith(build.PASSING_DIR + "/"))
         apps = tuple({r.service: app for r in wanted if (app := ctx.inputs.apps.get(r.service)) is not None}.values())
         loads = [load] if apps and (load := load_missing_images(apps, facts)) is not None else []
-        if loads and (write or env_writes):  # images first, in a pass of their own; the rest once they are there
-            return [as_root(c, facts.sudo) for c in loads]
         cmds: list[Cmd] = []
         # The previous version a rollout kept (`clusterctl rollback`) stays while its service runs
         # here and until the next rollout of the service keeps its own; a definition kept
@@ -374,7 +372,6 @@ class ServicesPhase:
             cmds.append(Cmd(("rm", "-f", *stale_env), "remove the secret env of services gone from this host"))
         if staged_left:
             cmds.append(Cmd(("rm", "-rf", build.PASSING_DIR), "remove the definitions an earlier run left staged"))
-        cmds += loads
         if write or env_writes:
             # One stdin: definitions (with their tokens) and env files, before the replicas run
             # (docker reads the env file when it creates the container); loaded once they run.
@@ -390,6 +387,8 @@ class ServicesPhase:
             if env_writes:
                 what.append(f"write the secret env of {', '.join(sorted(env_writes))} (0600)")
             cmds.append(write_secret_tree(build.ROOT, files, "; ".join(what)))
+        # After the definitions: they read a bounded part of the script's stdin, the images the rest.
+        cmds += loads
         for r in start:
             c = current.get(r.id)
             if c is not None and c.labels.get("clusterctl.config") == r.digest() and r.service not in env_writes:

@@ -15,7 +15,7 @@ import yaml
 
 from clusterctl.lab import lab as lab_mod
 from clusterctl.lock import cluster_lock
-from tests.e2e.conftest import MIXED_STACKS, watching_processes
+from tests.e2e.conftest import MIXED_STACKS, on_all, watching_processes
 
 pytestmark = __import__("pytest").mark.e2e
 
@@ -76,6 +76,46 @@ def test_second_up_changes_nothing_in_one_round_trip(cli, lab):
     for host in report["hosts"]:
         assert host["round_trips"] == 1
         assert all(p["changed"] is False for p in host["phases"])
+
+
+def _comparable(facts) -> dict:
+    """Facts as data, without what differs from one read to the next (the engine's clock, the
+    order of its remote managers) or between the two ways (the CLI's own ClientInfo)."""
+    import dataclasses
+
+    d = dataclasses.asdict(facts)
+    info = d["docker"]["info"]
+    for key in ("SystemTime", "ClientInfo", "NFd", "NGoroutines", "NEventsListener"):  # the engine's clock and counters
+        info.pop(key, None)
+    swarm = info.get("Swarm") or {}
+    swarm["RemoteManagers"] = sorted(swarm.get("RemoteManagers") or [], key=lambda m: m.get("NodeID", ""))
+    (d["network"]["blocks"].get("wireguard") or {}).pop("now", None)  # the host's clock
+    return d
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    """Where two nested values differ, as paths (a failure names them)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _differences(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {str(a)[:120]!r} != {str(b)[:120]!r}"]
+
+
+def test_the_probe_reads_the_same_facts_from_dockers_api_as_from_its_cli(cli, lab):
+    """Docker's API on its socket by curl where the CLI would reach the same engine; by the CLI
+    where DOCKER_HOST is set (here to the same socket): on every host of the converged cluster
+    (swarm managers, Consul, replicas) the very same facts."""
+    from clusterctl.facts.parser import parse_probe_output, probe_script
+
+    by_api = on_all(cli, lab.cluster_file, probe_script())
+    by_cli = on_all(cli, lab.cluster_file, "DOCKER_HOST=unix:///var/run/docker.sock; export DOCKER_HOST\n" + probe_script())
+    assert sorted(by_api) == sorted(by_cli) == ["node1", "node2", "node3"]
+    for host in by_api:
+        assert '"containers_api":' in by_api[host] and '"containers_api":' not in by_cli[host]
+        api, via_cli = parse_probe_output(by_api[host]), parse_probe_output(by_cli[host])
+        assert api.docker.running and api.docker.containers and api.docker.images and api.network.swarm_nodes
+        assert not _differences(_comparable(api), _comparable(via_cli)), (host, _differences(_comparable(api), _comparable(via_cli)))
 
 
 def test_garbage_nameserver_lines_are_skipped_and_named_without_a_traceback(cli, lab):

@@ -154,11 +154,12 @@ def test_overlay_containers_reach_each_other_across_hosts(cli, lab, tmp_path, bu
     assert code == 0
     cmds = {n: s["commands"] for n, s in _network(plan).items()}
     assert cmds["node1"][0].startswith("docker swarm init --advertise-addr ")
-    assert cmds["node3"][-1].endswith("# stdin: <manager token of node1>")
+    # node3 joins as a manager, then labels its own node.
+    assert cmds["node3"][-2].endswith("# stdin: <manager token of node1>") and "Swarm.NodeID" in cmds["node3"][-1]
     report = _up(cli, f)
     assert {n: s["status"] for n, s in _network(report).items()} == dict.fromkeys(("node1", "node2", "node3"), "changed")
     assert "SWMTKN" not in json.dumps(report)
-    assert "not shown" in _network(report)["node3"]["commands"][-1]
+    assert "not shown" in _network(report)["node3"]["commands"][-2]
     server, client, body, log = _serve_and_fetch(lab)
     assert body == PAGE.decode()
     assert ipaddress.ip_address(server) in CIDR and ipaddress.ip_address(client) in CIDR

@@ -38,7 +38,7 @@ def test_docker_builders():
     assert "apt-get install -y -q --no-install-recommends" in install and "--force-confold" in install
     assert build.as_root(Cmd(("service", "docker", "start")), "sudo -n").render() == "sudo -n service docker start"
     assert build.as_root(Cmd(("true",)), "").render() == "true"
-    assert build.wait_for_engine(30).argv[-2:] == ("60", "30")
+    assert build.wait_for_engine(30).argv[-2:] == ("300", "30")  # polled every 0.1 s
 
 
 def _facts(**docker):

@@ -2,6 +2,7 @@
 agent's ACL settings, the tokens made once, and a settled cluster costing no call to Consul."""
 
 import json
+from dataclasses import replace
 import stat
 from contextlib import contextmanager
 
@@ -224,14 +225,16 @@ def test_agents_whose_tokens_were_just_made_are_told_to_sync_at_once(tmp_path):
     assert out.acl.settled and "token of agent n2 made" in out.notes[-1]
     management = (tmp_path / MANAGEMENT_TOKEN).read_text().strip()
     assert sorted(fake.resynced) == [("n1", "default", "", management), ("n2", "default", "", management)]
+    # Their probes could not read raft (their tokens did not exist): probed again before the phase plans.
+    assert ctx.facts["n1"].docker.consul_voters is None and out.reprobe == {"n1", "n2"}
     # Settled (the record matches): no call at all, so no sync either.
     fake.resynced.clear()
-    ctx = Context(ctx.cluster, ctx.facts, out)
+    ctx = Context(ctx.cluster, ctx.facts, replace(out, reprobe=frozenset()))  # as the manager leaves it
     assert settle(ctx, _never, tmp_path, dry_run=False).acl.settled
     # Tokens Consul holds already (a changed record, nothing made): no agent is told to sync.
     (tmp_path / RECORD).write_text("{}")
-    settle(ctx, fake.open_api, tmp_path, dry_run=False)
-    assert fake.resynced == []
+    again = settle(ctx, fake.open_api, tmp_path, dry_run=False)
+    assert fake.resynced == [] and again.reprobe == frozenset()
 
 
 def test_an_agent_that_cannot_be_told_to_sync_does_not_stop_the_run(tmp_path):

@@ -142,3 +142,26 @@ def test_after_a_pass_only_the_watchers_that_saw_another_host_change_are_probed_
     assert reprobe_after_pass(Swarm(), None, ["a", "c"], {"a": object(), "c": object()}, alive) == ["a", "b", "c"]
     assert reprobe_after_pass(Unsure(), None, ["a"], {"a": object()}, alive) == alive
     assert [reads_own_facts(p, None) for p in (Every(), Own(), Swarm(), Unsure())] == [False, True, True, False]
+
+
+def test_hosts_an_operator_side_step_changed_are_probed_again_before_the_phase_plans(monkeypatch):
+    """E.g. Consul's ACL settle made an agent's token: that host's probe reads raft now. Probed
+    once more (n2 only), before the phase plans from its facts; not again on the next pass."""
+    from dataclasses import replace
+
+    log: list = []
+    seen = Seen()
+    calls = []
+
+    def settle(ctx, consul_api):
+        calls.append(len(log))
+        return replace(ctx.inputs, reprobe=frozenset({"n2"}) if len(calls) == 1 else frozenset())
+
+    def connect(self: Manager) -> None:
+        for name in self.reports:
+            self.sessions[name] = Host(name, log)  # type: ignore[assignment]
+
+    monkeypatch.setattr(Manager, "connect", connect)
+    report = execute(CLUSTER, [seen], {}, None, Options(), settle={"seen": settle})  # type: ignore[arg-type]
+    assert report.ok and calls == [2]
+    assert sorted(log[:2]) == [("n1", "probe"), ("n2", "probe")] and log[2:] == [("n2", "probe")]

@@ -151,6 +151,12 @@ class World:
             elif argv[:2] == ["sh", "-c"] and "join-token" in argv[2]:
                 assert self.members.get(host) == "manager"
                 out += [TOKENS["worker"], TOKENS["manager"]]
+            elif argv[:2] == ["sh", "-c"] and "Swarm.NodeID" in argv[2] and "docker node update" in argv[2]:
+                assert self.members.get(host) == "manager"  # a worker cannot update nodes
+                for i, a in enumerate(argv):
+                    if a == "--label-add":
+                        k, v = argv[i + 1].split("=", 1)
+                        self.labels.setdefault(host, {})[k] = v
             elif argv[:3] == ["docker", "node", "update"]:
                 node = argv[-1]
                 target = next(h for h in self.members if self.node_id(h) == node)
@@ -222,7 +228,8 @@ def test_dry_run_shows_init_and_joins_with_placeholders_and_sends_only_the_probe
     assert s["node1"].status == "planned" and s["node1"].commands[0].startswith("docker swarm init --advertise-addr 10.77.0.11")
     assert s["node3"].commands == [
         shlex.join(["sh", "-c", swarm_build.JOIN, "sh"]) + " --advertise-addr 10.77.0.13 "
-        "--listen-addr 10.77.0.13:2377 10.77.0.11:2377  # stdin: <manager token of node1>"
+        "--listen-addr 10.77.0.13:2377 10.77.0.11:2377  # stdin: <manager token of node1>",
+        shlex.join(["sh", "-c", swarm_build.LABEL_SELF, "sh", "--label-add", "clusterctl.host=node3"]),
     ]
 
 
@@ -233,16 +240,18 @@ def test_fresh_swarm_converges_in_passes_and_tokens_stay_secret():
     assert world.members == {"node1": "manager", "node2": "manager", "node3": "worker"}
     assert world.labels == {h: {"clusterctl.host": h} for h in ("node1", "node2", "node3")}
     assert world.overlay is not None and world.overlay["Labels"]["clusterctl.cidr"] == "10.240.0.0/16"
-    # Pass 1: init + network on node1 only; pass 2: token read on node1, then node1's label and
-    # the joins together; pass 3: labels of the joined nodes; pass 4 plans nothing.
+    # Pass 1: init + network + its own node's labels on node1 only; pass 2: token read on node1,
+    # then the joins (node2, a manager, labels its own node); pass 3: node1 labels node3 (a
+    # worker cannot); pass 4 plans nothing.
     order = [h for h, _ in world.scripts]
-    assert order[:2] == ["node1", "node1"] and sorted(order[2:5]) == ["node1", "node2", "node3"] and order[5:] == ["node1"]
-    assert "join-token" in world.scripts[1][1]
+    assert order[:2] == ["node1", "node1"] and sorted(order[2:4]) == ["node2", "node3"] and order[4:] == ["node1"]
+    assert "join-token" in world.scripts[1][1] and "Swarm.NodeID" in world.scripts[0][1] and "Swarm.NodeID" in world.scripts[order.index("node2")][1]
+    assert world.scripts[4][1].count("docker node update") == 1 and "clusterctl.host=node3" in world.scripts[4][1]
     # Round trips: the probe; node1's init (its own facts at the end: nobody else is in a swarm
-    # yet, so no one is probed again); the token read, node1's label and the joins, then every
-    # member probed again (each saw another join); node1's labels for the others, who are
-    # probed again (their node lists changed), node1 not (its own script printed its facts).
-    assert [h.round_trips for h in report.hosts] == [6, 4, 4]
+    # yet, so no one is probed again); the token read and the joins, then every member probed
+    # again (each saw another join); node1's labels for node3, whose peers are probed again
+    # (their node lists changed), node1 not (its own script printed its facts).
+    assert [h.round_trips for h in report.hosts] == [5, 4, 4]
     s = steps(report)
     assert {n: st.status for n, st in s.items()} == dict.fromkeys(("node1", "node2", "node3"), "changed")
     assert [st.phase for st in report.hosts[1].steps].count("network") == 1  # one step however many passes
@@ -256,6 +265,15 @@ def test_fresh_swarm_converges_in_passes_and_tokens_stay_secret():
     again = run(world, cluster_file(roles={"node3": "client"}))
     assert again.ok and not again.changed and len(world.scripts) == before
     assert [h.round_trips for h in again.hosts] == [1, 1, 1]
+
+
+def test_managers_label_their_own_nodes_so_a_swarm_of_servers_needs_no_label_pass():
+    world = World()
+    report = run(world, cluster_file())
+    assert report.ok and world.labels == {h: {"clusterctl.host": h} for h in ("node1", "node2", "node3")}
+    # init (+ its labels), the token read, the joins (+ their labels); then nothing to plan.
+    assert [h for h, _ in world.scripts][:2] == ["node1", "node1"] and len(world.scripts) == 4
+    assert not any(line.startswith("docker node update") for _, text in world.scripts for line in text.splitlines())
 
 
 def test_a_failed_join_stops_the_passes_and_names_the_host():

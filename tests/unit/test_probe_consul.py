@@ -56,14 +56,21 @@ class Agent:
         self.server.server_close()
 
 
-def _run(tmp_path, port: int, token: str | None) -> dict:
+def _run(tmp_path, port: int, token: str | None, agent_here: str = "") -> dict:
+    """consul_facts ("" as when the probe cannot tell whether the agent's container is there);
+    `sleep` a stand-in noting its calls in tmp_path/slept."""
     token_file = tmp_path / "agent.token"
     if token is not None:
         token_file.write_text(token + "\n")
     body = _part("consul_facts").replace("8500 /etc/clusterctl/consul/agent.token", f"{port} {token_file}")
     assert str(port) in body  # the agent's address is where the test put it
-    script = f'SUDO=""\n{_part("CONSUL_HTTP")}\n{body}\nprintf "{{\\"x\\":1"; consul_facts; printf "}}"'
-    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    script = f'SUDO=""\n{_part("CONSUL_HTTP")}\n{body}\nprintf "{{\\"x\\":1"; consul_facts {agent_here}; printf "}}"'
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "sleep").write_text(f'#!/bin/sh\necho "$*" >>{tmp_path / "slept"}\n')
+    (bin_dir / "sleep").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -130,6 +137,18 @@ def test_no_agent_listening_is_unknown(tmp_path):
     s.close()  # nothing listens there now
     d = _run(tmp_path, port, "t")
     assert d["consul_raft"] is None and d["consul_checks"] is None
+    assert (tmp_path / "slept").read_text() == "0.3\n"  # asked again: the agent may be restarting
+
+
+def test_no_agent_listening_and_no_agent_container_is_unknown_at_once(tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    d = _run(tmp_path, port, "t", agent_here="0")
+    assert d["consul_raft"] is None and not (tmp_path / "slept").exists()
 
 
 def _in_container(tmp_path, consul_script: str) -> list[str]:

@@ -16,7 +16,8 @@ def _probe(tmp_path: Path, sudo_works: bool) -> tuple[str, list[str]]:
     log = tmp_path / "log"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    noting = '#!/bin/sh\necho "{name} ${{AS_ROOT:-user}} $*" >>"$LOG"\nexec {real} "$@"\n'
+    # One line per call (an awk program's newlines as spaces).
+    noting = '#!/bin/sh\nprintf "%s\\n" "{name} ${{AS_ROOT:-user}} $(echo "$*" | tr "\\n" " ")" >>"$LOG"\nexec {real} "$@"\n'
     stand_ins = {
         "id": f'#!/bin/sh\nif [ "$1" = -u ]; then echo 1000; else exec {shutil.which("id")} "$@"; fi\n',
         # sudo -n CMD...: runs CMD as "root" (AS_ROOT=root), or refuses as a password would.
@@ -25,6 +26,9 @@ def _probe(tmp_path: Path, sudo_works: bool) -> tuple[str, list[str]]:
         "iptables": "#!/bin/sh\nexit 1\n",
         "find": noting.format(name="find", real=shutil.which("find")),
         "cat": noting.format(name="cat", real=shutil.which("cat")),
+        "awk": noting.format(name="awk", real=shutil.which("awk")),
+        # Docker's API: noted, and no engine answers (the CLI's stand-in fails as well).
+        "curl": '#!/bin/sh\necho "curl ${AS_ROOT:-user} $*" >>"$LOG"\nexit 7\n',
     }
     for name, text in stand_ins.items():
         (bin_dir / name).write_text(text)
@@ -33,7 +37,7 @@ def _probe(tmp_path: Path, sudo_works: bool) -> tuple[str, list[str]]:
     env.pop("AS_ROOT", None)
     out = subprocess.run(["sh", str(PROBE)], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
-    return out.stdout, log.read_text().splitlines() if log.exists() else []
+    return out.stdout, [r for r in log.read_text().splitlines() if r.strip()] if log.exists() else []
 
 
 def test_root_only_reads_go_through_sudo(tmp_path):
@@ -41,7 +45,8 @@ def test_root_only_reads_go_through_sudo(tmp_path):
     facts = parse_probe_output(out)
     assert facts.uid == 1000 and facts.sudo == "sudo -n"
     assert any(r.startswith("find root /etc/clusterctl ") for r in reads), reads
-    assert "cat root /etc/docker/daemon.json" in reads, reads
+    assert any(r.startswith("awk root ") and r.rstrip().endswith(" /etc/docker/daemon.json") for r in reads), reads
+    assert any(r.startswith("curl root ") and "--unix-socket /var/run/docker.sock" in r for r in reads), reads
     assert not [r for r in reads if r.split()[1] == "user" and ("/etc/clusterctl" in r or "/etc/docker" in r)], reads
 
 

@@ -166,6 +166,10 @@ def fresh_facts():
     return {h.name: SwarmHostFacts(SwarmState()) for h in HOSTS}
 
 
+def label_self(host: str) -> str:
+    return shlex.join(["sh", "-c", swarm.LABEL_SELF, "sh", "--label-add", f"clusterctl.host={host}"])
+
+
 def test_fresh_cluster_dry_run_renders_with_placeholder_tokens():
     plan = plan_swarm(HOSTS, fresh_facts(), SETTINGS)
     assert plan.leader == "node1" and plan.needs_tokens and not plan.errors
@@ -174,10 +178,13 @@ def test_fresh_cluster_dry_run_renders_with_placeholder_tokens():
         "docker swarm init --advertise-addr 10.77.0.11 --listen-addr 10.77.0.11:2377",
         "docker network create -d overlay --attachable --subnet 10.240.0.0/16 "
         "--label clusterctl.cluster=lab --label clusterctl.cidr=10.240.0.0/16 clusterctl",
+        label_self("node1"),
     ]
+    # A manager that joins labels its own node; a worker's node the leader labels, next pass.
     assert display(plan.cmds("node2")) == [
         f"{JOIN} --advertise-addr 10.77.0.12 --listen-addr 10.77.0.12:2377 10.77.0.11:2377"
-        "  # stdin: <manager token of node1>"
+        "  # stdin: <manager token of node1>",
+        label_self("node2"),
     ]
     assert display(plan.cmds("node3")) == [
         f"{JOIN} --advertise-addr 10.77.0.13 --listen-addr 10.77.0.13:2377 10.77.0.11:2377"

@@ -42,6 +42,7 @@ from clusterctl.commands.swarm import (
     TokenInput,
     init,
     join,
+    label_self,
     leave,
     leave_for_good,
     network_create_overlay,
@@ -222,6 +223,11 @@ class SwarmPlan:
 # Planner
 
 
+def wanted_labels(h: SwarmHost) -> dict[str, str]:
+    """A host's node labels: its labels from the file, and which host it is."""
+    return {**dict(h.labels), LABEL_HOST: h.name}
+
+
 def plan_swarm(
     hosts: Sequence[SwarmHost],
     facts: Mapping[str, SwarmHostFacts],
@@ -361,7 +367,12 @@ def plan_swarm(
         secret = None if tokens is None else (tokens.manager if h.is_server else tokens.worker)
         token = TokenInput(f"{h.role} token of {leader.name}", secret)
         cmds.append(join(token, leader_addr, h.address, h.role))
+        if h.is_server:  # a manager labels its own node (a worker's: the leader, next pass)
+            cmds.append(label_self(wanted_labels(h)))
         joins.append(SwarmStep(h.name, tuple(cmds)))
+
+    if fresh:  # the new swarm's first node: labelled now that it exists
+        wave0.append(label_self(wanted_labels(leader)))
 
     # Nodes in the swarm that the inventory no longer has.
     keep = {facts[h.name].swarm.node_id for h in hosts if h.name in facts and facts[h.name].swarm.node_id}
@@ -385,7 +396,7 @@ def plan_swarm(
         node = node_by_id.get(facts[h.name].swarm.node_id)
         if node is None:
             continue
-        want = {**dict(h.labels), LABEL_HOST: h.name}
+        want = wanted_labels(h)
         missing = {k: v for k, v in want.items() if node.labels.get(k) != v}
         if missing:
             wave0.append(node_update_labels(node.id, missing))
