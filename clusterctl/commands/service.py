@@ -174,6 +174,21 @@ class Replica:
             doc["service"]["token"] = token
         return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
+    def catalog_entry(self, node: str) -> str:
+        """The replica as the agent's sync would put it in the catalog (PUT /v1/catalog/register:
+        the node left as it is, the check passing), for wait_registered to register it itself
+        when that sync is held back (CATALOG_DIR). Only for a replica its agent reports passing."""
+        target = f"{_host_part(self.address)}:{self.published}"
+        doc = {
+            "Node": node,
+            "SkipNodeUpdate": True,
+            "Service": {"ID": self.id, "Service": self.service, "Address": self.address, "Port": self.published,
+                        "Tags": ["clusterctl"], "Meta": {"host": self.host, "container": self.container}},
+            "Check": {"CheckID": f"{self.id}-alive", "Name": f"{self.service} answers on {target}", "Status": "passing",
+                      "ServiceID": self.id, "ServiceName": self.service},
+        }  # fmt: skip
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
     def own_check(self) -> tuple[str, str, str, str, str, str]:
         """The replica's Consul check as register_checked runs it once itself: (replica ID,
         "http" or "tcp", the URL, the address, the port, the timeout in seconds)."""
@@ -226,6 +241,23 @@ OWN_CHECK_SECONDS = 3
 
 def passing_path(rid: str) -> str:
     return f"{PASSING_DIR}/{rid}.json"
+
+
+# A new replica's catalog entry and its service's token, staged for wait_registered: the agent's
+# sync to the catalog (anti-entropy) waits out a random stagger of up to 3 s after any full sync
+# is asked for (a server joining, a token set: a new cluster has both), holding back the sync of
+# services registered meanwhile; a replica its agent reports passing that the catalog does not
+# list yet is registered there by clusterctl itself, with its service's token (which may write
+# only that service), and the agent's own sync later finds it in place. Removed once used.
+CATALOG_DIR = f"{ROOT}/catalog"
+
+
+def catalog_path(rid: str) -> str:
+    return f"{CATALOG_DIR}/{rid}.json"
+
+
+def catalog_token_path(rid: str) -> str:
+    return f"{CATALOG_DIR}/{rid}.token"
 
 
 # Run by the agent's container (BusyBox, --net=host: the network namespace the agent's own checks
@@ -281,10 +313,12 @@ def wait_deregistered(rids: list[str], node: str, timeout: float = CATALOG_WAIT)
     return _wait_catalog(rids, node, False, timeout, f"wait until the catalog no longer hands out {', '.join(rids)} here")
 
 
-def wait_registered(rids: list[str], node: str, timeout: float = CATALOG_WAIT) -> Cmd:
+def wait_registered(rids: list[str], node: str, timeout: float = CATALOG_WAIT, staged: bool = False) -> Cmd:
     """Until the catalog lists these replicas on this node: a check passing on the agent is not
-    yet an answer of DNS, which reads the catalog (the agent syncs on its own time)."""
-    return _wait_catalog(rids, node, True, timeout, f"wait until the catalog hands out {', '.join(rids)}")
+    yet an answer of DNS, which reads the catalog (the agent syncs on its own time). `staged`:
+    their catalog entries are in CATALOG_DIR, registered by the wait itself if the agent's sync
+    is held back (the dir is removed at the end)."""
+    return _wait_catalog(rids, node, True, timeout, f"wait until the catalog hands out {', '.join(rids)}", CATALOG_DIR if staged else "")
 
 
 # The agent's HTTP API on the host's loopback through bash's /dev/tcp: a few ms a request, where
@@ -301,13 +335,23 @@ AGENT_GET_BASH = (
 AGENT_PORT = 8500
 
 # The catalog wait in bash: a blocking query on the node's catalog entry (answers as soon as it
-# changes, or after 2 s), so the wait ends when the agent's sync lands instead of at a poll.
-# $1 node, $2 want (1: listed), $3 seconds, the rest: the replicas (service IDs).
+# changes, or after 2 s), so the wait ends when the agent's sync lands instead of at a poll. A
+# replica still missing whose entry is staged ($4/RID.json, its token in $4/RID.token: see
+# CATALOG_DIR) is registered in the catalog once, by a PUT with that token (a header sent by
+# printf, a builtin: on no command line). $1 node, $2 want (1: listed), $3 seconds, $4 the
+# staging dir, the rest: the replicas (service IDs).
 _WAIT_CATALOG_BASH = AGENT_GET_BASH + (
-    'node=$1 want=$2 secs=${3%.*}; shift 3; end=$((SECONDS + ${secs:-0} + 1)); at=0; while :; do '
+    'put() { exec 3<>"/dev/tcp/127.0.0.1/$AGENT_PORT" || return 1; '
+    'printf "PUT %s HTTP/1.0$cr\\nX-Consul-Token: %s$cr\\nContent-Type: application/json$cr\\nContent-Length: %s$cr\\n$cr\\n%s" "$1" "$2" "${#3}" "$3" >&3; '
+    'IFS= read -r -t 5 status <&3; cat <&3 >/dev/null; exec 3<&-; case "$status" in *" 200 "*) return 0 ;; esac; return 1; }; '
+    'LC_ALL=C; node=$1 want=$2 secs=${3%.*} staged=$4; shift 4; end=$((SECONDS + ${secs:-0} + 1)); at=0; put_done=""; while :; do '
     'if get "/v1/catalog/node/$node?index=$at&wait=2s" 2>/dev/null && case "$status" in *" 200 "*) true ;; *) false ;; esac; then '
     'left=""; for r in "$@"; do case "$body" in *"\\"ID\\":\\"$r\\""*) [ "$want" = 1 ] || left="$left $r" ;; *) [ "$want" = 1 ] && left="$left $r" ;; esac; done; '
     '[ -z "$left" ] && exit 0; '
+    'if [ "$want" = 1 ] && [ -n "$staged" ] && [ -z "$put_done" ]; then put_done=1; for r in $left; do '
+    'if [ -r "$staged/$r.json" ]; then entry=$(cat "$staged/$r.json"); tok=""; '
+    '[ -r "$staged/$r.token" ] && { IFS= read -r tok || [ -n "$tok" ]; } <"$staged/$r.token"; '
+    'put /v1/catalog/register "$tok" "$entry" 2>/dev/null || true; at=0; fi; done; continue; fi; '
     # A new index blocks until the next change; one that went back (a new leader) starts over.
     'case "$index" in ""|*[!0-9]*) at=0; sleep 0.1 ;; *) if [ "$index" -gt "$at" ]; then at=$index; elif [ "$index" -lt "$at" ]; then at=0; fi ;; esac; '
     'else left=" (its agent did not answer)"; sleep 0.2; fi; '
@@ -317,10 +361,11 @@ _WAIT_CATALOG_BASH = AGENT_GET_BASH + (
 )
 
 
-def _wait_catalog(rids: list[str], node: str, present: bool, timeout: float, description: str) -> Cmd:
+def _wait_catalog(rids: list[str], node: str, present: bool, timeout: float, description: str, staged: str = "") -> Cmd:
     return sh_args(
-        'n=$1 node=$2 tries=$3 after=$4 want=$5 port=$6 fast=$7; shift 7; '
-        'if command -v bash >/dev/null 2>&1; then AGENT_PORT=$port exec bash -c "$fast" bash "$node" "$want" "$after" "$@"; fi; '
+        'n=$1 node=$2 tries=$3 after=$4 want=$5 port=$6 fast=$7 staged=$8; shift 8; '
+        'if command -v bash >/dev/null 2>&1; then AGENT_PORT=$port bash -c "$fast" bash "$node" "$want" "$after" "$staged" "$@"; rc=$?; '
+        '[ -z "$staged" ] || rm -rf "$staged"; exit "$rc"; fi; '
         'i=0; while :; do '
         'if out=$(docker exec "$n" timeout 3 wget -qO- "http://127.0.0.1:8500/v1/catalog/node/$node" 2>/dev/null); then '
         'left=""; for r in "$@"; do case "$out" in *"\\"ID\\":\\"$r\\""*) [ "$want" = 1 ] || left="$left $r" ;; *) [ "$want" = 1 ] && left="$left $r" ;; esac; done; '
@@ -328,7 +373,7 @@ def _wait_catalog(rids: list[str], node: str, present: bool, timeout: float, des
         'i=$((i+1)); if [ "$i" -ge "$tries" ]; then '
         'if [ "$want" = 1 ]; then echo "the catalog does not list$left on $node after ${after}s" >&2; else echo "the catalog still lists$left on $node after ${after}s" >&2; fi; '
         'exit 1; fi; sleep 0.2; done',
-        CONSUL_CONTAINER, node, str(max(1, int(timeout * 5))), f"{timeout:g}", "1" if present else "0", str(AGENT_PORT), _WAIT_CATALOG_BASH, *rids,
+        CONSUL_CONTAINER, node, str(max(1, int(timeout * 5))), f"{timeout:g}", "1" if present else "0", str(AGENT_PORT), _WAIT_CATALOG_BASH, staged, *rids,
         description=description,
     )  # fmt: skip
 

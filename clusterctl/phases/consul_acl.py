@@ -149,6 +149,11 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
     with_acl = acl_agents(ctx)
     if not with_acl:
         return ctx.inputs
+    if servers_to_start(ctx):
+        # A server that should run does not (a run that failed halfway): the cluster may have no
+        # leader until the consul phase starts it, so this waits for a later pass rather than
+        # refusing the run and leaving the cluster as the failed one left it.
+        return ctx.inputs
     record = _record(ctx, acl)
     path = directory / RECORD
     # An agent whose probe found its own token unknown (e.g. made over by hand) is made again.
@@ -179,6 +184,14 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
     raise SecretError(f"consul ACLs: could not reach any agent of cluster {ctx.cluster.name!r} to set them up: {last}")
 
 
+def servers_to_start(ctx: Context) -> list[str]:
+    """Probed hosts that are to run a Consul server of the cluster and run no agent now."""
+    from clusterctl.phases.consul import chosen_servers
+
+    choice = chosen_servers(ctx)
+    return [n for n in ctx.facts if choice.is_server(n) and not any(c.running for c in cluster_containers(ctx, ctx.facts[n], "consul"))]
+
+
 def acl_agents(ctx: Context) -> list[str]:
     """Probed hosts whose agent of this cluster runs with ACLs on (step >= 1), servers first (a
     server answers ACL and session calls without forwarding them)."""
@@ -202,7 +215,11 @@ def resync_agents(open_api: OpenAPI, hosts: list[str], management: Secret | None
     did not know yet (a new cluster: its token is made once it has a leader) failed its first
     sync and waits 15-30 s before the next (Consul's anti-entropy), so its services would reach
     the catalog only then. Setting its default token through the API (to "", as its config has
-    it: nothing persists) makes it sync at once. Best effort: the agent syncs later anyway."""
+    it: nothing persists) makes it sync at once. Not an agent whose own sync has reached the
+    catalog (its node there carries the tagged addresses only the agent sends; the leader's entry
+    has none): it retries nothing, and a full sync asked of it now would come only after Consul's
+    random stagger (up to 3 s), holding back the sync of the services registered meanwhile. Best
+    effort: the agent syncs later anyway."""
     if not hosts or management is None:
         return
     from concurrent.futures import ThreadPoolExecutor
@@ -210,6 +227,9 @@ def resync_agents(open_api: OpenAPI, hosts: list[str], management: Secret | None
     def one(host: str) -> None:
         try:
             with open_api(host) as api:
+                _, entry = api.catalog.node(host, token=management)
+                if isinstance(entry, dict) and (entry.get("Node") or {}).get("TaggedAddresses"):
+                    return
                 api.agent.token.set("default", "", token=management)
         except Exception:  # noqa: BLE001 - only a wait is saved
             pass

@@ -336,7 +336,7 @@ class ServicesPhase:
         written = {r.id for r in write}
         # What an earlier run stopped halfway left staged (register_checked): gone before anything
         # is staged again.
-        staged_left = sorted(path for path in facts.managed_files if path.startswith(build.PASSING_DIR + "/"))
+        staged_left = sorted(path for path in facts.managed_files if path.startswith((build.PASSING_DIR + "/", build.CATALOG_DIR + "/")))
         apps = tuple({r.service: app for r in wanted if (app := ctx.inputs.apps.get(r.service)) is not None}.values())
         loads = [load] if apps and (load := load_missing_images(apps, facts)) is not None else []
         cmds: list[Cmd] = []
@@ -371,7 +371,7 @@ class ServicesPhase:
         if stale_env:
             cmds.append(Cmd(("rm", "-f", *stale_env), "remove the secret env of services gone from this host"))
         if staged_left:
-            cmds.append(Cmd(("rm", "-rf", build.PASSING_DIR), "remove the definitions an earlier run left staged"))
+            cmds.append(Cmd(("rm", "-rf", build.PASSING_DIR, build.CATALOG_DIR), "remove the definitions an earlier run left staged"))
         if write or env_writes:
             # One stdin: definitions (with their tokens) and env files, before the replicas run
             # (docker reads the env file when it creates the container); loaded once they run.
@@ -380,6 +380,9 @@ class ServicesPhase:
             # reload only if the replica answers its check from this host once it runs.
             token = {r.id: service_token(ctx, r.service) for r in write}
             files.update({_under_root(build.passing_path(r.id)): r.definition(token[r.id], passing=True).encode() for r in write})
+            # And its catalog entry with its token, for the catalog wait (build.CATALOG_DIR).
+            files.update({_under_root(build.catalog_path(r.id)): r.catalog_entry(host.name).encode() for r in write})
+            files.update({_under_root(build.catalog_token_path(r.id)): t.encode() for r in write if (t := token[r.id])})
             files.update({_under_root(build.env_file_path(n)): b for n, b in env_writes.items()})
             what = []
             if write:
@@ -423,7 +426,7 @@ class ServicesPhase:
                 cmds.append(build.wait_healthy(r.id, r.deadline))
         if written:
             # Passing on the agent, now in the catalog DNS reads (before an old replica goes).
-            cmds.append(build.wait_registered(sorted(written), host.name))
+            cmds.append(build.wait_registered(sorted(written), host.name, staged=True))
         if successors:
             # The successors serve: the old replicas are drained and kept (stopped) as the
             # previous version, in place of the one kept before.

@@ -18,9 +18,17 @@ class Agent:
 
     def __init__(self, answer):
         self.paths: list[str] = []
+        self.puts: list[tuple[str, str | None, bytes]] = []  # (path, token, body)
         agent = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                agent.puts.append((self.path, self.headers.get("X-Consul-Token"), body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"true")
+
             def do_GET(self):  # noqa: N802 - http.server's name
                 agent.paths.append(self.path)
                 status, body, index = answer(self.path)
@@ -35,10 +43,13 @@ class Agent:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def run(self, cmd) -> subprocess.CompletedProcess:
+    def run(self, cmd, staged=None) -> subprocess.CompletedProcess:
         argv = list(cmd.argv)
         assert argv[9] == str(build.AGENT_PORT)
         argv[9] = str(self.server.server_address[1])  # the agent's port: the stand-in's
+        if staged is not None:
+            assert argv[11] == build.CATALOG_DIR
+            argv[11] = str(staged)
         return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
     def close(self):
@@ -116,3 +127,31 @@ def test_the_health_wait_gives_up_after_its_deadline(agent_with):
     agent = agent_with(lambda path: (503, "critical", 0))
     run = agent.run(build.wait_healthy("web", 1))
     assert run.returncode == 1 and "web is not healthy after 1s" in run.stderr
+
+
+def test_a_replica_the_agents_sync_has_not_brought_yet_is_registered_in_the_catalog_with_its_token(agent_with, tmp_path):
+    """The agent's anti-entropy held back (a stagger of up to 3 s after a full sync was asked
+    for): the staged entry goes to the catalog with the service's token, the wait ends, and the
+    staging dir is gone."""
+    staged = tmp_path / "catalog"
+    staged.mkdir()
+    (staged / "web.json").write_text('{"Node":"node1","SkipNodeUpdate":true,"Service":{"ID":"web"}}')
+    (staged / "web.token").write_text("svc-token\n")
+    agent = None
+
+    def answer(path):
+        return (200, _node("web"), 9) if agent.puts else (200, _node(), 7)
+
+    agent = agent_with(answer)
+    run = agent.run(build.wait_registered(["web"], "node1", staged=True), staged=staged)
+    assert run.returncode == 0, run.stderr
+    assert agent.puts == [("/v1/catalog/register", "svc-token", b'{"Node":"node1","SkipNodeUpdate":true,"Service":{"ID":"web"}}')]
+    assert not staged.exists()
+    assert "svc-token" not in " ".join(build.wait_registered(["web"], "node1", staged=True).argv)
+
+
+def test_without_a_staged_entry_the_wait_only_waits(agent_with, tmp_path):
+    answers = iter([(200, _node(), 4), (200, _node("web"), 5)])
+    agent = agent_with(lambda path: next(answers))
+    run = agent.run(build.wait_registered(["web"], "node1", staged=True), staged=tmp_path / "none")
+    assert run.returncode == 0 and agent.puts == [] and len(agent.paths) == 2

@@ -18,6 +18,7 @@ from clusterctl.phases.consul_acl import (
     ACLMaterial,
     _record,
     acl_inputs,
+    servers_to_start,
     settle,
     target_acl_stage,
 )
@@ -143,6 +144,19 @@ def test_agents_without_acls_are_not_settled_yet(tmp_path):
     assert settle(ctx, _never, tmp_path, dry_run=False) is ctx.inputs
 
 
+def test_a_server_that_should_run_and_does_not_defers_the_settle_to_a_later_pass(tmp_path):
+    """A run that failed halfway left one of two servers stopped: the cluster may have no leader
+    until the consul phase starts it; the settle waits for a later pass (no Consul call, no
+    refusal) instead of refusing the run that would start it."""
+    ctx = ctx_for(n1=facts(2), n2=facts(2, running=False))
+    ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
+    assert servers_to_start(ctx) == ["n2"]
+    out = settle(ctx, _never, tmp_path, dry_run=False)
+    assert out is ctx.inputs and not out.acl.settled
+    running = ctx_for(n1=facts(2), n2=facts(2))
+    assert servers_to_start(running) == []
+
+
 def test_an_agent_whose_token_consul_lost_is_settled_again(tmp_path):
     ctx = ctx_for(n1=facts(2), n2=facts(2))
     ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
@@ -169,6 +183,7 @@ class FakeConsul:
         self.policies: dict[str, str] = {}
         self.resynced: list[tuple[str, str, str, str]] = []  # (agent, type, secret, auth token)
         self.bootstrapped = False
+        self.synced: set[str] = set()
 
     def api(self, agent: str):
         fake = self
@@ -189,6 +204,9 @@ class FakeConsul:
         api.acl.token.update = lambda *a, **kw: None
         api.acl.token.read_self = self._read_self
         api.acl.token.create = lambda token, secret_id, description, **kw: fake.tokens.__setitem__(secret_id, description)
+        api.catalog = NS()
+        # An agent whose own sync reached the catalog: its node has tagged addresses (`synced`).
+        api.catalog.node = lambda node, token: (1, {"Node": {"Node": node, "TaggedAddresses": {"lan": "10.0.0.1"} if node in fake.synced else None}})
         api.agent = NS()
         api.agent.token = NS()
         api.agent.token.set = lambda kind, secret, token: fake.resynced.append((agent, kind, secret, str(token)))
@@ -235,6 +253,17 @@ def test_agents_whose_tokens_were_just_made_are_told_to_sync_at_once(tmp_path):
     (tmp_path / RECORD).write_text("{}")
     again = settle(ctx, fake.open_api, tmp_path, dry_run=False)
     assert fake.resynced == [] and again.reprobe == frozenset()
+
+
+def test_an_agent_whose_own_sync_reached_the_catalog_is_not_told_to_sync_again(tmp_path):
+    """Its first sync came after the tokens were made: a full sync asked now would only wait out
+    Consul's stagger and hold back the services' sync."""
+    ctx = ctx_for(n1=facts(2), n2=facts(2))
+    ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
+    fake = FakeConsul()
+    fake.synced = {"n1"}
+    settle(ctx, fake.open_api, tmp_path, dry_run=False)
+    assert [agent for agent, *_ in fake.resynced] == ["n2"]
 
 
 def test_an_agent_that_cannot_be_told_to_sync_does_not_stop_the_run(tmp_path):

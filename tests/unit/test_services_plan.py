@@ -86,7 +86,13 @@ def test_replicas_spread_over_providers_and_start_registered_and_waited_for():
     assert "register web" in cmds[0].description and cmds[0].argv[-2] == build.ROOT and cmds[0].stdin_bounded
     # Beside it, the same definition with its check passing from the start (staged outside
     # consul's config dir): in place for the reload only if the replica answers its check.
-    assert cmds[0].stdin.names == ("consul/services/web.json", "passing/web.json") and WEB_TOKEN.encode() in cmds[0].stdin._data
+    # And its catalog entry with the service's token, for the catalog wait to register it with
+    # should the agent's own sync be held back.
+    assert cmds[0].stdin.names == ("catalog/web.json", "catalog/web.token", "consul/services/web.json", "passing/web.json")
+    assert WEB_TOKEN.encode() in cmds[0].stdin._data
+    entry = json.loads(replica(ctx, ctx.cluster.spec.services[0], ctx.cluster.spec.host("n1"), ctx.facts["n1"]).catalog_entry("n1"))
+    assert entry["Node"] == "n1" and entry["SkipNodeUpdate"] is True and entry["Check"]["Status"] == "passing"
+    assert (entry["Service"]["ID"], entry["Service"]["Address"], entry["Service"]["Port"]) == ("web", "10.0.0.1", 8080)
     run = shlex.split(cmds[1].render())
     assert run[:4] == ["docker", "run", "-d", "--name"] and "clusterctl-svc-web" in run
     assert ["-p", "10.0.0.1:8080:8080"] == run[run.index("-p") : run.index("-p") + 2]
@@ -277,7 +283,7 @@ def test_a_secret_env_value_reaches_the_host_only_on_stdin_into_a_0600_env_file(
     ctx = secret_ctx()
     cmds = plan(ctx, "n1")
     bundle = next(c for c in cmds if c.stdin is not None)
-    assert bundle.stdin.names == ("consul/services/web.json", "env/web.env", "passing/web.json")
+    assert bundle.stdin.names == ("catalog/web.json", "catalog/web.token", "consul/services/web.json", "env/web.env", "passing/web.json")
     assert f"DB_PASSWORD={PASSWORD}\n".encode() in bundle.stdin._data
     assert "write the secret env of web (0600)" in bundle.description
     run = next(c for c in cmds if c.argv[:2] == ("docker", "run"))
@@ -570,7 +576,7 @@ def test_definitions_a_stopped_run_left_staged_are_removed_first():
     f = converged(ctx, "n1")
     done = facts_for("10.0.0.1", [container("web", f.docker.containers[0].labels["clusterctl.config"])],
                      {**f.managed_files, **left}, {"web": "passing"})  # fmt: skip
-    assert [c.render() for c in plan(ctx_for(n1=done), "n1")] == [f"rm -rf {build.PASSING_DIR}"]
+    assert [c.render() for c in plan(ctx_for(n1=done), "n1")] == [f"rm -rf {build.PASSING_DIR} {build.CATALOG_DIR}"]
     fresh = facts_for("10.0.0.1", [], left)
     descriptions = [c.description for c in plan(ctx_for(n1=fresh), "n1")]
     assert descriptions.index("remove the definitions an earlier run left staged") < descriptions.index(
