@@ -81,11 +81,23 @@ def _describe(doc: dict | None) -> str:
     return f"'{doc.get('what', '?')}' holds it ({doc.get('user', '?')} on {doc.get('host', '?')}, pid {doc.get('pid', '?')}, since {doc.get('since', '?')})"
 
 
+def _leaderless(hosts: list[str], open_api, token: str) -> bool:
+    """Whether an agent answered and knows no leader (none answering: not known)."""
+    for host in hosts:
+        try:
+            with open_api(host, token) as api:
+                return not api.status.leader()
+        except Exception:  # noqa: BLE001 - the next agent may answer
+            continue
+    return False
+
+
 @contextmanager
 def consul_lock(cluster: str, hosts: list[str], open_api, token: str, what: str, wait: float):
-    """Hold the cluster's KV lock for the block. `open_api(host, token)` gives a py-consul
-    client on that host's agent (through SSH); `hosts` are tried in turn for every call.
-    LockHeld (one line naming the holder) when another run holds it for longer than `wait`."""
+    """Hold the cluster's KV lock for the block; its value: whether it had to wait for another
+    run to release it. `open_api(host, token)` gives a py-consul client on that host's agent
+    (through SSH); `hosts` are tried in turn for every call. LockHeld (one line naming the
+    holder) when another run holds it for longer than `wait`."""
     import threading
     from contextlib import ExitStack
 
@@ -116,12 +128,23 @@ def consul_lock(cluster: str, hosts: list[str], open_api, token: str, what: str,
         raise LockHeld(f"cluster {cluster!r}: its lock in Consul cannot be taken: no agent answered ({last})")
 
     me = holder_doc(what)
-    session = call(lambda api: api.session.create(name=f"clusterctl {what}", checks=[], ttl=SESSION_TTL, lock_delay=0, behavior="release"))
+    try:
+        session = call(lambda api: api.session.create(name=f"clusterctl {what}", checks=[], ttl=SESSION_TTL, lock_delay=0, behavior="release"))
+    except LockHeld:
+        if not _leaderless(hosts, open_api, token):
+            raise
+        # No leader anywhere (e.g. servers a failed run left stopped): no lock can be held in
+        # Consul until this very run starts them; the operator's flock alone keeps runs apart.
+        stack.close()
+        yield False
+        return
     try:
         deadline = time.monotonic() + wait
+        waited = False
         while True:
             if call(lambda api: api.kv.put(LOCK_KEY, json.dumps(me), acquire=session)):
                 break
+            waited = True
             if time.monotonic() >= deadline:
                 _, entry = call(lambda api: api.kv.get(LOCK_KEY))
                 try:
@@ -142,7 +165,7 @@ def consul_lock(cluster: str, hosts: list[str], open_api, token: str, what: str,
         renewer = threading.Thread(target=renew, daemon=True)
         renewer.start()
         try:
-            yield
+            yield waited
         finally:
             stop.set()
             renewer.join(2)

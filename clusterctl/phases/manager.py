@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field, replace
 
 from clusterctl.commands.base import Cmd, Script, sh, strip_step_marks
@@ -55,6 +55,12 @@ END_RUN = r"""for p in "${HOME:-/nonexistent}/.cache/clusterctl/run-$1-"*.pid; d
 	kill -TERM "-$g" 2>/dev/null || true
 done
 """
+
+
+class Replan(BaseException):
+    """The cluster's lock was taken only after another run released it: what the probe read may
+    have changed meanwhile, so the hosts are read again and the phases planned again. Not an
+    Exception: steps that try the next agent on any error (the ACL settle) must let it through."""
 
 
 class Interrupted(Exception):
@@ -158,6 +164,12 @@ class Manager:
         # each other: `beside`).
         self.in_pass: dict[str, list[str]] = {}
         self.running: list[str] = []
+        # The cluster's lock, taken before the run's first change (lock_factory; a converged run
+        # never takes it) and held until the run ends (released before the sessions close).
+        self.lock_factory: Callable[[], AbstractContextManager] | None = None
+        self._locks = ExitStack()
+        self._locked = self._waited = False
+        self._locking = threading.Lock()
 
     def consul_api(self, name: str, token: str | None = None):
         """A py-consul client on the host's Consul agent, through its SSH session."""
@@ -169,12 +181,43 @@ class Manager:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            self._locks.close()  # through the sessions: before they close
+        except Exception:  # noqa: BLE001 - the lock's release is best effort (its TTL ends it)
+            pass
         for session in self.sessions.values():
             try:
                 session.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
         self.connector.close()
+
+    def ensure_locked(self) -> None:
+        """Take the cluster's lock, once, before the run's first change; LockHeld when another
+        run holds it past the wait. A lock that had to wait means Replan."""
+        if self.lock_factory is None or self.options.dry_run:
+            return
+        with self._locking:
+            if not self._locked:
+                self._waited = bool(self._locks.enter_context(self.lock_factory()))
+                self._locked = True
+            if self._waited:  # every phase of this attempt stops (phases beside each other too)
+                raise Replan()
+
+    def locked_api(self, name: str, token: str | None = None):
+        """consul_api for an operator-side step that may change Consul (the ACL settle): the
+        cluster's lock first."""
+        self.ensure_locked()
+        return self.consul_api(name, token)
+
+    def start_over(self) -> None:
+        """Forget what the phases recorded and read every connected host again (Replan)."""
+        for report in self.reports.values():
+            report.steps = [s for s in report.steps if s.phase == "connect"]
+        self.refused.clear()
+        self.phase_notes.clear()
+        self._waited = False
+        self.probe([n for n in self.reports if n in self.sessions])
 
     # -- steps --------------------------------------------------------------------------
 
@@ -400,6 +443,14 @@ class Manager:
         if failures:
             raise failures[0]
 
+    def run_phases(self, phases: Sequence[Phase]) -> None:
+        if self.preflight(phases):
+            for group, follow in _groups(phases, self.context()):
+                if len(group) == 1:
+                    self.run_phase(group[0], more_phases_follow=follow)
+                else:
+                    self.run_together(group, more_phases_follow=follow)
+
     def _finish(self, phase: Phase, ran: dict[str, list[Cmd]]) -> None:
         """The phase's clean-up after its passes, also after a failure: `finish(ctx, ran)`
         returns commands by host from what each host ran (e.g. the filebox relay is removed)."""
@@ -441,7 +492,7 @@ class Manager:
         settle = self.settle.get(phase.name)
         if settle is not None:
             try:
-                self.inputs = settle(self.context(), self.consul_api)
+                self.inputs = settle(self.context(), self.locked_api)
             except UserError as exc:
                 return str(exc)
             if self.inputs.reprobe:
@@ -519,6 +570,7 @@ class Manager:
                     steps.by_host[name] = Step(phase.name, PLANNED, _summary(cmds), commands=[c.display() for c in cmds])
                 break
             now, waiting = pass_plan.first_wave()
+            self.ensure_locked()  # the run's first change takes the cluster's lock
             for name in now:
                 ran.setdefault(name, []).extend(pass_plan.cmds[name])
             # Facts are re-read from the hosts, never edited by hand: when a host's commands
@@ -618,8 +670,11 @@ def execute(
     Consul of the cluster), or raises a UserError to refuse the whole run, nothing sent yet.
     `settle` maps a phase name to such a step run before each pass of that phase. Both get the
     context and `consul_api(host)`, a py-consul client on that host's agent through SSH.
-    `lock`, when given, is held from right after `prepare` to the end of the phases (the
-    cluster's own lock in Consul; it raises LockHeld to refuse)."""
+    `lock`, when given, is the cluster's own lock in Consul (it raises LockHeld to refuse; its
+    context's value is true when it had to wait for another run): taken before the run's first
+    change (a command, or the ACL settle's Consul calls) and held to the end of the run, so a
+    converged run never takes it. One that had to wait means the hosts are read again and the
+    phases planned again (what the other run changed)."""
     t0 = time.monotonic()
     with Manager(cluster, endpoints, known_hosts, options, observer, inputs) as m:
         try:
@@ -630,13 +685,13 @@ def execute(
             if prepare is not None:
                 m.current = "prepare"
                 m.inputs = prepare(m.context(), m.consul_api)
-            with lock(m.context(), m.consul_api) if lock is not None else nullcontext():
-                if m.preflight(phases):
-                    for group, follow in _groups(phases, m.context()):
-                        if len(group) == 1:
-                            m.run_phase(group[0], more_phases_follow=follow)
-                        else:
-                            m.run_together(group, more_phases_follow=follow)
+            if lock is not None:
+                m.lock_factory = lambda: lock(m.context(), m.consul_api)
+            try:
+                m.run_phases(phases)
+            except Replan:
+                m.start_over()
+                m.run_phases(phases)  # the lock is held now: no second Replan
         except (Interrupted, KeyboardInterrupt):
             # Stopped: what ran is in the report, the lock is released, phases cleaned up.
             if not m.interrupted:

@@ -248,6 +248,21 @@ def test_killed_server_keeps_a_leader_and_next_up_restores_it(cli, lab):
     assert _wait_for(all_alive, timeout=30)
 
 
+def test_a_cluster_left_without_quorum_is_healed_by_the_next_up(cli, lab):
+    """Two of three servers stopped (as a run that failed while starting them would leave it):
+    node1's agent runs without a leader. The next `up` does not wait for a leader that only it
+    can bring back: it starts the two servers, then settles the ACLs, and converges."""
+    assert _wait_for(lambda: _voters(cli, lab) == 3, timeout=60)
+    for host in ("node2", "node3"):
+        _exec(cli, lab, host, "docker", "stop", "clusterctl-consul")
+    report = _up(cli, lab.cluster_file)
+    started = {h["name"]: next(p for p in h["phases"] if p["phase"] == "consul") for h in report["hosts"]}
+    assert all(started[h]["status"] == "changed" and "start" in started[h]["message"] for h in ("node2", "node3")), started
+    assert _wait_for(lambda: _voters(cli, lab) == 3, timeout=60)
+    again = _up(cli, lab.cluster_file)
+    assert again["changed"] is False
+
+
 def test_node_runs_from_the_filebox_and_a_changed_filebox_rolls_consul(cli, lab, tmp_path):
     doc = yaml.safe_load(lab.cluster_file.read_text())
     # relay: true, as across an uplink: the lab's operator sits on the hosts' own network, where

@@ -119,7 +119,8 @@ def test_a_bad_management_token_file_is_one_line_and_changes_nothing(cli, lab, t
 def test_a_second_operator_waits_for_the_clusters_lock_then_refuses_naming_its_holder(cli, lab, tmp_path):
     """Two operators with copies of the same state (export/import) share no flock: the lock
     lives in Consul (a session lock in KV). Held here through real SSH with clusterctl's own
-    lock, the second operator's `up` waits --lock-wait, then refuses naming the holder."""
+    lock, the second operator's `up`, which has a change to make (node3's agent stopped), waits
+    --lock-wait before making it, then refuses naming the holder; nothing changed."""
     import time
 
     from clusterctl.cli import _known_hosts
@@ -133,6 +134,7 @@ def test_a_second_operator_waits_for_the_clusters_lock_then_refuses_naming_its_h
     other = CLI(dict(cli.env, CLUSTERCTL_STATE_DIR=str(tmp_path / "other-operator")))
     assert other("secrets", "import", str(bundle), "-f", str(lab.cluster_file)).returncode == 0
     before = _agent_ids(lab)
+    _on(lab, "node3", "docker stop clusterctl-consul >/dev/null")
     token = (state_dir_of(lab) / "acl" / "management.token").read_text().strip()
     cluster = load(lab.cluster_file)
     known = _known_hosts(cluster, False)
@@ -153,6 +155,8 @@ def test_a_second_operator_waits_for_the_clusters_lock_then_refuses_naming_its_h
     assert f"on {socket.gethostname()}, pid {os.getpid()}, since " in errors[0], errors
     assert waited >= 3, waited
     assert _agent_ids(lab) == before
-    # Released: the second operator's run goes through (a no-op).
+    # Released: the second operator's run goes through and starts node3's agent.
     code, report = other.json("up", "-f", str(lab.cluster_file), "--lock-wait", "3", timeout=180)
-    assert code == 0 and report["changed"] is False, json.dumps(report, indent=1)[-3000:]
+    assert code == 0 and report["changed"] is True, json.dumps(report, indent=1)[-3000:]
+    consul = {h["name"]: next(p for p in h["phases"] if p["phase"] == "consul") for h in report["hosts"]}
+    assert "start" in consul["node3"]["message"] and consul["node1"]["status"] == "ok", consul

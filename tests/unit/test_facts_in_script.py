@@ -165,3 +165,50 @@ def test_hosts_an_operator_side_step_changed_are_probed_again_before_the_phase_p
     report = execute(CLUSTER, [seen], {}, None, Options(), settle={"seen": settle})  # type: ignore[arg-type]
     assert report.ok and calls == [2]
     assert sorted(log[:2]) == [("n1", "probe"), ("n2", "probe")] and log[2:] == [("n2", "probe")]
+
+
+def _with_lock(monkeypatch, phases, waited=False, dry_run=False):
+    """execute() with a stand-in for the cluster's lock noting when it is entered (in `log`)."""
+    from contextlib import contextmanager
+
+    log: list = []
+
+    @contextmanager
+    def lock(ctx, consul_api):
+        log.append(("lock", "enter"))
+        yield waited
+        log.append(("lock", "exit"))
+
+    def connect(self: Manager) -> None:
+        for name in self.reports:
+            self.sessions[name] = Host(name, log)  # type: ignore[assignment]
+
+    monkeypatch.setattr(Manager, "connect", connect)
+    report = execute(CLUSTER, phases, {}, None, Options(dry_run=dry_run), lock=lock)  # type: ignore[arg-type]
+    return report, log
+
+
+def test_a_converged_run_never_takes_the_clusters_lock(monkeypatch):
+    report, log = _with_lock(monkeypatch, [Seen()])
+    assert report.ok and ("lock", "enter") not in log
+    report, log = _with_lock(monkeypatch, [Rename()], dry_run=True)
+    assert report.ok and ("lock", "enter") not in log and ("n1", "script") not in log
+
+
+def test_the_lock_is_taken_once_before_the_first_change_and_held_to_the_end(monkeypatch):
+    report, log = _with_lock(monkeypatch, [Seen(), Rename(), Rename()])
+    assert report.ok and log.count(("lock", "enter")) == 1 and log[-1] == ("lock", "exit")
+    assert log.index(("lock", "enter")) < min(log.index(("n1", "script")), log.index(("n2", "script")))
+    assert all(e[1] == "probe" for e in log[: log.index(("lock", "enter"))])  # only the first reads before it
+
+
+def test_a_lock_that_had_to_wait_means_the_hosts_are_read_and_planned_again(monkeypatch):
+    """Another run held it: what it changed is read before anything runs here."""
+    seen = Seen()
+    report, log = _with_lock(monkeypatch, [seen, Rename()], waited=True)
+    assert report.ok and log.count(("lock", "enter")) == 1
+    taken = log.index(("lock", "enter"))
+    assert sorted(log[taken + 1 : taken + 3]) == [("n1", "probe"), ("n2", "probe")]  # read again
+    assert log.count(("n1", "script")) == 1 and log.count(("n2", "script")) == 1
+    for h in report.hosts:  # one step a phase, as in any run
+        assert [s.phase for s in h.steps] == ["probe", "seen", "rename"], h.steps
