@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterctl.commands import consul as build
+from clusterctl.errors import LockHeld
 from clusterctl.phases.base import Context, Inputs, cluster_containers
 from clusterctl.secrets import PLACEHOLDER, Secret, SecretError, ensure_secret, install, read_secret
 
@@ -170,7 +171,7 @@ def settle(ctx: Context, open_api: OpenAPI, directory: Path, dry_run: bool) -> I
         try:
             with open_api(name) as api:
                 acl = _settle_via(ctx, api, acl, directory, made, made_agents)
-        except SecretError:
+        except (SecretError, LockHeld):  # LockHeld: the cluster's lock, taken before the first call
             raise
         except Exception as exc:  # noqa: BLE001 - try the next agent
             last = exc

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from clusterctl.commands.base import Cmd, Script, sh, strip_step_marks
 from clusterctl.config.loader import Cluster
-from clusterctl.errors import UserError, printable
+from clusterctl.errors import LockHeld, UserError, printable
 from clusterctl.facts.parser import HostFacts, ProbeError, parse_probe_output, probe_script
 from clusterctl.phases.base import (
     Context,
@@ -493,6 +493,8 @@ class Manager:
         if settle is not None:
             try:
                 self.inputs = settle(self.context(), self.locked_api)
+            except LockHeld:
+                raise  # another run holds the cluster: the whole run is refused (exit 3), not this phase
             except UserError as exc:
                 return str(exc)
             if self.inputs.reprobe:

@@ -280,3 +280,23 @@ def test_an_agent_that_cannot_be_told_to_sync_does_not_stop_the_run(tmp_path):
 
     assert settle(ctx, open_api, tmp_path, dry_run=False).acl.settled
     assert sorted(calls[1:]) == ["n1", "n2"]
+
+
+def test_the_clusters_lock_held_elsewhere_is_not_taken_for_an_unreachable_agent(tmp_path):
+    """open_api takes the cluster's lock first (the manager's locked_api): another run holding
+    it stops the settle at once, not after trying every agent."""
+    from clusterctl.errors import LockHeld
+
+    ctx = ctx_for(n1=facts(2), n2=facts(2))
+    ctx = Context(ctx.cluster, ctx.facts, acl_inputs(ctx, tmp_path, dry_run=False))
+    asked: list[str] = []
+
+    @contextmanager
+    def open_api(name):
+        asked.append(name)
+        raise LockHeld("cluster 'c1' is busy")
+        yield
+
+    with pytest.raises(LockHeld):
+        settle(ctx, open_api, tmp_path, dry_run=False)
+    assert asked == ["n1"]

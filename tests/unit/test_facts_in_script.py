@@ -212,3 +212,41 @@ def test_a_lock_that_had_to_wait_means_the_hosts_are_read_and_planned_again(monk
     assert log.count(("n1", "script")) == 1 and log.count(("n2", "script")) == 1
     for h in report.hosts:  # one step a phase, as in any run
         assert [s.phase for s in h.steps] == ["probe", "seen", "rename"], h.steps
+
+
+def test_a_lock_held_by_another_run_refuses_the_whole_run_even_from_the_settle(monkeypatch):
+    """The ACL settle's first Consul call takes the lock: another run holding it is LockHeld out
+    of the run (exit 3), never a refusal of the phase, nor an agent to skip for the next."""
+    from contextlib import contextmanager
+
+    import pytest
+
+    from clusterctl.errors import LockHeld
+
+    @contextmanager
+    def lock(ctx, consul_api):
+        raise LockHeld("cluster 'c1' is busy: 'clusterctl up (the other)' holds it")
+        yield
+
+    asked = []
+
+    def settle(ctx, consul_api):
+        for name in ("n1", "n2"):
+            try:
+                consul_api(name)
+            except LockHeld:
+                raise
+            except Exception:  # noqa: BLE001 - as the settle tries the next agent
+                asked.append(name)
+        return ctx.inputs
+
+    log: list = []
+
+    def connect(self: Manager) -> None:
+        for name in self.reports:
+            self.sessions[name] = Host(name, log)  # type: ignore[assignment]
+
+    monkeypatch.setattr(Manager, "connect", connect)
+    with pytest.raises(LockHeld, match="is busy"):
+        execute(CLUSTER, [Seen()], {}, None, Options(), settle={"seen": settle}, lock=lock)  # type: ignore[arg-type]
+    assert asked == [] and ("n1", "script") not in log
