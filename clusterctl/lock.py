@@ -81,12 +81,30 @@ def _describe(doc: dict | None) -> str:
     return f"'{doc.get('what', '?')}' holds it ({doc.get('user', '?')} on {doc.get('host', '?')}, pid {doc.get('pid', '?')}, since {doc.get('since', '?')})"
 
 
+def _server_error(exc: BaseException | None) -> bool:
+    """An HTTP 500 from an agent (py-consul's ConsulException "500 ..."), not a refused token or
+    an agent that did not answer."""
+    import consul
+
+    return type(exc) is consul.ConsulException and str(exc).startswith("500")
+
+
 def _leaderless(hosts: list[str], open_api, token: str) -> bool:
-    """Whether an agent answered and knows no leader (none answering: not known)."""
+    """Whether an agent answers but the cluster cannot serve: no leader known, or the one it
+    names does not answer a read that needs it (servers stopped a moment ago). No agent
+    answering at all: not known (False)."""
+    import consul
+
     for host in hosts:
         try:
             with open_api(host, token) as api:
-                return not api.status.leader()
+                if not api.status.leader():
+                    return True
+                try:
+                    api.kv.get(LOCK_KEY)  # a consistent read: the leader's
+                except consul.ConsulException:  # an HTTP answer: 500 no leader / rpc error
+                    return True
+                return False
         except Exception:  # noqa: BLE001 - the next agent may answer
             continue
     return False
@@ -125,13 +143,15 @@ def consul_lock(cluster: str, hosts: list[str], open_api, token: str, what: str,
             stack.push(inner)
             clients.append(api)
             return value
-        raise LockHeld(f"cluster {cluster!r}: its lock in Consul cannot be taken: no agent answered ({last})")
+        raise LockHeld(f"cluster {cluster!r}: its lock in Consul cannot be taken: no agent answered ({last})") from last
 
     me = holder_doc(what)
     try:
         session = call(lambda api: api.session.create(name=f"clusterctl {what}", checks=[], ttl=SESSION_TTL, lock_delay=0, behavior="release"))
-    except LockHeld:
-        if not _leaderless(hosts, open_api, token):
+    except LockHeld as exc:
+        # An agent answered 500 (the servers cannot take a write: no quorum, a leader just gone),
+        # or one knows no leader: the cluster cannot hold a lock until this run heals it.
+        if not (_server_error(exc.__cause__) or _leaderless(hosts, open_api, token)):
             raise
         # No leader anywhere (e.g. servers a failed run left stopped): no lock can be held in
         # Consul until this very run starts them; the operator's flock alone keeps runs apart.

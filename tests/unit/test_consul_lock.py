@@ -26,7 +26,7 @@ def _api(leader="10.0.0.1:8300", create_fails=False, acquire=(True,)):
     def create(**kw):
         calls.append("create")
         if create_fails:
-            raise RuntimeError("500 No cluster leader")
+            raise create_fails
         return "s1"
 
     api.session.create = create
@@ -63,14 +63,39 @@ def test_a_lock_taken_at_once_did_not_wait_and_one_taken_after_a_release_did(mon
 
 
 def test_a_cluster_without_a_leader_holds_no_lock_and_the_run_goes_on():
-    api, calls = _api(leader="", create_fails=True)
+    api, calls = _api(leader="", create_fails=ConnectionError("tunnel closed"))
     with consul_lock("c1", ["n1"], _open(api), "t", "up", wait=5) as waited:
         assert waited is False
     assert "acquire" not in calls
 
 
+def test_a_leader_named_but_gone_holds_no_lock_either():
+    """Servers stopped a moment ago: the agent still names a leader that no longer answers."""
+    import consul
+
+    api, calls = _api(create_fails=ConnectionError("tunnel closed"))
+
+    def gone(key):
+        raise consul.ConsulException("500 rpc error making call: stream closed")
+
+    api.kv.get = gone
+    with consul_lock("c1", ["n1"], _open(api), "t", "up", wait=5) as waited:
+        assert waited is False
+
+
+def test_a_server_error_on_the_session_holds_no_lock():
+    """The agent answered 500 (a write the servers cannot take): the run goes on and heals."""
+    import consul
+
+    api, calls = _api(create_fails=consul.ConsulException("500 rpc error making call: stream closed"))
+    with consul_lock("c1", ["n1"], _open(api), "t", "up", wait=5) as waited:
+        assert waited is False and "acquire" not in calls
+
+
 def test_agents_with_a_leader_that_refuse_the_session_are_one_line():
-    api, _ = _api(create_fails=True)
+    import consul
+
+    api, _ = _api(create_fails=consul.ACLPermissionDenied("Permission denied"))
     with pytest.raises(LockHeld, match="its lock in Consul cannot be taken"):
         with consul_lock("c1", ["n1"], _open(api), "t", "up", wait=5):
             pass
