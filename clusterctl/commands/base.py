@@ -137,7 +137,7 @@ class StepMarks:
 class ChainedStdin:
     """Several commands' stdin, one after another on the script's one stdin."""
 
-    parts: tuple[object, ...]
+    parts: tuple[object, ...] = field(repr=False)  # bytes parts may be secrets: never in a repr
 
     def describe(self) -> str:
         return "; ".join(getattr(p, "describe", lambda p=p: f"{len(p)} bytes, not shown")() for p in self.parts)  # type: ignore[arg-type, misc]

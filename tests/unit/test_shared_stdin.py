@@ -42,3 +42,5 @@ def test_only_bounded_readers_may_come_before_another():
     with pytest.raises(ValueError, match="one command only"):
         Script((unbounded, Cmd(("cat",), "read the rest", stdin=b"y")))
     assert Script((unbounded,)).stdin == b"x" and Script((Cmd(("true",)),)).stdin is None
+    chained = Script((write_secret_tree("/r", {"a": b"s3cret"}), Cmd(("cat",), "rest", stdin=b"hunter2"))).stdin
+    assert "s3cret" not in repr(chained) and "hunter2" not in repr(chained) and "hunter2" not in chained.describe()
