@@ -197,7 +197,7 @@ def start_agent() -> Cmd:
     return Cmd(("docker", "start", CONTAINER), "start the stopped consul container")
 
 
-def wait_for_leader(timeout: float, voter: str | None = None) -> Cmd:
+def wait_for_leader(timeout: float, voter: str | None = None, why: str = "") -> Cmd:
     """Until this agent knows a leader (HTTP on loopback, from inside the container) and, for a
     server, until raft counts `voter` as a voting member: a server that rejoined is a non-voter
     until autopilot promotes it, and restarting the next one before that could lose quorum."""
@@ -218,5 +218,5 @@ def wait_for_leader(timeout: float, voter: str | None = None) -> Cmd:
         f"{timeout:g}",
         voter or "",
         WITH_AGENT_TOKEN,
-        description="wait until consul sees a leader" + (" and counts this server as a voter" if voter else ""),
+        description="wait until consul sees a leader" + (" and counts this server as a voter" if voter else "") + (f" ({why})" if why else ""),
     )

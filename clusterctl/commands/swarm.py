@@ -100,7 +100,13 @@ JOIN = (
     'body=$(printf \'{"AdvertiseAddr":"%s","ListenAddr":"%s","RemoteAddrs":["%s"],"JoinToken":"%s"}\' "$2" "$4" "$5" "$token") && '
     'resp=$(printf \'POST /swarm/join HTTP/1.1\\r\\nHost: docker\\r\\nContent-Type: application/json\\r\\n'
     'Content-Length: %s\\r\\nConnection: close\\r\\n\\r\\n%s\' "${#body}" "$body" | docker system dial-stdio) && '
-    'case "$resp" in "HTTP/1.1 200"*) ;; *) echo "swarm join refused: $(printf "%s" "$resp" | tail -n 1)" >&2; exit 1 ;; esac'
+    'case "$resp" in "HTTP/1.1 200"*) ;; '
+    # Docker answers after 20 s that the join goes on in the background (a busy manager, or raft
+    # catching up): wait for the node's own state instead of calling the join failed.
+    '*"continue in the background"*) i=0; while s=$(docker info --format "{{.Swarm.LocalNodeState}}") && [ "$s" = pending ] '
+    '&& [ "$i" -lt 90 ]; do i=$((i+1)); sleep 1; done; '
+    '[ "$s" = active ] || { echo "swarm join still $s after the engine\'s timeout and 90 s more" >&2; exit 1; } ;; '
+    '*) echo "swarm join refused: $(printf "%s" "$resp" | tail -n 1)" >&2; exit 1 ;; esac'
 )
 
 

@@ -70,6 +70,8 @@ class DockerFacts:
     consul_checks: dict[str, str] | None = None
     # The agent's own ACL token is unknown to Consul ("ACL not found"): settle makes it again.
     consul_token_missing: bool = False
+    # Why raft could not be read (a timeout, an HTTP status), for the plan to say.
+    consul_raft_error: str | None = None
     # Images of the host's other containers (none of clusterctl's labels), as `docker ps` names
     # them: a tag, an ID or a short ID. Never removed by clusterctl.
     foreign_images: tuple[str, ...] = ()
@@ -296,6 +298,7 @@ def _docker(d: dict[str, Any]) -> DockerFacts:
         consul_voters=_consul_voters(d.get("consul_raft")),
         consul_checks=_consul_checks(d.get("consul_checks")),
         consul_token_missing=d.get("consul_token_missing") is True,
+        consul_raft_error=str(d["consul_raft_error"])[:120] if isinstance(d.get("consul_raft_error"), str) else None,
         foreign_images=tuple(foreign),
     )
 

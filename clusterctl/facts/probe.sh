@@ -61,9 +61,10 @@ hdr=""; [ -n "$tok" ] && hdr="X-Consul-Token: $tok$cr
 "
 get() { # $1 the path, $2 the headers; the answer in $body. 0: 200; 2: 403 ACL not found;
 	# 3: nothing listening; 1: anything else
-	body=""
+	body=""; why="nothing listens on its port"
 	exec 3<>"/dev/tcp/127.0.0.1/$port" || return 3
 	printf "GET %s HTTP/1.0$cr\n%s$cr\n" "$1" "$2" >&3
+	why="no answer within 2 s"
 	IFS= read -r -t 2 status <&3 || { exec 3<&-; return 1; }
 	while IFS= read -r -t 2 l <&3 && [ -n "${l%$cr}" ]; do :; done
 	body=$(cat <&3); exec 3<&-
@@ -71,6 +72,7 @@ get() { # $1 the path, $2 the headers; the answer in $body. 0: 200; 2: 403 ACL n
 	"HTTP/"*" 200 "*) return 0 ;;
 	*" 403 "*) case "$body" in *"ACL not found"*) return 2 ;; esac ;;
 	esac
+	why="${status%$cr}: ${body:0:80}"; why=${why//[!A-Za-z0-9 .:\/_-]/ }
 	return 1
 }
 object() { if [ "$1" = 0 ]; then case "$body" in "{"*"}") printf "%s" "$body"; return ;; esac; fi; printf null; }
@@ -79,6 +81,7 @@ object() { if [ "$1" = 0 ]; then case "$body" in "{"*"}") printf "%s" "$body"; r
 get "/v1/operator/raft/configuration?stale" "$hdr"; rc=$?
 if [ "$rc" = 1 ] || { [ "$rc" = 3 ] && [ "$4" = 1 ]; }; then sleep 0.3; get "/v1/operator/raft/configuration?stale" "$hdr"; rc=$?; fi
 if [ "$rc" = 2 ]; then printf ",\"consul_token_missing\":true"; fi
+if [ "$rc" = 1 ] || [ "$rc" = 3 ]; then printf ",\"consul_raft_error\":\"%s\"" "$why"; fi
 printf ",\"consul_raft\":"; object "$rc"
 get /v1/agent/checks ""; rc=$?
 printf ",\"consul_checks\":"; object "$rc"'
@@ -100,7 +103,7 @@ consul_facts() { # $1: 0 when the agent's container is known to be absent
 	if command -v bash >/dev/null 2>&1; then
 		# It prints the keys itself; all of them, or none count.
 		c_out=$(timeout 5 bash -c "$CONSUL_HTTP" sh "$SUDO" 8500 /etc/clusterctl/consul/agent.token "${1:-1}" 2>/dev/null) || c_out=""
-		case "$c_out" in *',"consul_checks":'*) printf '%s' "$c_out" ;; *) printf ',"consul_raft":null,"consul_checks":null' ;; esac
+		case "$c_out" in *',"consul_checks":'*) printf '%s' "$c_out" ;; *) printf ',"consul_raft_error":"its reads took over 5 s","consul_raft":null,"consul_checks":null' ;; esac
 		return
 	fi
 	c_out=$(consul_in_container) || c_out=""

@@ -85,6 +85,15 @@ def _raft_known(ctx: Context) -> bool:
     return any(_own_agent(ctx.cluster, f) is not None and f.docker.consul_voters for f in ctx.facts.values())
 
 
+def _not_a_voter_why(name: str, voters: Mapping[str, bool] | None, error: str | None) -> str:
+    """Why a running, up-to-date server is waited for: what this host's probe read of raft."""
+    if voters is None:
+        return "its agent's raft view could not be read" + (f": {error}" if error else "")
+    if name in voters:
+        return "raft counts it as a non-voter"
+    return "raft lists " + (", ".join(sorted(voters)) or "no server") + ", not this host"
+
+
 def _leave_blockers(ctx: Context, host: Host, facts: HostFacts) -> list[str]:
     """Why this server may not leave now: raft's other servers whose agent does not run (the
     removal would need them for its quorum), or no raft view at all."""
@@ -233,6 +242,7 @@ class ConsulPhase:
                 "run up on every host, or add a host that runs one to --host"
             )
         cmds: list[Cmd] = []
+        why = ""
         if current is not None and current.labels.get("clusterctl.config") == digest:
             if current.running:
                 voters = facts.docker.consul_voters
@@ -240,6 +250,7 @@ class ConsulPhase:
                     return []
                 # Up to date but not (yet) a voter, e.g. it restarted with its host: done only
                 # once autopilot promotes it, so `up` never reports a cluster short of quorum.
+                why = _not_a_voter_why(host.name, voters, facts.docker.consul_raft_error)
             else:
                 cmds.append(build.start_agent())
         else:
@@ -262,7 +273,7 @@ class ConsulPhase:
                 cmds.append(build.remove_agent())
             cmds.append(build.make_services_dir())
             cmds.append(build.run_agent(cfg, digest))
-        cmds.append(build.wait_for_leader(LEADER_TIMEOUT, voter=host.name if cfg.server else None))
+        cmds.append(build.wait_for_leader(LEADER_TIMEOUT, voter=host.name if cfg.server else None, why=why))
         return [as_root(c, facts.sudo) for c in cmds]
 
     def rolling(self, ctx: Context, host: Host, facts: HostFacts) -> bool:

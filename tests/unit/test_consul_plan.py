@@ -1,6 +1,7 @@
 """The consul command builders and the consul/engine phase plans, from recorded facts."""
 
 import json
+from dataclasses import replace
 import shlex
 from pathlib import Path
 
@@ -166,14 +167,26 @@ def test_converged_agent_plans_nothing_and_a_stopped_one_is_started():
     assert [c.render() for c in cmds][0] == "docker start clusterctl-consul"
 
 
-@pytest.mark.parametrize("raft", [_raft(n1=False, n2=True, n3=True), _raft(n2=True, n3=True), "no answer"])
-def test_up_to_date_server_that_is_not_a_voter_is_waited_for_not_restarted(raft):
+@pytest.mark.parametrize(
+    "raft, why",
+    [
+        (_raft(n1=False, n2=True, n3=True), "(raft counts it as a non-voter)"),
+        (_raft(n2=True, n3=True), "(raft lists n2, n3, not this host)"),
+        ("no answer", "(its agent's raft view could not be read: no answer within 2 s)"),
+    ],
+)
+def test_up_to_date_server_that_is_not_a_voter_is_waited_for_not_restarted(raft, why):
     # E.g. its host rebooted: the container came back by itself, but autopilot has not promoted
-    # it yet (or it has no raft view at all). `up` waits; it neither restarts it nor calls it done.
+    # it yet (or it has no raft view at all). `up` waits; it neither restarts it nor calls it done,
+    # and says what the probe read.
     ctx = ctx_for()
-    ctx = ctx_for(n1=_converged_facts(ctx, "n1", raft=raft if raft != "no answer" else {}))
+    facts = _converged_facts(ctx, "n1", raft=raft if raft != "no answer" else {})
+    if raft == "no answer":
+        facts = replace(facts, docker=replace(facts.docker, consul_raft_error="no answer within 2 s"))
+    ctx = ctx_for(n1=facts)
     cmds = ConsulPhase().plan(ctx, ctx.cluster.hosts[0], ctx.facts["n1"])
     assert len(cmds) == 1 and "voter" in cmds[0].description and "n1" in cmds[0].render()
+    assert cmds[0].description.endswith(why)
 
 
 def test_a_client_needs_no_raft_view():

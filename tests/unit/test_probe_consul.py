@@ -121,6 +121,8 @@ def test_raft_is_asked_twice_before_it_counts_as_unknown(tmp_path, agent_with):
     d = _run(tmp_path, agent.port, "t")
     assert d["consul_raft"] is None and d["consul_checks"] == {}
     assert [p for p, _ in agent.requests] == [raft, raft, "/v1/agent/checks"]
+    # Why, for the plan to say: the status line and the start of the body, JSON-safe.
+    assert d["consul_raft_error"].startswith("HTTP/1.0 500 ") and d["consul_raft_error"].endswith(": rpc error")
 
 
 def test_other_answers_are_unknown(tmp_path, agent_with):
@@ -138,6 +140,7 @@ def test_no_agent_listening_is_unknown(tmp_path):
     d = _run(tmp_path, port, "t")
     assert d["consul_raft"] is None and d["consul_checks"] is None
     assert (tmp_path / "slept").read_text() == "0.3\n"  # asked again: the agent may be restarting
+    assert d["consul_raft_error"] == "nothing listens on its port"
 
 
 def test_no_agent_listening_and_no_agent_container_is_unknown_at_once(tmp_path):

@@ -370,3 +370,36 @@ def test_a_join_keeps_the_token_off_every_command_line():
     before_each = swarm.JOIN.split('"$token"')[:-1]
     assert len(before_each) == 2
     assert before_each[0].endswith("case ") and before_each[1].rsplit("$(", 1)[1].startswith("printf ")
+
+
+def _run_join(tmp_path, answer: str, states: list[str]):
+    """JOIN run by sh against a stand-in `docker`: dial-stdio prints `answer`, `docker info`
+    prints `states` in turn (the last one again after)."""
+    import subprocess
+
+    (tmp_path / "states").write_text("\n".join(states) + "\n")
+    fake = tmp_path / "docker"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        f"'system dial-stdio') cat >/dev/null; printf '%s' {shlex.quote(answer)} ;;\n"
+        f"info*) f={tmp_path}/states; head -n 1 \"$f\"; [ \"$(wc -l <\"$f\")\" -gt 1 ] && sed -i 1d \"$f\" ;;\n"
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    cmd = swarm.join(swarm.TokenInput("worker token", "SWMTKN-1-abc-def"), "10.77.0.11", "10.77.0.12")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    return subprocess.run(cmd.argv, input="SWMTKN-1-abc-def\n", capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_a_join_the_engine_goes_on_with_in_the_background_is_waited_for(tmp_path):
+    # Docker gives up waiting after 20 s (a busy manager) while the node goes on joining.
+    late = "HTTP/1.1 503 Service Unavailable\r\n\r\n" + '{"message":"Timeout was reached before node joined. The attempt to join the swarm will continue in the background."}'
+    done = _run_join(tmp_path, late, ["pending", "active"])
+    assert done.returncode == 0, done.stderr
+    failed = _run_join(tmp_path, late, ["pending", "error"])
+    assert failed.returncode == 1 and "swarm join still error" in failed.stderr
+    refused = _run_join(tmp_path, "HTTP/1.1 400 Bad Request\r\n\r\n" + '{"message":"invalid join token"}', ["inactive"])
+    assert refused.returncode == 1 and "swarm join refused" in refused.stderr and "invalid join token" in refused.stderr
+    ok = _run_join(tmp_path, "HTTP/1.1 200 OK\r\n\r\n", ["inactive"])
+    assert ok.returncode == 0, ok.stderr
