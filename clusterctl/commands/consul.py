@@ -33,6 +33,8 @@ TLS_FINAL = 3
 # own token, agent.token the same token alone, for the consul CLI run in the container
 # (CONSUL_HTTP_TOKEN_FILE: a path, never the token, on a command line). Both 0600, beside the key.
 ACL_CONFIG, AGENT_TOKEN = "acl.json", "agent.token"
+# The agent's token on the host (root only; mounted into its container as its config).
+AGENT_TOKEN_FILE = f"{CONFIG_DIR}/{AGENT_TOKEN}"
 # Like TLS, a running cluster gets ACLs in steps: 0 none; 1 on, default allow (the ACL system
 # exists and is bootstrapped, nothing is refused yet); 2 default deny, each agent with its token
 # (made between the two). A new cluster starts at ACL_FINAL.
@@ -197,11 +199,50 @@ def start_agent() -> Cmd:
     return Cmd(("docker", "start", CONTAINER), "start the stopped consul container")
 
 
+# The agent's HTTP API on the host's loopback through bash's /dev/tcp: a few ms a request, where
+# a `docker exec` of BusyBox wget in the agent's container costs ~0.1 s of a busy host's CPU
+# (hosts without bash poll that way still). `get PATH`: $status (the status line), $index (its
+# X-Consul-Index), $body; 1 when nothing answered. $AGENT_PORT: the API's port; $hdr: headers to
+# send (empty, or e.g. "X-Consul-Token: ...$cr$nl"). `put PATH TOKEN BODY`: 0 when answered 200
+# ($status, $body as for get). Tokens go by printf, a builtin: on no command line.
+AGENT_GET_BASH = (
+    'printf -v cr "\\r"; printf -v nl "\\n"; '
+    'get() { status="" index="" body=""; exec 3<>"/dev/tcp/127.0.0.1/$AGENT_PORT" || return 1; '
+    'printf "GET %s HTTP/1.0$cr\\n%s$cr\\n" "$1" "${hdr:-}" >&3; IFS= read -r -t 5 status <&3 || { exec 3<&-; return 1; }; '
+    'while IFS= read -r -t 5 l <&3; do l=${l%$cr}; [ -z "$l" ] && break; '
+    'case "$l" in [Xx]-[Cc]onsul-[Ii]ndex:*) index=${l#*: } ;; esac; done; body=$(cat <&3); exec 3<&-; }; '
+    'put() { status="" body=""; exec 3<>"/dev/tcp/127.0.0.1/$AGENT_PORT" || return 1; '
+    'printf "PUT %s HTTP/1.0$cr\\nX-Consul-Token: %s$cr\\nContent-Type: application/json$cr\\nContent-Length: %s$cr\\n$cr\\n%s" "$1" "$2" "${#3}" "$3" >&3; '
+    'IFS= read -r -t 5 status <&3; while IFS= read -r -t 5 l <&3 && [ -n "${l%$cr}" ]; do :; done; body=$(cat <&3); exec 3<&-; '
+    'case "$status" in *" 200 "*) return 0 ;; esac; return 1; }; '
+)
+AGENT_PORT = 8500
+
+# The leader wait in bash (AGENT_GET_BASH), every 0.1 s: $1 the server to count as a voter ("" for
+# a client: a leader is all it waits for), $2 seconds, $3 the agent token's file. Raft is read as
+# `consul operator raft list-peers` reads it (from the leader), with the agent's token; an agent
+# whose token does not exist yet (a first start, before the ACL settle) waits for a leader only.
+_WAIT_LEADER_BASH = AGENT_GET_BASH + (
+    'LC_ALL=C; hdr=""; if [ -n "$1" ] && [ -r "$3" ]; then tok=""; { IFS= read -r tok || [ -n "$tok" ]; } <"$3"; '
+    '[ -n "$tok" ] && hdr="X-Consul-Token: $tok$cr$nl"; fi; '
+    'end=$((SECONDS + ${2%.*} + 1)); while [ "$SECONDS" -lt "$end" ]; do '
+    'if get /v1/status/leader 2>/dev/null && case "$status" in *" 200 "*) true ;; *) false ;; esac; then case "$body" in *:*) '
+    '[ -z "$1" ] && exit 0; '
+    'if get /v1/operator/raft/configuration 2>/dev/null; then case "$status" in '
+    '*" 200 "*) IFS="}" read -r -a servers <<<"$body"; for e in "${servers[@]}"; do '
+    'case "$e" in *"\\"Node\\":\\"$1\\""*"\\"Voter\\":true"*) exit 0 ;; esac; done ;; '
+    '*" 403 "*) case "$body" in *"ACL not found"*) exit 0 ;; esac ;; '
+    'esac; fi ;; esac; fi; sleep 0.1; done; exit 1'
+)
+
+
 def wait_for_leader(timeout: float, voter: str | None = None, why: str = "") -> Cmd:
     """Until this agent knows a leader (HTTP on loopback, from inside the container) and, for a
     server, until raft counts `voter` as a voting member: a server that rejoined is a non-voter
     until autopilot promotes it, and restarting the next one before that could lose quorum."""
     return sh_args(
+        'if command -v bash >/dev/null 2>&1; then AGENT_PORT=$6 bash -c "$7" bash "$4" "$3" "$8" && exit 0; '
+        'echo "consul on this host has no leader (or is not a voter) after $3s" >&2; docker logs --tail 5 "$1" >&2; exit 1; fi; '
         'i=0; while :; do l=$(docker exec "$1" timeout 3 wget -qO- http://127.0.0.1:8500/v1/status/leader 2>/dev/null); '
         'case "$l" in *:*) '
         '  if [ -z "$4" ]; then exit 0; fi; '
@@ -218,5 +259,8 @@ def wait_for_leader(timeout: float, voter: str | None = None, why: str = "") -> 
         f"{timeout:g}",
         voter or "",
         WITH_AGENT_TOKEN,
+        str(AGENT_PORT),
+        _WAIT_LEADER_BASH,
+        AGENT_TOKEN_FILE,
         description="wait until consul sees a leader" + (" and counts this server as a voter" if voter else "") + (f" ({why})" if why else ""),
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from clusterctl.commands.base import Cmd, sh_args
 from clusterctl.commands.consul import CONTAINER as CONSUL_CONTAINER
-from clusterctl.commands.consul import SERVICES_DIR, consul_cli
+from clusterctl.commands.consul import AGENT_GET_BASH, AGENT_PORT, AGENT_TOKEN_FILE, SERVICES_DIR, consul_cli
 from clusterctl.config.models import duration_seconds
 
 CONTAINER_PREFIX = "clusterctl-svc-"
@@ -276,25 +276,54 @@ _OWN_CHECKS = (
 )
 
 
+# _OWN_CHECKS in bash on the host (the agent's network namespace too: it runs --net host), where
+# a `docker exec` costs a busy host ~0.1 s: an HTTP check is a GET through /dev/tcp answered 2xx
+# (a redirect counts as not answered: the agent's own check decides), a TCP check a connect. Each
+# try bounded by the check's timeout; the URL's parts are arguments, never code.
+_OWN_CHECKS_BASH = (
+    'LC_ALL=C; rounds=$1 secs=$2 n=$3; shift 3; end=$((SECONDS + secs)); seen=" "; r=0; '
+    'http_try=\'exec 3<>"/dev/tcp/$0/$1" || exit 1; printf "GET %s HTTP/1.0\\r\\nHost: %s\\r\\n\\r\\n" "$2" "$3" >&3; '
+    'IFS= read -r -t "$4" s <&3 || exit 1; case "$s" in "HTTP/"*" 2"[0-9][0-9]|"HTTP/"*" 2"[0-9][0-9]" "*) exit 0 ;; esac; exit 1\'; '
+    'check_all() { pending=0; i=0; while [ "$i" -lt "$n" ]; do i=$((i+1)); '
+    'rid=$1 kind=$2 url=$3 addr=$4 port=$5 t=$6; shift 6; '
+    'case "$seen" in *" $rid "*) continue ;; esac; '
+    'if [ "$kind" = http ]; then rest=${url#http://}; path=/${rest#*/}; [ "$rest" = "${rest#*/}" ] && path=/; '
+    'timeout "$t" bash -c "$http_try" "$addr" "$port" "$path" "${rest%%/*}" "$t" 2>/dev/null; '
+    'else timeout "$t" bash -c \'exec 3<>"/dev/tcp/$0/$1"\' "$addr" "$port" 2>/dev/null; fi && { seen="$seen$rid "; echo "$rid"; continue; }; '
+    "pending=1; done; }; "
+    'while :; do check_all "$@"; [ "$pending" = 0 ] && exit 0; r=$((r+1)); '
+    '{ [ "$r" -ge "$rounds" ] || [ "$SECONDS" -ge "$end" ]; } && exit 0; sleep 0.1; done'
+)
+
+# `consul reload` through the agent's API (PUT /v1/agent/reload) with the agent's token: $1 its file.
+_RELOAD_BASH = AGENT_GET_BASH + (
+    'tok=""; { IFS= read -r tok || [ -n "$tok" ]; } <"$1" 2>/dev/null; '
+    'put /v1/agent/reload "$tok" "" && exit 0; echo "consul reload refused: ${status%$cr} ${body:0:200}" >&2; exit 1'
+)
+
+
 def register_checked(replicas: list[Replica]) -> Cmd:
     """Each replica checked once from this host as the agent would check it (tried for a moment
     if it is still starting); those that answered are registered with their check passing (their
     staged definitions, PASSING_DIR, in place for the reload), the others as before (critical
-    until the agent's first check). The agent then keeps checking them all on its own."""
+    until the agent's first check). The agent then keeps checking them all on its own. With bash
+    on the host, the checks and the reload need no `docker exec`."""
     reload = reload_agent().argv
     groups = [part for r in replicas for part in r.own_check()]
     rids = ", ".join(r.id for r in replicas)
     return sh_args(
-        'c=$1 live=$2 staged=$3 rounds=$4 secs=$5 n=$6 probe=$7; shift 7; '
-        'ok=$(docker exec "$c" sh -c "$probe" sh "$rounds" "$secs" "$n" "$@" 2>/dev/null) || ok=""; '
+        'c=$1 live=$2 staged=$3 rounds=$4 secs=$5 n=$6 probe=$7 probe_bash=$8 port=$9 reload_bash=${10} tokf=${11}; shift 11; '
+        'if command -v bash >/dev/null 2>&1; then fast=1; ok=$(bash -c "$probe_bash" bash "$rounds" "$secs" "$n" "$@") || ok=""; '
+        'else fast=""; ok=$(docker exec "$c" sh -c "$probe" sh "$rounds" "$secs" "$n" "$@" 2>/dev/null) || ok=""; fi; '
         'i=0; while [ "$i" -lt "$n" ]; do shift 6; i=$((i+1)); done; swapped=""; '
         'for r in $ok; do case "$r" in *[!a-z0-9.-]*) continue ;; esac; '
         'if [ -f "$staged/$r.json" ] && mv -f "$live/$r.json" "$staged/$r.plain" && mv -f "$staged/$r.json" "$live/$r.json"; '
         'then swapped="$swapped $r"; fi; done; '
-        '"$@"; rc=$?; '
+        'if [ -n "$fast" ]; then AGENT_PORT=$port bash -c "$reload_bash" bash "$tokf"; else "$@"; fi; rc=$?; '
         'for r in $swapped; do mv -f "$staged/$r.plain" "$live/$r.json"; done; rm -rf "$staged"; '
         '[ "$rc" = 0 ] && [ -n "$swapped" ] && echo "registered passing, having answered the check from this host:$swapped"; exit "$rc"',
         CONSUL_CONTAINER, SERVICES_DIR, PASSING_DIR, str(OWN_CHECK_ROUNDS), str(OWN_CHECK_SECONDS), str(len(replicas)), _OWN_CHECKS,
+        _OWN_CHECKS_BASH, str(AGENT_PORT), _RELOAD_BASH, AGENT_TOKEN_FILE,
         *groups, *reload,
         description=f"reload consul's service definitions ({rids}: passing at once if it answers its check from this host)",
     )  # fmt: skip
@@ -321,19 +350,6 @@ def wait_registered(rids: list[str], node: str, timeout: float = CATALOG_WAIT, s
     return _wait_catalog(rids, node, True, timeout, f"wait until the catalog hands out {', '.join(rids)}", CATALOG_DIR if staged else "")
 
 
-# The agent's HTTP API on the host's loopback through bash's /dev/tcp: a few ms a request, where
-# a `docker exec` of BusyBox wget in the agent's container costs ~0.1 s on a busy host (hosts
-# without bash poll that way still). `get PATH`: $status (the status line), $index (its
-# X-Consul-Index), $body; 1 when nothing answered. $AGENT_PORT: the API's port.
-AGENT_GET_BASH = (
-    'printf -v cr "\\r"; '
-    'get() { status="" index="" body=""; exec 3<>"/dev/tcp/127.0.0.1/$AGENT_PORT" || return 1; '
-    'printf "GET %s HTTP/1.0$cr\\n$cr\\n" "$1" >&3; IFS= read -r -t 5 status <&3 || { exec 3<&-; return 1; }; '
-    'while IFS= read -r -t 5 l <&3; do l=${l%$cr}; [ -z "$l" ] && break; '
-    'case "$l" in [Xx]-[Cc]onsul-[Ii]ndex:*) index=${l#*: } ;; esac; done; body=$(cat <&3); exec 3<&-; }; '
-)
-AGENT_PORT = 8500
-
 # The catalog wait in bash: a blocking query on the node's catalog entry (answers as soon as it
 # changes, or after 2 s), so the wait ends when the agent's sync lands instead of at a poll. A
 # replica still missing whose entry is staged ($4/RID.json, its token in $4/RID.token: see
@@ -341,9 +357,6 @@ AGENT_PORT = 8500
 # printf, a builtin: on no command line). $1 node, $2 want (1: listed), $3 seconds, $4 the
 # staging dir, the rest: the replicas (service IDs).
 _WAIT_CATALOG_BASH = AGENT_GET_BASH + (
-    'put() { exec 3<>"/dev/tcp/127.0.0.1/$AGENT_PORT" || return 1; '
-    'printf "PUT %s HTTP/1.0$cr\\nX-Consul-Token: %s$cr\\nContent-Type: application/json$cr\\nContent-Length: %s$cr\\n$cr\\n%s" "$1" "$2" "${#3}" "$3" >&3; '
-    'IFS= read -r -t 5 status <&3; cat <&3 >/dev/null; exec 3<&-; case "$status" in *" 200 "*) return 0 ;; esac; return 1; }; '
     'LC_ALL=C; node=$1 want=$2 secs=${3%.*} staged=$4; shift 4; end=$((SECONDS + ${secs:-0} + 1)); at=0; put_done=""; while :; do '
     'if get "/v1/catalog/node/$node?index=$at&wait=2s" 2>/dev/null && case "$status" in *" 200 "*) true ;; *) false ;; esac; then '
     'left=""; for r in "$@"; do case "$body" in *"\\"ID\\":\\"$r\\""*) [ "$want" = 1 ] || left="$left $r" ;; *) [ "$want" = 1 ] && left="$left $r" ;; esac; done; '

@@ -192,6 +192,11 @@ class ConsulPhase:
     # A running cluster moves to verified TLS one step a pass (phases/consul_tls.py); a pass
     # with nothing to do ends the phase.
     passes = 1 + build.TLS_FINAL
+    # A host that ran a pass's commands reads its own facts at the end of its script; the others
+    # are not probed again. What another host's change alters in a host's facts is its view of
+    # raft, and the plans read raft only for the host's own vote and as the union of the views
+    # (which the changed host's fresh view covers).
+    own_facts_suffice = True
 
     def _state(self, ctx: Context, host: Host, facts: HostFacts):
         cfg = agent_config(ctx, host, facts)

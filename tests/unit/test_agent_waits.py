@@ -1,4 +1,4 @@
-"""The catalog and health waits of the services phase in a local shell, their bash path against a
+"""The catalog and health waits of the services phase and consul's leader wait in a local shell, their bash path against a
 small HTTP server on loopback standing in for the agent's API (the real agent: e2e, test_06): a
 blocking query that ends as the catalog changes, a timeout naming what is missing."""
 
@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from clusterctl.commands import consul
 from clusterctl.commands import service as build
 
 
@@ -18,6 +19,7 @@ class Agent:
 
     def __init__(self, answer):
         self.paths: list[str] = []
+        self.tokens: list[str | None] = []  # each GET's X-Consul-Token
         self.puts: list[tuple[str, str | None, bytes]] = []  # (path, token, body)
         agent = self
 
@@ -31,6 +33,7 @@ class Agent:
 
             def do_GET(self):  # noqa: N802 - http.server's name
                 agent.paths.append(self.path)
+                agent.tokens.append(self.headers.get("X-Consul-Token"))
                 status, body, index = answer(self.path)
                 self.send_response(status)
                 self.send_header("X-Consul-Index", str(index))
@@ -43,13 +46,16 @@ class Agent:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def run(self, cmd, staged=None) -> subprocess.CompletedProcess:
+    def run(self, cmd, staged=None, token_file=None) -> subprocess.CompletedProcess:
         argv = list(cmd.argv)
         assert argv[9] == str(build.AGENT_PORT)
         argv[9] = str(self.server.server_address[1])  # the agent's port: the stand-in's
         if staged is not None:
             assert argv[11] == build.CATALOG_DIR
             argv[11] = str(staged)
+        if token_file is not None:
+            assert argv[11] == f"{consul.CONFIG_DIR}/{consul.AGENT_TOKEN}"
+            argv[11] = str(token_file)
         return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
     def close(self):
@@ -155,3 +161,55 @@ def test_without_a_staged_entry_the_wait_only_waits(agent_with, tmp_path):
     agent = agent_with(lambda path: next(answers))
     run = agent.run(build.wait_registered(["web"], "node1", staged=True), staged=tmp_path / "none")
     assert run.returncode == 0 and agent.puts == [] and len(agent.paths) == 2
+
+
+def _raft(**voters: bool) -> str:
+    servers = [{"ID": n, "Node": n, "Address": f"{n}:8300", "Leader": False, "ProtocolVersion": "3", "Voter": v} for n, v in voters.items()]
+    return json.dumps({"Servers": servers, "Index": 9}, separators=(",", ":"))
+
+
+def test_the_leader_wait_ends_once_raft_counts_the_server_a_voter_read_with_the_agents_token(agent_with, tmp_path):
+    token = tmp_path / "agent.token"
+    token.write_text("agent-secret\n")
+    asked = {"leader": 0, "raft": 0}
+
+    def answer(path):
+        if path == "/v1/status/leader":
+            asked["leader"] += 1
+            return 200, '""' if asked["leader"] < 3 else '"10.0.0.1:8300"', 1
+        if path == "/v1/operator/raft/configuration":
+            asked["raft"] += 1
+            return 200, _raft(node2=True, node1=asked["raft"] >= 2), 9
+        return 404, "", 0
+
+    agent = agent_with(answer)
+    started = time.monotonic()
+    proc = agent.run(consul.wait_for_leader(10, voter="node1"), token_file=token)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 3  # polled every 0.1 s, not every 0.5
+    assert asked == {"leader": 4, "raft": 2}
+    assert set(agent.tokens) == {"agent-secret"}
+
+
+def test_the_leader_wait_of_a_client_or_of_an_agent_whose_token_is_not_made_yet_needs_a_leader_only(agent_with, tmp_path):
+    def answer(path):
+        if path == "/v1/status/leader":
+            return 200, '"10.0.0.1:8300"', 1
+        return 403, "ACL not found", 0
+
+    agent = agent_with(answer)
+    assert agent.run(consul.wait_for_leader(10), token_file=tmp_path / "none").returncode == 0
+    assert agent.paths == ["/v1/status/leader"]
+    proc = agent.run(consul.wait_for_leader(10, voter="node1"), token_file=tmp_path / "none")
+    assert proc.returncode == 0 and agent.paths[1:] == ["/v1/status/leader", "/v1/operator/raft/configuration"]
+    assert agent.tokens == [None, None, None]
+
+
+def test_the_leader_wait_times_out_when_the_server_stays_a_non_voter(agent_with, tmp_path):
+    def answer(path):
+        if path == "/v1/status/leader":
+            return 200, '"10.0.0.1:8300"', 1
+        return 200, _raft(node1=False, node2=True), 9
+
+    proc = agent_with(answer).run(consul.wait_for_leader(1, voter="node1"), token_file=tmp_path / "none")
+    assert proc.returncode == 1 and "no leader (or is not a voter) after 1s" in proc.stderr

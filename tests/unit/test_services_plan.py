@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from clusterctl.commands import consul as consul_build
 from clusterctl.commands import service as build
 from clusterctl.commands.files import sha256
 from clusterctl.config.loader import load_text
@@ -560,7 +561,7 @@ def test_each_new_definition_is_staged_again_with_its_check_passing_and_checked_
     assert passing == plain  # nothing else differs
     # The check the agent runs (HTTP GET of the registered address), as argv words: never shell text.
     reload = next(c for c in cmds if c.description == checked("web"))
-    assert ("web", "http", "http://10.0.0.1:8080/healthz", "10.0.0.1", "8080", "2") == reload.argv[11:17]
+    assert ("web", "http", "http://10.0.0.1:8080/healthz", "10.0.0.1", "8080", "2") == reload.argv[15:21]
     assert reload.argv[4:7] == ("clusterctl-consul", build.SERVICES_DIR, build.PASSING_DIR)
     # Without check.http the agent connects over TCP; so does clusterctl.
     tcp = ctx_for(FILE.replace("    check: {http: /healthz}\n", ""))
@@ -603,12 +604,50 @@ def _http_server(port_holder):
     return server
 
 
-def test_register_checked_puts_in_place_only_what_answered_and_the_plain_files_back(tmp_path):
-    """For real in a local shell: docker and consul faked (the one `exec`s the command here, the
-    other records what the agent would load), BusyBox's wget and nc as in the agent's container.
-    A replica answering 200, one answering 500, one listening for TCP only from a moment after
-    the start, one with nothing listening: the first and third are loaded passing; after the
-    reload every definition on disk is the plain one again and nothing is left staged."""
+def _reload_agent(live, snap, status=200):
+    """The agent's API for PUT /v1/agent/reload: records each call's token and copies what the
+    agent would load (the live definitions) to `snap`."""
+    import http.server
+    import shutil
+    import threading
+
+    calls: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802 - http.server's name
+            calls.append(self.headers.get("X-Consul-Token"))
+            if self.path == "/v1/agent/reload" and status == 200:
+                for p in live.iterdir():
+                    shutil.copy(p, snap / p.name)
+            self.send_response(status if self.path == "/v1/agent/reload" else 404)
+            self.end_headers()
+            self.wfile.write(b"" if status == 200 else b"agent down")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, calls
+
+
+def _no_bash_path(bin_, busybox) -> None:
+    """`bin_` as a whole PATH of BusyBox applets (no bash): the hosts where the agent's container
+    runs the checks and the consul CLI reloads."""
+    for applet in ("sh", "mv", "rm", "cat", "cp", "sleep", "date", "timeout", "wget", "nc", "[", "test", "echo", "true", "mkdir"):
+        if not (bin_ / applet).exists():
+            (bin_ / applet).symlink_to(busybox)
+
+
+@pytest.mark.parametrize("with_bash", [True, False], ids=["bash on the host", "no bash"])
+def test_register_checked_puts_in_place_only_what_answered_and_the_plain_files_back(tmp_path, with_bash):
+    """For real in a local shell. With bash: the checks from the host through /dev/tcp and the
+    reload through the agent's API (a stand-in), with the agent's token; no docker exec. Without:
+    docker and consul faked (the one `exec`s the command here, the other records what the agent
+    would load), BusyBox's wget and nc as in the agent's container. A replica answering 200, one
+    answering 500, one listening for TCP only from a moment after the start, one with nothing
+    listening: the first and third are loaded passing; after the reload every definition on disk
+    is the plain one again and nothing is left staged."""
     import shutil
     import socket
     import subprocess
@@ -621,7 +660,8 @@ def test_register_checked_puts_in_place_only_what_answered_and_the_plain_files_b
     live, staged, snap, bin_ = (tmp_path / d for d in ("live", "staged", "snap", "bin"))
     for d in (live, staged, snap, bin_):
         d.mkdir()
-    (bin_ / "docker").write_text('#!/bin/sh\n[ "$1" = exec ] || exit 1\nshift 2\nexec "$@"\n')
+    execs = tmp_path / "docker-execs"
+    (bin_ / "docker").write_text(f'#!/bin/sh\necho "$*" >> {execs}\n[ "$1" = exec ] || exit 1\nshift 2\nexec "$@"\n')
     (bin_ / "consul").write_text('#!/bin/sh\n[ "$1" = reload ] && cp "$LIVE"/*.json "$SNAP"/ && echo "Configuration reload triggered"\n')
     for name in ("docker", "consul"):
         (bin_ / name).chmod(0o755)
@@ -629,6 +669,9 @@ def test_register_checked_puts_in_place_only_what_answered_and_the_plain_files_b
         (bin_ / applet).symlink_to(busybox)
     ports: list[int] = []
     server = _http_server(ports)
+    agent, tokens = _reload_agent(live, snap)
+    token_file = tmp_path / "agent.token"
+    token_file.write_text("agent-secret\n")
     late = socket.socket()
     late.bind(("127.0.0.1", 0))
     closed = socket.socket()
@@ -648,13 +691,21 @@ def test_register_checked_puts_in_place_only_what_answered_and_the_plain_files_b
     cmd = build.register_checked(replicas)
     argv = list(cmd.argv)
     assert argv[4:7] == ["clusterctl-consul", build.SERVICES_DIR, build.PASSING_DIR]
+    assert argv[12] == str(build.AGENT_PORT) and argv[14] == consul_build.AGENT_TOKEN_FILE
     argv[5:8] = [str(live), str(staged), "10"]  # the dirs here; up to 10 rounds (about a second)
+    argv[12], argv[14] = str(agent.server_address[1]), str(token_file)  # the agent: the stand-in
+    if with_bash:
+        path = f"{bin_}:/usr/bin:/bin"
+    else:
+        _no_bash_path(bin_, busybox)
+        path = str(bin_)
     threading.Timer(0.3, lambda: late.listen(5)).start()
-    env = {"PATH": f"{bin_}:/usr/bin:/bin", "LIVE": str(live), "SNAP": str(snap)}
+    env = {"PATH": path, "LIVE": str(live), "SNAP": str(snap)}
     started = time.monotonic()
-    proc = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, text=True, env=env, timeout=30)
+    proc = subprocess.run([busybox, "sh", "-c", shlex.join(argv)], capture_output=True, text=True, env=env, timeout=30)
     took = time.monotonic() - started
     server.shutdown()
+    agent.shutdown()
     late.close()
     closed.close()
     assert proc.returncode == 0, proc.stderr
@@ -664,22 +715,39 @@ def test_register_checked_puts_in_place_only_what_answered_and_the_plain_files_b
     assert {p.name: p.read_text() for p in live.iterdir()} == {f"{r.id}.json": r.definition() for r in replicas}
     assert not staged.exists() and not pwned.exists()
     assert took < 5  # bounded: the two that never answer are left to the agent after about a second
+    if with_bash:
+        assert not execs.exists() and tokens == ["agent-secret"]
+    else:
+        assert [l.split()[:2] for l in execs.read_text().splitlines() if l.startswith("exec ")] == [["exec", "clusterctl-consul"]] * 2 and tokens == []
 
 
-def test_register_checked_fails_with_the_reload_and_still_puts_the_plain_files_back(tmp_path):
+@pytest.mark.parametrize("with_bash", [True, False], ids=["bash on the host", "no bash"])
+def test_register_checked_fails_with_the_reload_and_still_puts_the_plain_files_back(tmp_path, with_bash):
+    import shutil
     import subprocess
 
+    busybox = shutil.which("busybox")
+    if not busybox:
+        pytest.skip("no busybox here")
     live, staged, bin_ = (tmp_path / d for d in ("live", "staged", "bin"))
     for d in (live, staged, bin_):
         d.mkdir()
     (bin_ / "docker").write_text('#!/bin/sh\nshift 2\ncase "$*" in *reload*) echo "agent down" >&2; exit 1 ;; esac\necho web\n')
     (bin_ / "docker").chmod(0o755)
+    agent, _ = _reload_agent(live, tmp_path, status=500)
     r = build.Replica(service="web", host="n1", image="i", address="127.0.0.1", port=1, command=None, env=(),
                       filebox_container=None, network=None, cluster="c1")  # fmt: skip
     (live / "web.json").write_text(r.definition())
     (staged / "web.json").write_text(r.definition(passing=True))
     argv = list(build.register_checked([r]).argv)
     argv[5:7] = [str(live), str(staged)]
-    proc = subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, text=True, env={"PATH": f"{bin_}:/usr/bin:/bin"}, timeout=30)
+    argv[12], argv[14] = str(agent.server_address[1]), str(tmp_path / "no-token")
+    if with_bash:
+        path = f"{bin_}:/usr/bin:/bin"
+    else:
+        _no_bash_path(bin_, busybox)
+        path = str(bin_)
+    proc = subprocess.run([busybox, "sh", "-c", shlex.join(argv)], capture_output=True, text=True, env={"PATH": path}, timeout=30)
+    agent.shutdown()
     assert proc.returncode == 1 and "agent down" in proc.stderr and "registered passing" not in proc.stdout
     assert (live / "web.json").read_text() == r.definition() and not staged.exists()
