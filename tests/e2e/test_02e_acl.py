@@ -135,6 +135,16 @@ def test_a_second_operator_waits_for_the_clusters_lock_then_refuses_naming_its_h
     assert other("secrets", "import", str(bundle), "-f", str(lab.cluster_file)).returncode == 0
     before = _agent_ids(lab)
     _on(lab, "node3", "docker stop clusterctl-consul >/dev/null")
+    # If node3 led, the others elect a new leader first: until then no lock can be held (the lock
+    # below would hold none, and the second operator would not wait).
+    import yaml
+
+    node3 = next(h["address"] for h in yaml.safe_load(lab.cluster_file.read_text())["hosts"] if h["name"] == "node3")
+    ask = "docker exec clusterctl-consul wget -qO- http://127.0.0.1:8500/v1/status/leader"
+    deadline = time.monotonic() + 30
+    while not all((lead := _on(lab, h, ask).strip().strip('"')) and not lead.startswith(f"{node3}:") for h in ("node1", "node2")):
+        assert time.monotonic() < deadline, "node1 and node2 elected no leader after node3's agent stopped"
+        time.sleep(0.2)
     token = (state_dir_of(lab) / "acl" / "management.token").read_text().strip()
     cluster = load(lab.cluster_file)
     known = _known_hosts(cluster, False)
