@@ -237,9 +237,11 @@ _WAIT_LEADER_BASH = AGENT_GET_BASH + (
 
 
 def wait_for_leader(timeout: float, voter: str | None = None, why: str = "") -> Cmd:
-    """Until this agent knows a leader (HTTP on loopback, from inside the container) and, for a
-    server, until raft counts `voter` as a voting member: a server that rejoined is a non-voter
-    until autopilot promotes it, and restarting the next one before that could lose quorum."""
+    """Until this agent knows a leader (its HTTP API on loopback: from the host with bash,
+    _WAIT_LEADER_BASH; else from inside the container) and, for a server, until raft counts
+    `voter` as a voting member: a server that rejoined is a non-voter until autopilot promotes
+    it, and restarting the next one before that could lose quorum. `why`: what the plan knows of
+    the reason to wait, for its description."""
     return sh_args(
         'if command -v bash >/dev/null 2>&1; then AGENT_PORT=$6 bash -c "$7" bash "$4" "$3" "$8" && exit 0; '
         'echo "consul on this host has no leader (or is not a voter) after $3s" >&2; docker logs --tail 5 "$1" >&2; exit 1; fi; '
