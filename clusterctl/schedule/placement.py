@@ -239,8 +239,37 @@ def place(
     never shared by two services on a host); `capacities`: host name -> its size (capacity_of;
     default DEFAULT_CAPACITY), of which `reserve` is kept back on every host; `rebalance`: move
     running replicas to meet the spread (else they stay)."""
-    hosts = tuple(hosts)
-    services = tuple(services)
+    hosts, services = tuple(hosts), tuple(services)
+    placed = _place_once(services, hosts, available, running, ports, capacities, reserve, rebalance)
+    # A rebalance places each service around where the services after it run now, and those
+    # may move too (a spread service leaving a host makes room there for an earlier one): it
+    # is planned again from its own result until a rebalance from there moves nothing, so a
+    # second `up --rebalance` never moves what the first placed.
+    for _ in range(REBALANCE_ROUNDS if rebalance else 0):
+        try:
+            again = _place_once(services, hosts, available, placed.hosts_of, ports, capacities, reserve, rebalance)
+        except PlacementError:
+            break
+        if again.hosts_of == placed.hosts_of:
+            break
+        placed = again
+    return placed
+
+
+# At most this many more rounds of a rebalance (each is one placement); in practice one or two.
+REBALANCE_ROUNDS = 4
+
+
+def _place_once(
+    services: tuple[Service, ...],
+    hosts: tuple[Host, ...],
+    available: Collection[str],
+    running: Mapping[str, Iterable[str]] | None,
+    ports: Mapping[str, int | None] | None,
+    capacities: Mapping[str, Room] | None,
+    reserve: Room,
+    rebalance: bool,
+) -> Placement:
     running = running or {}
     ports = ports or {}
     position = {h.name: i for i, h in enumerate(hosts)}

@@ -344,3 +344,21 @@ def test_a_normal_placement_never_moves_a_running_replica_and_a_rebalance_settle
             members = [h.name for h in more if spread_group(s, h) == g and h.name in up and s.allows(h)]
             if members and any(counts[m] for m in members):
                 assert max(counts[m] for m in members) - min(counts[m] for m in members) <= 1, (g, counts)
+
+
+def test_a_rebalance_counts_the_room_a_later_service_moving_away_frees():
+    # Found by hypothesis: s1's three replicas fill n3 (gcp), so the first round puts both of
+    # s0's on aws; s1 then spreads out and frees n3, where s0's gcp share fits. One rebalance
+    # must end where a second one would (s0 on both providers), not move s0 on the next `up`.
+    hosts = hosts_of(("n2", {"provider": "aws"}), ("n3", {"provider": "gcp"}), *[(f"n{i}", {"provider": "aws"}) for i in range(4, 7)])
+    s0 = Service(name="s0", image="i", replicas=2, spread="provider", resources={"cpu": 0.5, "memory": "1G"})
+    s1 = Service(name="s1", image="i", replicas=3, resources={"cpu": 0.25})
+    sizes = {h.name: Room(1000, 1 << 30) for h in hosts}
+    names = {h.name for h in hosts}
+    first = place([s0, s1], hosts, names, {"s1": ["n3"] * 3}, capacities=sizes, rebalance=True)
+    assert Counter(spread_group(s0, h) for h in hosts for n in first.hosts_of["s0"] if n == h.name) == {"aws": 1, "gcp": 1}
+    again = place([s0, s1], hosts, names, first.hosts_of, capacities=sizes, rebalance=True)
+    assert again.hosts_of == first.hosts_of
+    # Without a rebalance nothing runs anywhere else than it did.
+    kept = place([s0, s1], hosts, names, {"s1": ["n3"] * 3}, capacities=sizes)
+    assert kept.hosts_of["s1"] == ("n3", "n3", "n3")
