@@ -578,6 +578,8 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("consul") is None:
         raise SystemExit("consul is not on PATH (scripts/setup.sh installs it): the filebox needs it")
+    # This checkout's code as an install has it, byte-compiled (see scripts/setup.sh).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "clusterctl")], check=True, capture_output=True)
     work = Path(tempfile.mkdtemp(prefix="clusterctl-bench-up-job-"))
     cleanup_tags: list[str] = []
     rows: list[Figures] = []

@@ -148,7 +148,7 @@ class World:
                 if role is None or not self.cluster_id:
                     return RunResult(1, "", "Error response from daemon: invalid join token", 0.1)
                 self.members[host] = role
-            elif argv[:2] == ["sh", "-c"] and "join-token" in argv[2]:
+            elif argv[:2] == ["sh", "-c"] and "GET /swarm " in argv[2]:
                 assert self.members.get(host) == "manager"
                 out += [TOKENS["worker"], TOKENS["manager"]]
             elif argv[:2] == ["sh", "-c"] and "Swarm.NodeID" in argv[2] and "docker node update" in argv[2]:
@@ -245,7 +245,7 @@ def test_fresh_swarm_converges_in_passes_and_tokens_stay_secret():
     # worker cannot); pass 4 plans nothing.
     order = [h for h, _ in world.scripts]
     assert order[:2] == ["node1", "node1"] and sorted(order[2:4]) == ["node2", "node3"] and order[4:] == ["node1"]
-    assert "join-token" in world.scripts[1][1] and "Swarm.NodeID" in world.scripts[0][1] and "Swarm.NodeID" in world.scripts[order.index("node2")][1]
+    assert "GET /swarm " in world.scripts[1][1] and "Swarm.NodeID" in world.scripts[0][1] and "Swarm.NodeID" in world.scripts[order.index("node2")][1]
     assert world.scripts[4][1].count("docker node update") == 1 and "clusterctl.host=node3" in world.scripts[4][1]
     # Round trips: the probe; node1's init (its own facts at the end: nobody else is in a swarm
     # yet, so no one is probed again); the token read and the joins, then every member probed

@@ -403,3 +403,31 @@ def test_a_join_the_engine_goes_on_with_in_the_background_is_waited_for(tmp_path
     assert refused.returncode == 1 and "swarm join refused" in refused.stderr and "invalid join token" in refused.stderr
     ok = _run_join(tmp_path, "HTTP/1.1 200 OK\r\n\r\n", ["inactive"])
     assert ok.returncode == 0, ok.stderr
+
+
+def _read_tokens(tmp_path, answer: str):
+    """READ_JOIN_TOKENS run by sh against a stand-in `docker` whose dial-stdio prints `answer`
+    (and keeps the request it was sent)."""
+    import subprocess
+
+    fake = tmp_path / "docker"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"[ \"$1 $2\" = 'system dial-stdio' ] || exit 9\ncat >{tmp_path}/request; printf '%s' {shlex.quote(answer)}\n"
+    )
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    return subprocess.run(swarm.read_join_tokens().argv, capture_output=True, text=True, env=env, timeout=30)
+
+
+def test_join_tokens_are_read_with_one_api_request(tmp_path):
+    body = json.dumps({"ID": "abc", "Spec": {"Name": "default"}, "JoinTokens": {"Worker": "SWMTKN-1-abc-w1", "Manager": "SWMTKN-1-abc-m1"}})
+    read = _read_tokens(tmp_path, "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body + "\n")
+    assert read.returncode == 0, read.stderr
+    assert overlay.parse_join_tokens(read.stdout) == JoinTokens("SWMTKN-1-abc-w1", "SWMTKN-1-abc-m1")
+    # HTTP/1.0: the engine sends the body whole (no chunks to cut a token in two).
+    assert (tmp_path / "request").read_bytes().startswith(b"GET /swarm HTTP/1.0\r\n")
+    refused = _read_tokens(tmp_path, "HTTP/1.0 503 Service Unavailable\r\n\r\n" + '{"message":"This node is not a swarm manager."}')
+    assert refused.returncode == 1 and "503 Service Unavailable" in refused.stderr and not refused.stdout
+    odd = _read_tokens(tmp_path, "HTTP/1.0 200 OK\r\n\r\n" + '{"JoinTokens":{"Worker":"SWMTKN-1-abc-w1"}}')
+    assert odd.returncode == 1 and "no Manager join token" in odd.stderr
