@@ -1,6 +1,12 @@
 """The filebox phase: ship the filebox and base images (clusterctl/shipping: only the layers a
 host lacks cross the wire; big images through the relay), then create the filebox container,
 never started: microcontainers mount it with --volumes-from.
+
+The app images of the replicas placed on a host ride in the same `docker load` as the filebox
+where it goes over SSH: a few kB more in a load already running, instead of a second load
+(a round of docker processes) in the services phase, which then finds them there. Placement
+is the services phase's own (phases/services.py), from the same facts; should it place a
+replica elsewhere after all, the services phase loads what it lacks, as before.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from clusterctl.commands.docker import as_root
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.network.addresses import over_mesh
-from clusterctl.phases.base import Context
+from clusterctl.images.archive import ImageSpec
+from clusterctl.phases.base import Context, ContextMemo, PhaseError
 from clusterctl.shipping.relay import RELAY_CONTAINER, relay_cleanup_cmds, relay_fetch_cmd, relay_plan, relay_seed_cmds
 from clusterctl.shipping.store import image_ref
 from clusterctl.shipping.stream import load_missing_images, missing_images
@@ -29,12 +36,23 @@ def filebox_container_name(version: str) -> str:
 
 class FileboxPhase:
     name = "filebox"
-    title = "Filebox and microcontainer base shipped; filebox container created"
+    title = "Filebox, microcontainer base and app images shipped; filebox container created"
     # The relay's passes (shipping/relay.py): the seed loads and serves; the others fetch;
     # whoever still lacks an image loads it over SSH and the seed stops serving.
     passes = 3
     # A host's load, relay or fetch changes only what its own probe shows.
     own_facts_suffice = True
+
+    def __init__(self) -> None:
+        self._apps = ContextMemo(apps_by_host)
+
+    def apps_here(self, ctx: Context, host: Host) -> tuple[ImageSpec, ...]:
+        """The app images of the replicas placed on this host (none when placement refuses:
+        the services phase says why)."""
+        try:
+            return self._apps(ctx).get(host.name, ())
+        except PhaseError:
+            return ()
 
     def beside(self, ctx: Context) -> tuple[str, ...]:
         # Images go over SSH, or through a relay on the hosts' cluster addresses: nothing of the
@@ -59,12 +77,12 @@ class FileboxPhase:
         if relay is not None and serving and not relay.running:
             cmds += relay_seed_cmds(ctx, relay, facts)
         elif relay is not None and not serving and missing_images(relay.images, facts):
-            direct = missing_images(tuple(i for i in inputs.images if i not in relay.images), facts)
+            direct = missing_images(tuple(i for i in inputs.images if i not in relay.images) + self.apps_here(ctx, host), facts)
             if direct:
                 cmds.append(load_missing_images(direct, facts))  # type: ignore[arg-type]
             cmds.append(relay_fetch_cmd(ctx, relay, facts))
         else:
-            load = load_missing_images(inputs.images, facts)
+            load = load_missing_images(inputs.images + self.apps_here(ctx, host), facts)
             if load:
                 cmds.append(load)
             if serving and not any(missing_images(relay.images, f) for f in ctx.facts.values()):  # type: ignore[union-attr]
@@ -98,3 +116,19 @@ class FileboxPhase:
                 again = sh_args(RELAY_LATE, RELAY_CONTAINER, description="stop the relay once more, should it have started late")
                 out[name] = [as_root(c, facts.sudo if facts else "") for c in (*relay_cleanup_cmds(), again)]
         return out
+
+
+def apps_by_host(ctx: Context) -> dict[str, tuple[ImageSpec, ...]]:
+    """Host name -> the app images (built by this run) of the replicas placed there."""
+    if not ctx.inputs.apps:
+        return {}
+    from clusterctl.phases.services import placement  # the services phase's own placement
+
+    out: dict[str, dict[object, ImageSpec]] = {}
+    for service, hosts in placement(ctx).hosts_of.items():
+        app = ctx.inputs.apps.get(service)
+        if app is None:
+            continue
+        for name in hosts:
+            out.setdefault(name, {})[app.tag or app.diff_ids] = app
+    return {name: tuple(images.values()) for name, images in out.items()}

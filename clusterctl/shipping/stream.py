@@ -68,12 +68,19 @@ LOAD_SCRIPT = r"""src=$1; shift
 if [ "$src" = - ]; then out=$(docker load -q 2>&1); rc=$?; else out=$(sh -c "$src" | docker load -q 2>&1); rc=$?; fi
 printf '%s\n' "$out"
 case "$out" in *rror*) rc=1 ;; esac
-if [ "$rc" = 0 ]; then
-	for pair; do
-		ref=${pair%%=*} want=${pair#*=}
-		got=$(docker image inspect --format '{{.Id}} {{json .RootFS.Layers}}' "$ref" 2>/dev/null) || got=""
-		if [ "$got" != "$want" ]; then echo "clusterctl: $ref did not load whole (engine has: ${got:-nothing})" >&2; rc=1; fi
-	done
+# Every image in one `docker image inspect` (a docker process each costs ~0.1 s on a busy host);
+# image by image only to say which one did not load whole.
+fmt='{{.Id}} {{json .RootFS.Layers}}'
+if [ "$rc" = 0 ] && [ "$#" -gt 0 ]; then
+	want=$(for pair; do printf '%s\n' "${pair#*=}"; done)
+	got=$(for pair; do printf '%s\n' "${pair%%=*}"; done | xargs docker image inspect --format "$fmt" 2>/dev/null) || got=""
+	if [ "$got" != "$want" ]; then
+		for pair; do
+			ref=${pair%%=*} want=${pair#*=}
+			got=$(docker image inspect --format "$fmt" "$ref" 2>/dev/null) || got=""
+			if [ "$got" != "$want" ]; then echo "clusterctl: $ref did not load whole (engine has: ${got:-nothing})" >&2; rc=1; fi
+		done
+	fi
 fi
 if [ "$rc" != 0 ]; then for pair; do docker image rm -f "${pair%%=*}" >/dev/null 2>&1; done; fi
 exit "$rc"

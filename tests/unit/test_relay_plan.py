@@ -187,3 +187,27 @@ def test_relay_takes_true_false_or_auto_only():
 
     with pytest.raises(ConfigError, match="relay"):
         load_text(FILE + "filebox: {binaries: [consul], relay: sometimes}\n", "c.yaml")
+
+
+APP = ImageSpec(SMALL.layers + (Layer([File.from_bytes("/app/index.html", b"hi")]),), ImageConfig(labels={"clusterctl.role": "app"}), tag="web:a1")
+
+
+def test_the_app_images_of_the_replicas_placed_on_a_host_ride_in_its_filebox_load(tmp_path):
+    # One `docker load` where the filebox goes over SSH: the services phase then has none to run.
+    (tmp_path / "web").mkdir()
+    path = str(tmp_path / "c.yaml")
+    box = FILE + "filebox: {binaries: [consul], relay: false}\nservices:\n"
+    cluster = load_text(box + "  - {name: web, app: web, replicas: 2, port: 8080}\n", path)
+    inputs = Inputs(gossip_key="k", base_image=SMALL, filebox_container="fb", images=(SMALL, BIG), filebox_image=BIG,
+                    filebox_version="v", apps={"web": APP})  # fmt: skip
+    facts = fresh()
+    facts["n2"] = with_images("10.0.0.2", (APP,))
+    c = Context(cluster, facts, inputs)
+    loads = {n: [cmd for cmd in plan(c, n) if is_load(cmd)] for n in ("n1", "n2", "n3")}
+    # Placement puts web on n1 and n2 (fixed port: one a host, in the file's order).
+    assert "web:a1=" in " ".join(loads["n1"][0].argv) and loads["n1"][0].description.startswith("load 3 image(s)")
+    assert "web:a1=" not in " ".join(loads["n2"][0].argv)  # it holds the app already
+    assert "web:a1=" not in " ".join(loads["n3"][0].argv) and loads["n3"][0].description.startswith("load 2 image(s)")
+    # A placement the services phase refuses ships no app here (that phase says why).
+    crowded = Context(load_text(box + "  - {name: web, app: web, replicas: 2, port: 8080, resources: {cpu: 64}}\n", path), fresh(), inputs)
+    assert all("web:a1=" not in " ".join(cmd.argv) for n in ("n1", "n2", "n3") for cmd in plan(crowded, n))

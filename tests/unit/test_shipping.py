@@ -103,3 +103,33 @@ def test_an_image_that_is_not_whole_fails(fake_engine):
     assert code == 1 and "engine has: nothing" in err and removed == [SMALL.tag]
     code, _, removed = fake_engine("open /var/lib/docker/tmp/x: no such file", 1, "")
     assert code == 1 and removed == [SMALL.tag]
+
+
+def test_several_images_are_checked_in_one_inspect_and_a_bad_one_is_named(tmp_path):
+    # A stand-in engine whose inspect prints the line kept for each ref it is given (in
+    # $IMAGES/<ref>) and counts its calls.
+    (tmp_path / "docker").write_text(
+        "#!/bin/sh\n"
+        'case "$1 $2" in\n'
+        '"load -q") cat >/dev/null; echo Loaded ;;\n'
+        '"image inspect") echo x >>"$CALLS"; shift 4; rc=0; for r; do f="$IMAGES/$(printf %s "$r" | tr /: __)"; '
+        'if [ -f "$f" ]; then cat "$f"; else echo "No such image: $r" >&2; rc=1; fi; done; exit "$rc" ;;\n'
+        '"image rm") echo "$4" >>"$RM_LOG" ;;\n'
+        "esac\n"
+    )
+    (tmp_path / "docker").chmod(0o755)
+    (tmp_path / "images").mkdir()
+    cmd = load_missing_images((SMALL, BIG), on_store(CLASSIC_INFO))
+    for pair in cmd.argv[5:]:
+        ref, want = pair.split("=", 1)
+        (tmp_path / "images" / ref.replace("/", "_").replace(":", "_")).write_text(want + "\n")
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", IMAGES=str(tmp_path / "images"),
+               CALLS=str(tmp_path / "calls"), RM_LOG=str(tmp_path / "rm.log"))  # fmt: skip
+    ok = subprocess.run(list(cmd.argv), input=b"archive", capture_output=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "calls").read_text().count("x") == 1
+    (tmp_path / "calls").unlink()
+    (tmp_path / "images" / BIG.tag.replace("/", "_").replace(":", "_")).write_text("sha256:other null\n")
+    bad = subprocess.run(list(cmd.argv), input=b"archive", capture_output=True, env=env)
+    assert bad.returncode == 1 and f"{BIG.tag} did not load whole" in bad.stderr.decode() and SMALL.tag not in bad.stderr.decode()
+    assert sorted((tmp_path / "rm.log").read_text().split()) == sorted([SMALL.tag, BIG.tag])
