@@ -263,3 +263,24 @@ def test_the_json_is_unaffected_by_the_table():
     doc = json.loads(before)
     assert [h["name"] for h in doc["hosts"]] == LONG_NAMES
     assert [[p["status"] for p in h["phases"]] for h in doc["hosts"]] == [_statuses(h) for h in report.hosts]
+
+
+# The program's exit (cli.run): exit handlers run and every byte is written before the process
+# ends without the interpreter's tear-down; the exit code is main()'s.
+
+
+def test_the_program_writes_everything_and_keeps_its_exit_code(tmp_path):
+    helped = _clusterctl("up", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.rstrip().endswith("╯"), helped.stdout[-200:]
+    missing = _clusterctl("up", "-f", str(tmp_path / "none.yaml"), cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and missing.stdout == ""
+    # A script that imports the program: its exit handlers still run, its output is all there.
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import atexit, sys\nsys.argv = ['clusterctl', '--version']\n"
+        "atexit.register(lambda: print('handler ran', flush=True))\n"
+        "sys.stdout.write('x' * 200000)\nfrom clusterctl.cli import run\nrun()\nprint('never')\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("x" * 200000 + "clusterctl ") and proc.stdout.endswith("handler ran\n") and "never" not in proc.stdout
