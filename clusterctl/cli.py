@@ -999,12 +999,17 @@ def run() -> None:
 
 
 def _exit_now(code: object) -> None:
-    """End the process once everything is written: the exit handlers run and the streams are
-    flushed, then the interpreter's own tear-down (modules, objects, a run's idle threads; ~0.1 s,
-    a tenth of a no-op `up`) is skipped."""
+    """End the process once everything is written: threads that are not daemons are waited for
+    (as Python's own exit waits), the exit handlers run and the streams are flushed, then the
+    interpreter's tear-down (modules, objects; ~0.1 s, a tenth of a no-op `up`) is skipped."""
     import atexit
     import logging
     import os
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
 
     if code is None:
         status = 0
@@ -1025,4 +1030,4 @@ def _exit_now(code: object) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()

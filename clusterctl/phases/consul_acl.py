@@ -261,6 +261,8 @@ def _settle_via(
         stale = True
     else:
         stale = False
+    # Bootstrapped by this call: Consul holds no token of ours yet, none is looked up before it is made.
+    fresh = management is None
     if management is None:
         while True:
             try:
@@ -284,61 +286,53 @@ def _settle_via(
         management = Secret(secret)
         install(where, management.encode(), replace=True)
         made.append(f"bootstrapped, management token kept in {where}")
-        fresh = True  # Consul holds no token of ours yet: none is looked up before it is made
-    else:
-        fresh = False
     t = management
     policies = {p["Name"]: p["ID"] for p in api.acl.policy.list(token=t)}
 
-    def ensure_policy(name: str, rules: dict, description: str) -> None:
+    def ensure_policy(name: str, rules: dict, description: str, notes: list[str]) -> None:
         if name in policies:
             api.acl.policy.update(policies[name], name, token=t, description=description, rules=rules)
         else:
             policies[name] = api.acl.policy.create(name, token=t, description=description, rules=rules)["ID"]
-            made.append(f"policy {name} made")
+            notes.append(f"policy {name} made")
 
-    ensure_policy(DNS_POLICY, dns_rules(), "clusterctl: what DNS needs (read of node and service names)")
+    ensure_policy(DNS_POLICY, dns_rules(), "clusterctl: what DNS needs (read of node and service names)", made)
     api.acl.token.update(ANONYMOUS, token=t, description="Anonymous Token", policies_name=[DNS_POLICY])
     dc = ctx.cluster.spec.consul.datacenter
-    made_by: dict[str, list[str]] = {}
 
-    def agent(host: str, secret: Secret) -> None:
-        notes = made_by[host] = []
-        if agent_policy(host) in policies:
-            api.acl.policy.update(policies[agent_policy(host)], agent_policy(host), token=t, description=f"clusterctl: agent {host}", rules=agent_rules(host))
-        else:
-            api.acl.policy.create(agent_policy(host), token=t, description=f"clusterctl: agent {host}", rules=agent_rules(host))
-            notes.append(f"policy {agent_policy(host)} made")
+    def agent(host: str, secret: Secret) -> list[str]:
+        notes: list[str] = []
+        ensure_policy(agent_policy(host), agent_rules(host), f"clusterctl: agent {host}", notes)
         if fresh or not _token_valid(api, secret):
             api.acl.token.create(
                 token=t, secret_id=secret, node_identities=[f"{host}:{dc}"], policies_name=[agent_policy(host)],
                 description=f"clusterctl agent {host}",
             )  # fmt: skip
             notes.append(f"token of agent {host} made")
+            if made_agents is not None:
+                made_agents.append(host)
+        return notes
 
-    def service(name: str, secret: Secret) -> None:
-        notes = made_by[f"service {name}"] = []
-        if fresh or not _token_valid(api, secret):
-            api.acl.token.create(
-                token=t, secret_id=secret, service_identities=[{"ServiceName": name}],
-                description=f"clusterctl service {name}",
-            )  # fmt: skip
-            notes.append(f"token of service {name} made")
+    def service(name: str, secret: Secret) -> list[str]:
+        if not fresh and _token_valid(api, secret):
+            return []
+        api.acl.token.create(
+            token=t, secret_id=secret, service_identities=[{"ServiceName": name}],
+            description=f"clusterctl service {name}",
+        )  # fmt: skip
+        return [f"token of service {name} made"]
 
     # Each agent's policy and token, and each service's token, need nothing of the others: made
-    # side by side (each a raft write, ~50 ms on a busy cluster); the first error is raised.
+    # side by side (each a raft write, ~50 ms on a busy cluster); noted in name order; the
+    # first error is raised.
     from concurrent.futures import ThreadPoolExecutor
 
     work = [(agent, h, s) for h, s in sorted(acl.agents.items())] + [(service, n, s) for n, s in sorted(acl.services.items())]
     with ThreadPoolExecutor(min(8, len(work) or 1)) as pool:
         for future in [pool.submit(fn, name, secret) for fn, name, secret in work]:
-            future.result()
-    for host in sorted(acl.agents):
-        made += made_by[host]
-        if made_agents is not None and f"token of agent {host} made" in made_by[host]:
-            made_agents.append(host)
-    for name in sorted(acl.services):
-        made += made_by[f"service {name}"]
+            made += future.result()
+    if made_agents is not None:
+        made_agents.sort()
     return replace(acl, management=management)
 
 
