@@ -335,18 +335,22 @@ class Session:
 
             reader = threading.Thread(target=read_stderr, daemon=True)
             reader.start()
+            # A memoryview: paramiko's sendall slices what is left after each packet, and a slice of
+            # bytes is a copy (quadratic in the piece's size; 0.1 s of CPU per 72 MB in 1 MB pieces).
             if isinstance(stdin, (bytes, bytearray)):
-                chan.sendall(stdin)
+                chan.sendall(memoryview(stdin))
                 self.bytes_sent += len(stdin)
                 _tell(watch, "sent", len(stdin))
             elif stdin is not None:
 
-                def write(data: bytes) -> None:
-                    chan.sendall(data)
+                def send(data: bytes) -> None:
+                    chan.sendall(memoryview(data))
                     self.bytes_sent += len(data)
                     _tell(watch, "sent", len(data))
 
-                stdin.write_to(write)
+                sink = _Coalesced(send)
+                stdin.write_to(sink.write)
+                sink.flush()
             chan.shutdown_write()
             out_chunks: list[bytes] = []
             try:
@@ -434,13 +438,55 @@ class _ProxyCommand(paramiko.ProxyCommand):
             pass
 
 
+# AES-GCM first (an AEAD: one cipher pass per packet, no separate HMAC): paramiko spends about a
+# third less CPU per byte sending than with aes-ctr + hmac-sha2, and sshd less receiving; the
+# filebox's tens of MB go to every host from one operator process. A server without GCM
+# negotiates the next cipher in paramiko's own order.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+# Stream stdin is sent in pieces of at least this size: an image archive's 512-byte tar headers
+# would each be an SSH packet of their own (a packet costs both ends a syscall and a MAC).
+SEND_AT_LEAST = 256 * 1024
+
+
+def _transport(sock: object, **kwargs: object) -> paramiko.Transport:
+    """SSHClient.connect's transport_factory: paramiko's Transport with PREFERRED_CIPHERS first."""
+    transport = paramiko.Transport(sock, **kwargs)  # type: ignore[arg-type]
+    options = transport.get_security_options()
+    known = tuple(options.ciphers)
+    options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in known) + tuple(c for c in known if c not in PREFERRED_CIPHERS)
+    return transport
+
+
+class _Coalesced:
+    """A sink that hands `send` pieces of at least SEND_AT_LEAST bytes (the last may be less)."""
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self.send, self.parts, self.size = send, [], 0
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= SEND_AT_LEAST:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+            self.parts, self.size = [], 0
+            self.send(data)
+
+
 def _connection(ep: Endpoint, known: KnownHosts, sock: object = None) -> Connection:
     """A fabric Connection with our host key policy (never fabric's AutoAddPolicy); not opened.
     `sock` is the direct-tcpip channel through a bastion, or the ProxyCommand, when there is one."""
     # Fabric would read ~/.ssh/config again and auto-add host keys; we resolved the config
     # ourselves and install our own host key policy, so turn both off here.
     config = Config(overrides={"load_ssh_configs": False})
-    connect_kwargs: dict = {"compress": False, "banner_timeout": ep.connect_timeout, "auth_timeout": ep.connect_timeout}
+    connect_kwargs: dict = {
+        "compress": False, "banner_timeout": ep.connect_timeout, "auth_timeout": ep.connect_timeout, "transport_factory": _transport,
+    }  # fmt: skip
     if ep.identity_files:
         connect_kwargs["key_filename"] = list(ep.identity_files)
     if ep.identities_only:

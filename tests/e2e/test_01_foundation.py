@@ -256,3 +256,32 @@ def test_lab_ls_lists_the_lab(cli, lab):
     assert proc.returncode == 0
     row = next(line for line in proc.stdout.splitlines() if line.startswith(lab.name))
     assert "3/3 running" in row and str(lab.cluster_file) in row
+
+
+def test_a_stream_reaches_the_host_whole_over_aes_gcm(lab):
+    """clusterctl's own transport to a lab host (OpenSSH's sshd): AES-GCM is negotiated, and a
+    stream written in small and large pieces (as an image archive is) arrives byte for byte."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    from clusterctl.config.loader import load
+    from clusterctl.transport.ssh import KnownHosts, open_session, resolve_endpoints
+
+    cluster = load(lab.cluster_file)
+    session = open_session(resolve_endpoints(cluster)["node1"], KnownHosts(Path(cluster.spec.ssh.known_hosts), accept_new=False))
+    pieces = [os.urandom(n) for n in (512, 3 << 20, 0, 512, 700, 1 << 20, 512)] * 3
+
+    class Stream:
+        def write_to(self, write):  # noqa: ANN001
+            for p in pieces:
+                write(p)
+
+    try:
+        assert session.connection.client.get_transport().remote_cipher == "aes128-gcm@openssh.com"
+        result = session.run("sha256sum", stdin=Stream(), timeout=60)
+    finally:
+        session.close()
+    assert result.ok, result.stderr
+    assert result.stdout.split()[0] == hashlib.sha256(b"".join(pieces)).hexdigest()
+    assert session.bytes_sent == sum(map(len, pieces))
