@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from clusterctl.network.facts import NetworkFacts, parse_network_probe
+
+_SPOOL_NAME = re.compile(r"[0-9a-f]{16}\.tar(\.part)?")
 
 
 class ProbeError(ValueError):
@@ -132,6 +135,9 @@ class HostFacts:
     engine_started: int | None = None
     # Files under /etc/clusterctl: path -> sha256 of the content.
     managed_files: dict[str, str] = field(default_factory=dict)
+    # Image archives this host received ahead of their load (file names in shipping's SPOOL_DIR:
+    # NAME.tar whole, NAME.tar.part cut short).
+    spooled: frozenset[str] = frozenset()
     # Routes, Docker networks, swarm nodes, iptables rules, Weave (the probe's network block).
     network: NetworkFacts = field(default_factory=NetworkFacts)
     # The host's CPUs (nproc) and memory in bytes (/proc/meminfo); None when unknown.
@@ -416,5 +422,6 @@ def parse_probe_output(text: str) -> HostFacts:
         memory=(_epoch(data.get("mem_kb")) or 0) * 1024 or None,
         listening=_ports(data.get("listening")),
         managed_files={f["path"]: f["sha256"] for f in data.get("managed_files") or [] if "path" in f},
+        spooled=frozenset(n for n in data.get("spooled") or [] if isinstance(n, str) and _SPOOL_NAME.fullmatch(n)),
         network=parse_network_probe(_network_block(data.get("docker") or {}), [r.get("route", "") for r in data.get("routes") or []]),
     )

@@ -244,6 +244,11 @@ awk 'FNR > 1 && $4 == "0A" { n = split($2, a, ":"); if (!(a[n] in seen)) { seen[
 printf ',"managed_files":'
 root_read find /etc/clusterctl -type f -exec sha256sum {} + 2>/dev/null |
 	awk '{ printf "%s{\"path\":\"%s\",\"sha256\":\"%s\"}", (n++ ? "," : "["), $2, $1 } END { printf (n ? "]" : "[]") }'
+# Image archives received ahead of their load (shipping/stream.py: RECEIVE_WHILE), by file name:
+# NAME.tar whole, NAME.tar.part one a stopped run left.
+printf ',"spooled":'
+root_read ls /var/lib/clusterctl/spool 2>/dev/null |
+	awk '/^[0-9a-f]+[.]tar([.]part)?$/ { printf "%s\"%s\"", (n++ ? "," : "["), $0 } END { printf (n ? "]" : "[]") }'
 printf ',"addresses":'
 ip -o addr show 2>/dev/null |
 	awk '{ printf "%s{\"ifname\":\"%s\",\"family\":\"%s\",\"cidr\":\"%s\"}", (n++ ? "," : "["), $2, $3, $4 } END { printf (n ? "]" : "[]") }'

@@ -3,7 +3,8 @@
 The engine's default DNS is the host's docker0 address, where the local Consul agent answers
 DNS; Consul forwards names outside .consul to the host's own resolvers. Keys already in
 daemon.json are kept. A change restarts the engine, which is why it runs before any clusterctl
-container exists on a fresh host.
+container exists on a fresh host. While it restarts, the host receives the filebox phase's
+image archive into a file (phases/filebox.py: load_ahead), which that phase then loads.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from clusterctl.commands.files import write_file
 from clusterctl.config.models import Host
 from clusterctl.facts.parser import HostFacts
 from clusterctl.phases.base import Context, PlanError
+from clusterctl.shipping.stream import receiving_meanwhile
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 DOCKER_DEFAULT_BRIDGE_IP = "172.17.0.1"
@@ -80,6 +82,12 @@ class EnginePhase:
         restart = build.restart_engine(facts.systemd)
         if not cmds:
             restart = Cmd(restart.argv, f"{restart.description}: {DAEMON_JSON} changed after the engine started")
+        from clusterctl.phases.filebox import load_ahead  # the filebox phase's own plan
+
+        ahead = load_ahead(ctx, host, facts)
+        if ahead is not None:
+            # The restart is a wait of a second or two: the filebox's archive crosses meanwhile.
+            restart = receiving_meanwhile(restart, ahead)
         cmds += [restart, build.wait_for_engine(ctx.cluster.spec.docker.start_timeout)]
         return [build.as_root(c, facts.sudo) for c in cmds]
 

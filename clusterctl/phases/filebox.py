@@ -7,6 +7,9 @@ where it goes over SSH: a few kB more in a load already running, instead of a se
 (a round of docker processes) in the services phase, which then finds them there. Placement
 is the services phase's own (phases/services.py), from the same facts; should it place a
 replica elsewhere after all, the services phase loads what it lacks, as before.
+
+Where the engine phase restarts the engine, the host receives this phase's archive meanwhile
+(`load_ahead`, shipping/stream.py's RECEIVE_WHILE): this phase then loads it from that file.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from clusterctl.images.archive import ImageSpec
 from clusterctl.phases.base import Context, ContextMemo, PhaseError
 from clusterctl.shipping.relay import RELAY_CONTAINER, relay_cleanup_cmds, relay_fetch_cmd, relay_plan, relay_seed_cmds
 from clusterctl.shipping.store import image_ref
-from clusterctl.shipping.stream import load_missing_images, missing_images
+from clusterctl.shipping.stream import load_missing_images, missing_images, missing_stream, stale_spools
 
 FILEBOX_CONTAINER_PREFIX = "clusterctl-filebox-"
 # $1 the relay container: removed once more a second later (`docker rm -f` succeeds whether or
@@ -43,17 +46,6 @@ class FileboxPhase:
     # A host's load, relay or fetch changes only what its own probe shows.
     own_facts_suffice = True
 
-    def __init__(self) -> None:
-        self._apps = ContextMemo(apps_by_host)
-
-    def apps_here(self, ctx: Context, host: Host) -> tuple[ImageSpec, ...]:
-        """The app images of the replicas placed on this host (none when placement refuses:
-        the services phase says why)."""
-        try:
-            return self._apps(ctx).get(host.name, ())
-        except PhaseError:
-            return ()
-
     def beside(self, ctx: Context) -> tuple[str, ...]:
         # Images go over SSH, or through a relay on the hosts' cluster addresses: nothing of the
         # network phase is needed, unless the hosts talk over the WireGuard mesh it makes.
@@ -70,6 +62,15 @@ class FileboxPhase:
         if not inputs.images:
             return []
         cmds: list[Cmd] = []
+        keep: list[str] = []  # the archive received ahead that this plan loads, if any
+
+        def load(images: tuple[ImageSpec, ...]) -> None:
+            stream = missing_stream(images, facts)
+            if stream is not None:
+                if stream.spool_name in facts.spooled:
+                    keep.append(stream.spool_name)
+                cmds.append(load_missing_images(images, facts))  # type: ignore[arg-type]
+
         relay = relay_plan(ctx)
         serving = relay is not None and relay.seed == host.name
         if facts.container(RELAY_CONTAINER) is not None and not (serving and relay.running):  # type: ignore[union-attr]
@@ -77,16 +78,15 @@ class FileboxPhase:
         if relay is not None and serving and not relay.running:
             cmds += relay_seed_cmds(ctx, relay, facts)
         elif relay is not None and not serving and missing_images(relay.images, facts):
-            direct = missing_images(tuple(i for i in inputs.images if i not in relay.images) + self.apps_here(ctx, host), facts)
-            if direct:
-                cmds.append(load_missing_images(direct, facts))  # type: ignore[arg-type]
+            load(tuple(i for i in inputs.images if i not in relay.images) + apps_here(ctx, host))
             cmds.append(relay_fetch_cmd(ctx, relay, facts))
         else:
-            load = load_missing_images(inputs.images + self.apps_here(ctx, host), facts)
-            if load:
-                cmds.append(load)
+            load(inputs.images + apps_here(ctx, host))
             if serving and not any(missing_images(relay.images, f) for f in ctx.facts.values()):  # type: ignore[union-attr]
                 cmds += relay_cleanup_cmds()
+        stale = stale_spools(facts, keep[0] if keep else None)
+        if stale is not None:
+            cmds.insert(0, stale)
         name = inputs.filebox_container
         if name and facts.container(name) is None:
             cmds.append(
@@ -118,6 +118,25 @@ class FileboxPhase:
         return out
 
 
+def load_ahead(ctx: Context, host: Host, facts: HostFacts) -> Cmd | None:
+    """The streamed load this phase would run on this host over SSH, for the engine phase to
+    receive ahead while the engine restarts (None where the images go through the relay, or
+    the host has them)."""
+    if not ctx.inputs.images or relay_plan(ctx) is not None:
+        return None
+    load = load_missing_images(ctx.inputs.images + apps_here(ctx, host), facts)
+    return load if load is not None and load.stdin is not None else None
+
+
+def apps_here(ctx: Context, host: Host) -> tuple[ImageSpec, ...]:
+    """The app images of the replicas placed on this host (none when placement refuses: the
+    services phase says why)."""
+    try:
+        return _apps_placed(ctx).get(host.name, ())
+    except PhaseError:
+        return ()
+
+
 def apps_by_host(ctx: Context) -> dict[str, tuple[ImageSpec, ...]]:
     """Host name -> the app images (built by this run) of the replicas placed there."""
     if not ctx.inputs.apps:
@@ -132,3 +151,7 @@ def apps_by_host(ctx: Context) -> dict[str, tuple[ImageSpec, ...]]:
         for name in hosts:
             out.setdefault(name, {})[app.tag or app.diff_ids] = app
     return {name: tuple(images.values()) for name, images in out.items()}
+
+
+# Per Context: the filebox and engine phases (load_ahead) read the same placement.
+_apps_placed = ContextMemo(apps_by_host)

@@ -4,12 +4,14 @@ command that judges a load by what the engine then holds, not by `docker load`'s
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
 from dataclasses import dataclass
 
 from clusterctl.commands.base import Cmd
 from clusterctl.facts.parser import HostFacts
-from clusterctl.images.archive import ImageSpec, chain_ids, layers_to_omit, write_archive
+from clusterctl.images.archive import ImageSpec, archive_size, chain_ids, layers_to_omit, write_archive
 from clusterctl.shipping.store import store_of
 
 
@@ -33,6 +35,16 @@ class ArchiveStream:
     def describe(self) -> str:
         tags = ", ".join(i.tag or i.image_id[:19] for i in self.images)
         return f"image archive of {tags}: {self.bytes_to_send / 1e6:.1f} MB of layers, {len(self.omit)} layers already on the host"
+
+    @property
+    def spool_name(self) -> str:
+        """The file this archive is kept in on a host that received it ahead of its load: named
+        by what it holds (the images and the layers left out), so a later run's plan finds it."""
+        doc = {"images": [[i.tag, i.image_id] for i in self.images], "omit": sorted(self.omit)}
+        return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16] + ".tar"
+
+    def size(self) -> int:
+        return archive_size(self.images, self.omit)
 
     def write_to(self, write) -> None:  # noqa: ANN001 - a bytes sink
         class Sink:
@@ -100,9 +112,64 @@ def load_cmd(images: tuple[ImageSpec, ...], facts: HostFacts, description: str, 
     return Cmd(("sh", "-c", LOAD_SCRIPT, "sh", source, *expectations(images, facts)), description, stdin=stdin)
 
 
-def load_missing_images(images: tuple[ImageSpec, ...], facts: HostFacts) -> Cmd | None:
+def missing_stream(images: tuple[ImageSpec, ...], facts: HostFacts) -> ArchiveStream | None:
+    """The archive of what the host lacks of these images (None: it has them all)."""
     missing = missing_images(images, facts)
     if not missing:
         return None
-    stream = ArchiveStream(missing, layers_to_omit(missing, present_chain_ids(facts)))
-    return load_cmd(missing, facts, f"load {len(missing)} image(s), {stream.bytes_to_send / 1e6:.1f} MB", stdin=stream)
+    return ArchiveStream(missing, layers_to_omit(missing, present_chain_ids(facts)))
+
+
+def load_missing_images(images: tuple[ImageSpec, ...], facts: HostFacts) -> Cmd | None:
+    """The load of what the host lacks: from the archive it received ahead (spooled), else
+    streamed from here."""
+    stream = missing_stream(images, facts)
+    if stream is None:
+        return None
+    what = f"load {len(stream.images)} image(s), {stream.bytes_to_send / 1e6:.1f} MB"
+    if stream.spool_name in facts.spooled:
+        path = f"{SPOOL_DIR}/{stream.spool_name}"
+        # Removed once read whole: a load that then fails loads over SSH next time.
+        source = shlex.join(["sh", "-c", 'cat -- "$1" && rm -f -- "$1"', "sh", path])
+        return load_cmd(stream.images, facts, f"{what}, received ahead into {path}", source=source)
+    return load_cmd(stream.images, facts, what, stdin=stream)
+
+
+def stale_spools(facts: HostFacts, keep: str | None) -> Cmd | None:
+    """Removes the archives received ahead but `keep` (an earlier run's, for images rebuilt
+    since, or for a load that then went another way)."""
+    stale = sorted(n for n in facts.spooled if n != keep)
+    if not stale:
+        return None
+    return Cmd(("rm", "-f", "--", *(f"{SPOOL_DIR}/{n}" for n in stale)), f"remove {len(stale)} image archive(s) received ahead and not used")
+
+
+# Where a host keeps an image archive it received ahead of its load (while its engine restarts).
+SPOOL_DIR = "/var/lib/clusterctl/spool"
+# $1 the spool directory, $2 the archive's file name, $3 its exact size; then the command to run
+# meanwhile (the engine's restart). stdin, the archive, goes to a file that gets its name only
+# when whole; whatever goes wrong with the file, stdin is still read to its end (the sender
+# never blocks) and the load goes over SSH as before. The exit status is the command's.
+RECEIVE_WHILE = r"""dir=$1 name=$2 size=$3; shift 3
+"$@" & pid=$!
+ok=""
+if (umask 077 && mkdir -p "$dir") && rm -f "$dir"/* && cat >"$dir/$name.part"; then
+	got=$(wc -c <"$dir/$name.part") && [ "$got" -eq "$size" ] && mv -f "$dir/$name.part" "$dir/$name" && ok=1
+fi
+[ -n "$ok" ] || { rm -f "$dir/$name.part"; cat >/dev/null; }
+wait "$pid"
+"""
+
+
+def receiving_meanwhile(cmd: Cmd, load: Cmd) -> Cmd:
+    """`cmd` (no stdin of its own) run while the host receives `load`'s streamed archive into
+    SPOOL_DIR: the transfer then costs no time of its own where `cmd` is a wait (the engine's
+    restart), and `load` reads the file instead (load_missing_images, from the facts)."""
+    stream = load.stdin
+    if not isinstance(stream, ArchiveStream) or cmd.stdin is not None:
+        raise ValueError("receiving_meanwhile takes a command without stdin and a streamed load")
+    return Cmd(
+        ("sh", "-c", RECEIVE_WHILE, "sh", SPOOL_DIR, stream.spool_name, str(stream.size()), *cmd.argv),
+        f"{cmd.description}, receiving {len(stream.images)} image(s) ({stream.bytes_to_send / 1e6:.1f} MB) for the filebox phase meanwhile",
+        stdin=stream,
+    )

@@ -70,5 +70,13 @@ def test_down_removes_everything_but_docker_and_a_second_down_changes_nothing(cl
 def test_up_after_down_brings_the_cluster_back(cli, lab):
     code, report = cli.json("up", "-f", str(lab.cluster_file))
     assert code == 0, json.dumps(report, indent=1)[-3000:]
+    # down dropped the engine's DNS setting, so the engine restarts: each host received the
+    # filebox's archive meanwhile, and the filebox phase loaded it from there (then removed it).
+    for host in report["hosts"]:
+        steps = {p["phase"]: p["message"] for p in host["phases"]}
+        assert "image(s) (" in steps["engine"] and "for the filebox phase meanwhile" in steps["engine"], steps["engine"]
+        assert "received ahead into /var/lib/clusterctl/spool/" in steps["filebox"], steps["filebox"]
+    left = cli("exec", "-f", str(lab.cluster_file), "--all", "--", "sh", "-c", "ls -A /var/lib/clusterctl/spool | wc -l")
+    assert left.returncode == 0 and [line.split("|")[-1].strip() for line in left.stdout.splitlines()] == ["0"] * 3, left.stdout
     code, st = cli.json("status", "-f", str(lab.cluster_file))
     assert code == 0 and [h["alive"] for h in st["hosts"]] == ["alive"] * 3 and st["leader"], st
