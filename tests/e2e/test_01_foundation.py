@@ -41,7 +41,8 @@ def test_plan_sends_nothing_that_changes(cli, lab):
 def test_up_installs_and_starts_docker_on_bare_hosts(cli, lab, state_dir):
     """Each host's own archive: Debian 12's docker.io (client inside), Debian 13's and sid's
     docker.io plus docker-cli (only Recommended there). daemon.json is written before the
-    engine's first start, so the engine phase has nothing left to change (no restart). The
+    engine's first start, so the engine phase has nothing left to change (no restart); the
+    filebox's archive crosses while apt installs. The
     swarm is formed in this run: a poll of every host's process list all along never shows a
     join token, nor the gossip key or a TLS private key. With -v, each remote command is a line
     as it starts and another with its time as it ends, host and phase first."""
@@ -54,13 +55,20 @@ def test_up_installs_and_starts_docker_on_bare_hosts(cli, lab, state_dir):
         started = [line for line in lines if line.startswith(f"  {host} docker$ ")]
         ended = [line for line in lines if line.startswith(f"  {host} docker: done in ")]
         assert started and len(started) == len(ended), proc.stderr[-3000:]
-        assert any("apt-get" in line for line in started), started
+    for host in report["hosts"]:
+        (docker,) = [p for p in host["phases"] if p["phase"] == "docker"]
+        assert any("apt-get" in c for c in docker["commands"]), docker["commands"]
     key = (state_dir / "clusters" / f"lab-{lab.name}" / "gossip.key").read_text().strip()
     # The ACL tokens too: the management token and each agent's (the probe reads raft with it).
     tokens = [p.read_text().strip() for p in (state_dir / "clusters" / f"lab-{lab.name}" / "acl").glob("*.token")]
     assert len(seen) > 30 and any("consul agent" in s for s in seen) and len(tokens) >= 4, tokens and len(tokens)
     assert not any("SWMTKN" in s or key in s or "PRIVATE KEY" in s or any(t in s for t in tokens) for s in seen)
     assert all(s["docker"] == "changed" and s["engine"] == "ok" for s in _statuses(report).values())
+    # The filebox's archive crossed while apt installed Docker; the filebox phase loaded that file.
+    for host in report["hosts"]:
+        steps = {p["phase"]: p["message"] for p in host["phases"]}
+        assert "for the filebox phase meanwhile" in steps["docker"], steps["docker"]
+        assert "received ahead into /var/lib/clusterctl/spool/" in steps["filebox"], steps["filebox"]
     fmt = "{{.ServerVersion}} {{json .DriverStatus}}"
     for host, (version, store) in MIXED_STACKS.items():
         proc = cli("exec", "-f", str(lab.cluster_file), "--host", host, "--", "sh", "-c", f"command -v docker && docker info --format '{fmt}'")

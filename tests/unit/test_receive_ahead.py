@@ -128,3 +128,16 @@ def test_the_probe_names_only_spool_files():
     data = json.loads(FIXTURE.read_text())
     data["spooled"] = ["0123456789abcdef.tar", "0123456789abcdef.tar.part", "../etc.tar", "x.tar", 5]
     assert parse_probe_output(json.dumps(data)).spooled == {"0123456789abcdef.tar", "0123456789abcdef.tar.part"}
+
+
+def test_a_bare_host_receives_the_archive_while_docker_installs_a_stopped_one_while_it_starts():
+    from clusterctl.phases.docker import DockerPhase
+    from tests.unit.test_docker_phase import facts as docker_facts
+
+    for kw, long_step in (({"installed": False, "docker0": False}, "install docker.io"), ({"running": False}, "start docker")):
+        f = docker_facts(init="other", **kw)
+        c = ctx({"n1": f, "n2": fresh("10.0.0.2")})
+        cmds = DockerPhase().plan(c, c.cluster.spec.hosts[0], f)
+        (receive,) = [cmd for cmd in cmds if cmd.stdin is not None]
+        assert receive.argv[:3] == ("sh", "-c", RECEIVE_WHILE) and receive.description.startswith(long_step), receive.description
+        assert cmds[-1].description == "wait until `docker info` answers"
