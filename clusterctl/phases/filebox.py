@@ -8,8 +8,9 @@ where it goes over SSH: a few kB more in a load already running, instead of a se
 is the services phase's own (phases/services.py), from the same facts; should it place a
 replica elsewhere after all, the services phase loads what it lacks, as before.
 
-Where the engine phase restarts the engine, the host receives this phase's archive meanwhile
-(`load_ahead`, shipping/stream.py's RECEIVE_WHILE): this phase then loads it from that file.
+Where the docker phase installs or starts the engine, or the engine phase restarts it, the host
+receives this phase's archive meanwhile (`load_ahead`, shipping/stream.py's RECEIVE_WHILE): this
+phase then loads it from that file.
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ class FileboxPhase:
 
 
 def load_ahead(ctx: Context, host: Host, facts: HostFacts) -> Cmd | None:
-    """The streamed load this phase would run on this host over SSH, for the engine phase to
-    receive ahead while the engine restarts (None where the images go through the relay, or
-    the host has them)."""
+    """The streamed load this phase would run on this host over SSH, for the docker and engine
+    phases to receive ahead while the engine installs, starts or restarts (None where the images
+    go through the relay, or the host has them)."""
     if not ctx.inputs.images or relay_plan(ctx) is not None:
         return None
     load = load_missing_images(ctx.inputs.images + apps_here(ctx, host), facts)
